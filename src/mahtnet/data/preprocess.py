@@ -1,0 +1,154 @@
+"""Resize-with-padding ("letterbox") to the network input and the exact coordinate mapping.
+
+Coordinate convention (everywhere in MAHT-Net): ``(x, y)`` order, pixel centres at integer
+positions. Under a resize by ``s`` a pixel centre maps as ``x' = (x + 0.5) * s - 0.5``, which
+is what ``cv2.resize`` does, so prepared <-> original coordinates map back exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mahtnet.data.isbi import Sample, read_image
+from mahtnet.io import atomic_write
+
+
+@dataclasses.dataclass(frozen=True)
+class Letterbox:
+    """How one original image was placed into the network input."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: int
+    pad_y: int
+    orig_w: int
+    orig_h: int
+
+    def to_prepared(self, points: np.ndarray) -> np.ndarray:
+        """Original px ``(..., 2)`` -> prepared (network input) px."""
+        scale = np.array([self.scale_x, self.scale_y])
+        pad = np.array([self.pad_x, self.pad_y])
+        return (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5 + pad
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        """Prepared px ``(..., 2)`` -> original px (inverse of :meth:`to_prepared`)."""
+        scale = np.array([self.scale_x, self.scale_y])
+        pad = np.array([self.pad_x, self.pad_y])
+        return (np.asarray(points, dtype=np.float64) - pad + 0.5) / scale - 0.5
+
+    def as_array(self) -> np.ndarray:
+        return np.array(dataclasses.astuple(self), dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, a: Sequence[float]) -> Letterbox:
+        sx, sy, px, py, w, h = (float(v) for v in a)
+        return cls(sx, sy, int(px), int(py), int(w), int(h))
+
+
+def fit_letterbox(orig_h: int, orig_w: int, height: int, width: int) -> Letterbox:
+    """Largest aspect-preserving fit of ``orig`` into ``(height, width)``, centred."""
+    s = min(width / orig_w, height / orig_h)
+    new_w = min(width, max(1, round(orig_w * s)))
+    new_h = min(height, max(1, round(orig_h * s)))
+    return Letterbox(
+        scale_x=new_w / orig_w,
+        scale_y=new_h / orig_h,
+        pad_x=(width - new_w) // 2,
+        pad_y=(height - new_h) // 2,
+        orig_w=orig_w,
+        orig_h=orig_h,
+    )
+
+
+def letterbox_image(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize ``image (H, W)`` into a zero-padded ``(height, width)`` canvas."""
+    box = fit_letterbox(image.shape[0], image.shape[1], height, width)
+    new_w = round(box.orig_w * box.scale_x)
+    new_h = round(box.orig_h * box.scale_y)
+    shrink = new_w < box.orig_w
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    canvas = np.zeros((height, width), dtype=image.dtype)
+    canvas[box.pad_y : box.pad_y + new_h, box.pad_x : box.pad_x + new_w] = resized
+    return canvas, box
+
+
+@dataclasses.dataclass
+class PreparedSet:
+    """Images at the network input size with everything needed to map back.
+
+    Shapes: ``images (N, H, W)`` uint8, ``landmarks (N, K, 2)`` prepared px,
+    ``landmarks_orig (N, K, 2)`` original px, ``boxes (N, 6)`` (see :class:`Letterbox`),
+    ``spacing (N,)`` mm per original pixel, ``ids (N,)``.
+    """
+
+    ids: np.ndarray
+    images: np.ndarray
+    landmarks: np.ndarray
+    landmarks_orig: np.ndarray
+    boxes: np.ndarray
+    spacing: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def letterbox(self, i: int) -> Letterbox:
+        return Letterbox.from_array(self.boxes[i])
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        """Prepared px ``(N, K, 2)`` for every image -> original px."""
+        return np.stack([self.letterbox(i).to_original(p) for i, p in enumerate(points)])
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> PreparedSet:
+        index = np.asarray(index, dtype=np.int64)
+        return PreparedSet(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+    def save(self, path: str | Path) -> Path:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **dataclasses.asdict(self))
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreparedSet:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"prepared data not found: {path} (run the preprocess stage)")
+        with np.load(path, allow_pickle=False) as z:
+            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+
+
+def prepare(samples: Sequence[Sample], height: int, width: int) -> PreparedSet:
+    """Load, letterbox and record the mapping of every sample."""
+    images, lms, lms_orig, boxes = [], [], [], []
+    for s in samples:
+        image, box = letterbox_image(read_image(s.image_path), height, width)
+        images.append(image)
+        lms.append(box.to_prepared(s.landmarks))
+        lms_orig.append(s.landmarks)
+        boxes.append(box.as_array())
+    return PreparedSet(
+        ids=np.array([s.image_id for s in samples]),
+        images=np.stack(images),
+        landmarks=np.stack(lms).astype(np.float64),
+        landmarks_orig=np.stack(lms_orig).astype(np.float64),
+        boxes=np.stack(boxes),
+        spacing=np.array([s.pixel_spacing_mm for s in samples], dtype=np.float64),
+    )
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic random split of ``n`` training images into (train, val) indices."""
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if n_val >= n:
+        raise ValueError(f"val_fraction {val_fraction} leaves no training images out of {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

@@ -1,0 +1,58 @@
+"""Figures (matplotlib, Agg backend); every function writes one PNG atomically."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mahtnet.io import atomic_write  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+    try:
+        return atomic_write(path, write)
+    finally:
+        plt.close(fig)
+
+
+def plot_targets(
+    images: np.ndarray, heatmaps: np.ndarray, landmarks: np.ndarray, ids: Sequence[str], path: str | Path
+) -> Path:
+    """Each image ``(H, W)`` with the max over its heatmaps ``(K, h, w)`` and its landmarks."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 4.2), squeeze=False)
+    for ax, image, hm, pts, name in zip(axes[0], images, heatmaps, landmarks, ids, strict=True):
+        h, w = image.shape
+        ax.imshow(image, cmap="gray", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        peaks = np.ma.masked_less(hm.max(axis=0).astype(np.float32), 0.05)  # targets only
+        ax.imshow(peaks, cmap="autumn", alpha=0.7, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        ax.scatter(pts[:, 0], pts[:, 1], s=6, c="cyan", marker="+", linewidths=0.6)
+        ax.set_title(f"{name}: {len(pts)} targets", fontsize=9)
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_predictions(
+    image: np.ndarray, pred: np.ndarray, gt: np.ndarray, names: Sequence[str], title: str, path: str | Path
+) -> Path:
+    """Predicted (red) vs ground-truth (green) landmarks over an original-resolution image."""
+    fig, ax = plt.subplots(figsize=(6, 7.4))
+    ax.imshow(image, cmap="gray")
+    for p, g, name in zip(pred, gt, names, strict=True):
+        ax.plot([p[0], g[0]], [p[1], g[1]], "y-", lw=0.8)
+        ax.annotate(name, g, color="white", fontsize=5, xytext=(3, 3), textcoords="offset points")
+    ax.scatter(gt[:, 0], gt[:, 1], s=10, c="lime", label="ground truth")
+    ax.scatter(pred[:, 0], pred[:, 1], s=10, c="red", marker="x", label="prediction")
+    ax.legend(loc="lower left", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    return _save(fig, path)

@@ -1,0 +1,67 @@
+"""Stage: Gaussian heatmap targets for the prepared training images, a picture of a few of
+them, and the codec's encode -> decode round-trip error (a sanity metric)."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet.codec import encode_set  # noqa: E402
+from mahtnet.config import load_params, to_dict  # noqa: E402
+from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.io import atomic_write, write_json  # noqa: E402
+from mahtnet.plots import plot_targets  # noqa: E402
+from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.train import make_codec  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="targets .npz")
+    parser.add_argument("--plot", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path)
+    args = parser.parse_args()
+    params = load_params()
+    codec = make_codec(params)
+    logged = {"heatmap": to_dict(params.heatmap), "preprocess": to_dict(params.preprocess)}
+    with start_run(params.tracking, "heatmaps", logged) as run:
+        t0 = time.perf_counter()
+        arrays, errors = {}, []
+        for split in ("train", "val"):
+            data = PreparedSet.load(args.prepared / f"{split}.npz")
+            targets, visible = encode_set(codec, data.landmarks)
+            decoded, _ = codec.decode(targets.astype(np.float32))
+            errors.append(np.linalg.norm(decoded - data.landmarks, axis=-1)[visible])
+            arrays[split], arrays[f"{split}_visible"] = targets, visible
+            if split == "train":
+                n = min(3, len(data))
+                plot_targets(data.images[:n], targets[:n], data.landmarks[:n], data.ids[:n], args.plot)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(
+                    f, **arrays, sigma=codec.sigma, stride=codec.stride, input_size=codec.input_size
+                )
+
+        atomic_write(args.out, write)
+        err = np.concatenate(errors)
+        summary = {
+            "roundtrip_mean_px": float(err.mean()),
+            "roundtrip_max_px": float(err.max()),
+            "heatmap_height": codec.heatmap_size[0],
+            "heatmap_width": codec.heatmap_size[1],
+            "seconds": time.perf_counter() - t0,
+        }
+        write_json(args.metrics, summary)
+        run.log_metrics(summary)
+        run.log_artifact(args.plot)
+    print(f"targets {codec}: round trip mean {err.mean():.4f} px, max {err.max():.4f} px")
+
+
+if __name__ == "__main__":
+    main()

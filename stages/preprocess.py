@@ -1,0 +1,43 @@
+"""Stage: letterbox the dataset to the network input size and carve the validation split.
+
+Writes ``train.npz``, ``val.npz`` (from the training split) and ``test.npz`` under ``--out``.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet.config import load_params, to_dict  # noqa: E402
+from mahtnet.data.isbi import list_split  # noqa: E402
+from mahtnet.data.preprocess import prepare, split_train_val  # noqa: E402
+from mahtnet.io import write_json  # noqa: E402
+from mahtnet.tracking import start_run  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    params = load_params()
+    d, pp = params.data, params.preprocess
+    logged = {"data": to_dict(d), "preprocess": to_dict(pp), "seed": params.seed}
+    with start_run(params.tracking, "preprocess", logged) as run:
+        t0 = time.perf_counter()
+        training = prepare(list_split(d.root, d.train_split, d.gt, d.dataset), pp.height, pp.width)
+        test = prepare(list_split(d.root, d.test_split, d.gt, d.dataset), pp.height, pp.width)
+        train_idx, val_idx = split_train_val(len(training), d.val_fraction, params.seed)
+        sets = {"train": training.subset(train_idx), "val": training.subset(val_idx), "test": test}
+        for name, data in sets.items():
+            data.save(args.out / f"{name}.npz")
+        summary = {f"{name}_images": len(data) for name, data in sets.items()}
+        summary["seconds"] = time.perf_counter() - t0
+        write_json(args.out / "summary.json", {**summary, "val_ids": sets["val"].ids.tolist()})
+        run.log_metrics(summary)
+    print(f"prepared {summary} at {pp.height}x{pp.width} into {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from mahtnet.data.isbi import DataError, list_split, load_landmarks, read_annotation, read_image
+
+
+def test_isbi_loader_on_shared_data(isbi_root):
+    senior = load_landmarks(isbi_root, "001", "senior")
+    assert senior.shape == (19, 2)
+    assert tuple(senior[0]) == (835, 996)  # image 001, senior, landmark 1 (sella)
+    junior = load_landmarks(isbi_root, "001", "junior")
+    np.testing.assert_allclose(load_landmarks(isbi_root, "001", "mean"), (senior + junior) / 2)
+    train = list_split(isbi_root, "TrainingData", "mean")
+    assert len(train) == 150 and train[0].image_id == "001" and train[-1].image_id == "150"
+    assert train[0].pixel_spacing_mm == 0.1
+    image = read_image(train[0].image_path)
+    assert image.shape == (2400, 1935) and image.dtype == np.uint8
+
+
+def test_missing_split_is_a_clear_error(isbi_root):
+    with pytest.raises(FileNotFoundError, match="Test2Data"):
+        list_split(isbi_root, "Test2Data", "mean")
+
+
+def _layout(tmp_path, n_lines=19):
+    (tmp_path / "RawImage" / "TrainingData").mkdir(parents=True)
+    for who in ("senior", "junior"):
+        d = tmp_path / "AnnotationsByMD" / f"400_{who}"
+        d.mkdir(parents=True)
+        (d / "001.txt").write_text("\n".join(f"{i},{2 * i}" for i in range(n_lines)) + "\n")
+    return tmp_path
+
+
+def test_annotation_extra_lines_are_ignored(tmp_path):
+    root = _layout(tmp_path, n_lines=24)
+    pts = read_annotation(root / "AnnotationsByMD" / "400_senior" / "001.txt")
+    assert pts.shape == (19, 2) and tuple(pts[18]) == (18, 36)
+
+
+def test_annotation_wrong_line_count_names_file(tmp_path):
+    root = _layout(tmp_path, n_lines=18)
+    path = root / "AnnotationsByMD" / "400_senior" / "001.txt"
+    with pytest.raises(DataError, match=r"001\.txt.*18 landmark lines, expected 19"):
+        read_annotation(path)
+
+
+def test_annotation_garbage_and_nan(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("1,2\n" * 5 + "x;y\n" + "1,2\n" * 13)
+    with pytest.raises(DataError, match=r"a\.txt:6"):
+        read_annotation(path)
+    path.write_text("1,2\n" * 5 + "nan,2\n" + "1,2\n" * 13)
+    with pytest.raises(DataError, match="non-finite"):
+        read_annotation(path)
+
+
+def test_missing_and_corrupt_image(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.png"):
+        read_image(tmp_path / "nothere.png")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(DataError, match="bad.jpg"):
+        read_image(bad)
+
+
+def test_missing_annotation_names_file(tmp_path):
+    root = _layout(tmp_path)
+    (root / "RawImage" / "TrainingData" / "002.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="002.txt"):
+        list_split(root, "TrainingData", "mean", dataset="isbi2015")

@@ -1,0 +1,99 @@
+"""A tiny end-to-end run of the real DVC pipeline on a few synthetic images."""
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny_params(tmp: Path) -> dict:
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["synthetic"].update(n_train=10, n_test=3, width=192, height=240)
+    p["preprocess"].update(height=64, width=48)
+    p["model"].update(unet_channels=4)
+    p["train"].update(epochs=2, batch_size=4, warmup_epochs=1, patience=5)
+    p["data"]["val_fraction"] = 0.2
+    p["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    return p
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    bindir = Path(sys.executable).parent
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "NO_ALBUMENTATIONS_UPDATE": "1", "HOME": str(cwd)}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("pipeline")
+    work = tmp / "repo"
+    work.mkdir()
+    for name in ("src", "stages"):
+        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", work)
+    (work / "params.yaml").write_text(yaml.safe_dump(_tiny_params(tmp), sort_keys=False))
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"]):
+        assert _run(cmd, work).returncode == 0
+    result = _run([dvc, "repro"], work)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work
+
+
+def test_pipeline_writes_metrics_plots_and_checkpoint(pipeline):
+    metrics = json.loads((pipeline / "metrics" / "baseline.json").read_text())
+    for key in ("mre_mm", "sd_mm", "median_mm", "mre_px", "sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm"):
+        assert key in metrics
+    assert metrics["images"] == 3 and metrics["mre_mm"] > 0
+    assert (pipeline / "data" / "models" / "baseline.pt").is_file()
+    assert (pipeline / "plots" / "baseline" / "per_landmark.csv").read_text().count("\n") == 20
+    assert (pipeline / "plots" / "heatmaps" / "targets.png").stat().st_size > 1000
+    history = (pipeline / "plots" / "train_baseline" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_loss") and len(history) == 3
+    heat = json.loads((pipeline / "metrics" / "heatmaps.json").read_text())
+    assert heat["roundtrip_max_px"] < 0.05
+
+
+def test_second_repro_does_nothing(pipeline):
+    result = _run([str(Path(sys.executable).parent / "dvc"), "repro"], pipeline)
+    assert result.returncode == 0
+    assert "up to date" in result.stdout and "Running stage" not in result.stdout
+
+
+def test_mlflow_has_one_run_per_stage(pipeline):
+    db = pipeline.parent / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        names = {row[0] for row in con.execute("select name from runs")}
+        metrics = {row[0] for row in con.execute("select key from metrics")}
+    assert {"synthesize", "preprocess", "heatmaps", "train_baseline", "evaluate:baseline"} <= names
+    assert {"train_loss", "val_mre_mm", "lr", "epoch_time_s", "peak_memory_mb", "mre_mm"} <= metrics
+
+
+def test_evaluate_command_on_a_dataset_root(pipeline, tmp_path):
+    out = tmp_path / "eval.json"
+    args = [sys.executable, "stages/evaluate.py", "--checkpoint", "data/models/baseline.pt"]
+    args += ["--data-root", "data/synthetic", "--split", "Test1Data", "--gt", "senior", "--out", str(out)]
+    result = _run(args, pipeline)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(out.read_text())["images"] == 3
+
+
+def test_unknown_params_key_fails_with_its_name(pipeline, tmp_path):
+    bad = tmp_path / "params.yaml"
+    raw = yaml.safe_load((pipeline / "params.yaml").read_text())
+    raw["train"]["learning_rate"] = 0.1
+    bad.write_text(yaml.safe_dump(raw))
+    args = [sys.executable, "stages/evaluate.py", "--checkpoint", "data/models/baseline.pt"]
+    args += ["--prepared", "data/prepared/test.npz", "--out", str(tmp_path / "x.json"), "--params", str(bad)]
+    result = _run(args, pipeline)
+    assert result.returncode != 0
+    assert "unknown params key 'train.learning_rate'" in result.stderr
+    assert not (tmp_path / "x.json").exists()
