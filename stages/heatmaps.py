@@ -10,13 +10,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mahtnet.codec import encode_set  # noqa: E402
+from mahtnet.codec import HeatmapCodec, encode_set  # noqa: E402
 from mahtnet.config import load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.io import atomic_write, write_json  # noqa: E402
 from mahtnet.plots import plot_targets  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
-from mahtnet.train import make_codec  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +26,7 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, type=Path)
     args = parser.parse_args()
     params = load_params()
-    codec = make_codec(params)
+    codec = HeatmapCodec.from_params(params.preprocess, params.heatmap)
     logged = {"heatmap": to_dict(params.heatmap), "preprocess": to_dict(params.preprocess)}
     with start_run(params.tracking, "heatmaps", logged) as run:
         t0 = time.perf_counter()

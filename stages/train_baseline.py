@@ -9,11 +9,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from mahtnet.codec import HeatmapCodec  # noqa: E402
 from mahtnet.config import load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
-from mahtnet.train import make_codec, train  # noqa: E402
+from mahtnet.train import train  # noqa: E402
 
 
 def load_val_targets(path: Path, codec) -> np.ndarray:
@@ -38,7 +39,7 @@ def main() -> None:
     params = load_params()
     train_set = PreparedSet.load(args.prepared / "train.npz")
     val_set = PreparedSet.load(args.prepared / "val.npz")
-    val_targets = load_val_targets(args.targets, make_codec(params))
+    val_targets = load_val_targets(args.targets, HeatmapCodec.from_params(params.preprocess, params.heatmap))
     with start_run(params.tracking, "train_baseline", to_dict(params)) as run:
         result = train(params, train_set, val_set, args.checkpoint, args.history, run, val_targets)
         summary = dataclasses.asdict(result)

@@ -35,6 +35,11 @@ class HeatmapCodec:
         self.stride = int(stride)
         self.heatmap_size = (self.input_size[0] // stride, self.input_size[1] // stride)
 
+    @classmethod
+    def from_params(cls, preprocess, heatmap) -> HeatmapCodec:
+        """The codec of ``params.yaml``'s ``preprocess`` (input size) and ``heatmap`` blocks."""
+        return cls((preprocess.height, preprocess.width), sigma=heatmap.sigma, stride=heatmap.stride)
+
     def __repr__(self) -> str:
         return f"HeatmapCodec(input_size={self.input_size}, sigma={self.sigma}, stride={self.stride})"
 

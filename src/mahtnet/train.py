@@ -49,14 +49,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_codec(params: Params) -> HeatmapCodec:
-    return HeatmapCodec(
-        (params.preprocess.height, params.preprocess.width),
-        sigma=params.heatmap.sigma,
-        stride=params.heatmap.stride,
-    )
-
-
 def warmup_cosine(total_steps: int, warmup_steps: int):
     """LR multiplier: linear warm-up, then cosine decay to 1 % of the base LR."""
 
@@ -121,7 +113,7 @@ def train(
     if tp.threads > 0:
         torch.set_num_threads(tp.threads)
     device = select_device(tp.device)
-    codec = make_codec(params)
+    codec = HeatmapCodec.from_params(params.preprocess, params.heatmap)
     loss = get_loss(tp.loss)
     model = build_model(params.model).to(device)
     n_params = sum(p.numel() for p in model.parameters())

@@ -18,6 +18,7 @@ arguments give byte-identical files.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -735,13 +736,9 @@ def generate_sample(
     return image, landmarks
 
 
-_MODEL_CACHE: dict = {}
-
-
+@functools.cache
 def _shape_model() -> dict:
-    if "model" not in _MODEL_CACHE:
-        _MODEL_CACHE["model"] = load_shape_model()
-    return _MODEL_CACHE["model"]
+    return load_shape_model()
 
 
 def _sample_seed(seed: int, index: int) -> int:

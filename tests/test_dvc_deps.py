@@ -1,0 +1,46 @@
+"""dvc.yaml lists, for each stage, every library module its script imports (transitively),
+so that a code change re-runs exactly the stages it affects."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+SRC = REPO / "src"
+
+
+def _module_file(name: str) -> Path | None:
+    for candidate in (SRC / f"{name.replace('.', '/')}.py", SRC / name.replace(".", "/") / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(script: Path) -> set[str]:
+    """Files under src/ that ``script`` imports, directly or through other modules."""
+    seen: set[Path] = set()
+    stack = [script]
+    while stack:
+        text = stack.pop().read_text()
+        for name in re.findall(r"^\s*(?:from|import)\s+(mahtnet[\w.]*)", text, re.M):
+            path = _module_file(name)
+            if path and path not in seen:
+                seen.add(path)
+                stack.append(path)
+    return {str(p.relative_to(REPO)) for p in seen if p.stat().st_size > 0 and p.name != "__init__.py"}
+
+
+def _stages() -> list[tuple[str, dict]]:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return [(name, s.get("do", s)) for name, s in stages.items()]
+
+
+@pytest.mark.parametrize("name,stage", _stages(), ids=[n for n, _ in _stages()])
+def test_stage_deps_cover_imports(name, stage):
+    script = REPO / stage["cmd"].split()[1]
+    deps = set(stage["deps"])
+    missing = imported_modules(script) - deps
+    assert not missing, f"stage {name}: add {sorted(missing)} to its deps in dvc.yaml"
+    assert str(script.relative_to(REPO)) in deps
