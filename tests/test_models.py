@@ -154,6 +154,12 @@ def test_window_attention_partition_and_global_equivalence():
     full.load_state_dict(local.state_dict())
     tokens = torch.randn(2, 16, 8)  # a 4 x 4 grid: one window is the whole grid
     torch.testing.assert_close(local(tokens, (4, 4)), full(tokens, (4, 4)))
+    # padded windows: padding is masked out, so a real token's output does not depend on it
+    tokens = torch.randn(1, 3 * 3, 8)  # a 3 x 3 grid, windows of 2 x 2 on a 4 x 4 padded grid
+    alone = full(tokens.view(1, 3, 3, 8)[:, 2, 2][:, None], (1, 1))  # token (2, 2) is alone in its window
+    local.window = 2
+    out = local(tokens, (3, 3))
+    torch.testing.assert_close(out.view(1, 3, 3, 8)[:, 2, 2], alone[:, 0])
     model = tiny(attention_window=1)
     assert model(torch.randn(1, 1, 64, 96)).heatmaps.shape == (1, K, 64, 96)
 

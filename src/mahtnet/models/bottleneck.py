@@ -4,7 +4,8 @@ Each feature-map position is a token (a 1x1 patch embedding), with a learnable p
 embedding defined on a ``pos_size x pos_size`` grid and bicubically interpolated to the
 actual token grid, so one model runs at any input size. Blocks are pre-LayerNorm
 multi-head self-attention + MLP with residuals; attention is global, or local in
-non-overlapping ``window x window`` token windows for large inputs. ``layers=0`` makes
+non-overlapping ``window x window`` token windows for large inputs (the grid is padded to a
+multiple of the window; padding tokens are masked out). ``layers=0`` makes
 the bottleneck the identity (the ablation without a transformer).
 """
 
@@ -51,12 +52,22 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]  # each (B, heads, N, D/heads)
 
+    def _padding_mask(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor | None:
+        """``(B * nW, 1, 1, window**2)`` True for real tokens, so padding is never attended to."""
+        if not (hw[0] % self.window or hw[1] % self.window):
+            return None
+        ones = torch.ones(1, hw[0] * hw[1], 1, device=x.device, dtype=x.dtype)
+        real = window_partition(ones, hw, self.window)[0][..., 0] > 0  # (nW, window**2)
+        return real.repeat(x.shape[0], 1)[:, None, None, :]
+
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        mask = None
         if self.window:
+            mask = self._padding_mask(x, hw)
             x, info = window_partition(x, hw, self.window)
         b, n, d = x.shape
         q, k, v = self._qkv(x)
-        x = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, d)
         x = self.proj(x)
         return window_reverse(x, info, self.window) if self.window else x
 
@@ -64,10 +75,15 @@ class Attention(nn.Module):
     def attention_received(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Mean attention each token receives (over heads and queries): ``(B, N)``; for
         visualisation (it materialises the attention matrix)."""
+        mask = None
         if self.window:
+            mask = self._padding_mask(x, hw)
             x, info = window_partition(x, hw, self.window)
         q, k, _ = self._qkv(x)
-        weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)  # (B, h, N, N)
+        scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, h, N, N)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
         received = weights.mean(dim=(1, 2))[..., None]  # (B, N, 1)
         return window_reverse(received, info, self.window)[..., 0] if self.window else received[..., 0]
 
