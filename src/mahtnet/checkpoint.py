@@ -15,7 +15,7 @@ from torch import nn
 
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import ModelParams
-from mahtnet.io import atomic_write
+from mahtnet.io import atomic_write, load_torch
 from mahtnet.models.factory import build_model
 
 FORMAT = "mahtnet-checkpoint"
@@ -34,12 +34,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged files
-        raise CheckpointError(f"corrupt or truncated checkpoint {path}: {err}") from None
+    payload = load_torch(path, "checkpoint", CheckpointError)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a MAHT-Net checkpoint")
     for key in ("model_state", "meta"):

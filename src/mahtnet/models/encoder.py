@@ -15,6 +15,8 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
+from mahtnet.io import load_torch
+
 ENCODERS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_lite0", "resnet50")
 STRIDES = (4, 8, 16, 32)
 
@@ -97,12 +99,7 @@ def load_encoder_weights(backbone: nn.Module, path: str | Path, name: str) -> No
     convolution are adapted to the backbone's input channels (summed for 1 channel).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder weights file not found: {path} (model.encoder_weights)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged files
-        raise EncoderWeightsError(f"cannot read encoder weights {path}: {err}") from None
+    state = load_torch(path, "encoder weights file (model.encoder_weights)", EncoderWeightsError)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
