@@ -53,12 +53,6 @@ VARIANTS = {
     "unet": {"name": "unet"},
     REFERENCE: {"name": "maht_net", "encoder": "efficientnet_b0", "transformer_layers": 4},
     "maht_net_b0_tf0": {"name": "maht_net", "encoder": "efficientnet_b0", "transformer_layers": 0},
-    "maht_net_b0_tf4_nogates": {
-        "name": "maht_net",
-        "encoder": "efficientnet_b0",
-        "transformer_layers": 4,
-        "attention_gates": False,
-    },
     "maht_net_b1_tf4": {"name": "maht_net", "encoder": "efficientnet_b1", "transformer_layers": 4},
     "maht_net_lite0_tf4": {"name": "maht_net", "encoder": "efficientnet_lite0", "transformer_layers": 4},
     "maht_net_resnet50_tf4": {"name": "maht_net", "encoder": "resnet50", "transformer_layers": 4},
@@ -170,7 +164,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--budget-s", type=float, default=4.0, help="timing budget per measurement")
+    parser.add_argument("--budget-s", type=float, default=2.0, help="timing budget per measurement")
     parser.add_argument("--max-repeats", type=int, default=10)
     args = parser.parse_args()
     if args.threads > 0:
