@@ -108,6 +108,13 @@ def median_time(fn, device: torch.device, budget_s: float, max_repeats: int) -> 
     return statistics.median(times), repeats
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     parts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
     return {"total": sum(p.numel() for p in model.parameters()), **parts}
@@ -214,7 +221,7 @@ def main() -> None:
 
     report = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
