@@ -1,4 +1,5 @@
-"""Stage: train the baseline U-Net; keep the best checkpoint by validation MRE."""
+"""Stage: train the model of ``params.yaml`` (``model.name``: the U-Net baseline by default, or
+MAHT-Net); keep the best checkpoint by validation MRE."""
 
 import argparse
 import dataclasses

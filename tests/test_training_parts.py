@@ -1,5 +1,7 @@
 """Losses, the U-Net, checkpoints and the MLflow store location."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -59,16 +61,19 @@ def test_log_heatmaps_decode_consistently():
 def test_unet_shapes_and_errors():
     model = UNet(1, 19, channels=4, depth=4)
     out = model(torch.zeros(2, 1, 64, 48))
-    assert out.shape == (2, 19, 64, 48)
+    assert out.heatmaps.shape == (2, 19, 64, 48)
+    assert out.coords.shape == (2, 19, 2) and out.confidence.shape == (2, 19)
     with pytest.raises(ValueError, match="divisible by 16"):
         model(torch.zeros(1, 1, 60, 48))
-    with pytest.raises(KeyError, match="unet"):
-        build_model(ModelParams(name="nope", unet_channels=4, unet_depth=2))
+    with pytest.raises(KeyError, match="maht_net, unet"):
+        build_model(
+            ModelParams(**dict.fromkeys(f.name for f in dataclasses.fields(ModelParams)) | {"name": "nope"})
+        )
 
 
 def test_unet_gradients_reach_every_parameter():
     model = UNet(1, 3, channels=4, depth=2)
-    model(torch.randn(2, 1, 16, 16)).square().mean().backward()
+    model(torch.randn(2, 1, 16, 16)).heatmaps.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 

@@ -6,6 +6,7 @@ A checkpoint holds the model weights and everything needed to use them without
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import ModelParams
-from mahtnet.io import atomic_write
+from mahtnet.io import atomic_write, load_torch
 from mahtnet.models.factory import build_model
 
 FORMAT = "mahtnet-checkpoint"
@@ -33,12 +34,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for damaged files
-        raise CheckpointError(f"corrupt or truncated checkpoint {path}: {err}") from None
+    payload = load_torch(path, "checkpoint", CheckpointError)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a MAHT-Net checkpoint")
     for key in ("model_state", "meta"):
@@ -48,9 +44,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> tuple[nn.Module, HeatmapCodec, str]:
-    """Rebuild ``(model, codec, output_kind)`` from a loaded checkpoint."""
+    """Rebuild ``(model, codec, output_kind)`` from a loaded checkpoint.
+
+    The encoder's initial weights file is not read (the checkpoint holds all weights), and
+    U-Net checkpoints written before MAHT-Net existed (without its ``model`` keys) still load.
+    """
     meta = payload["meta"]
-    model = build_model(ModelParams(**meta["model"]), num_landmarks=len(meta["landmark_names"]))
+    missing = [f.name for f in dataclasses.fields(ModelParams) if f.name not in meta["model"]]
+    if missing and meta["model"].get("name") != "unet":
+        raise CheckpointError(f"checkpoint model block lacks keys {missing}")
+    model_params = ModelParams(**(dict.fromkeys(missing) | meta["model"] | {"encoder_weights": None}))
+    model = build_model(model_params, num_landmarks=len(meta["landmark_names"]))
     model.load_state_dict(payload["model_state"])
     model.eval()
     codec = HeatmapCodec(tuple(meta["input_size"]), meta["heatmap"]["sigma"], meta["heatmap"]["stride"])

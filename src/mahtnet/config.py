@@ -60,9 +60,26 @@ class HeatmapParams:
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    name: str
+    name: str  # "unet" or "maht_net"
     unet_channels: int  # width of the first U-Net block; doubles at each level
     unet_depth: int  # number of down blocks
+    # MAHT-Net (each key is the MAHTNet keyword argument of the same name)
+    encoder: str  # timm backbone: see mahtnet.models.encoder.ENCODERS
+    encoder_weights: str | None  # local timm-keyed state dict file; null = random init (no downloads)
+    encoder_frozen_stages: int  # 0 = train all; n = freeze the stem and the first n of 4 stages
+    encoder_grad_checkpointing: bool  # recompute encoder activations in backward (less memory)
+    transformer_layers: int  # transformer blocks in the bottleneck; 0 = no transformer
+    transformer_dim: int  # token width
+    transformer_heads: int  # attention heads (must divide transformer_dim)
+    transformer_mlp_ratio: float  # MLP hidden width / transformer_dim
+    attention_window: int  # 0 = global attention; n = local attention in n x n token windows
+    transformer_pos_size: int  # side of the learnable positional-embedding grid (interpolated)
+    decoder_channels: int  # common decoder width at strides 4-32 (halved per upsampling below 4)
+    attention_gates: bool  # attention gates on the decoder's skip connections
+    decoder_cbam: bool  # channel + spatial (CBAM) attention after each decoder fusion
+    fpn: bool  # FPN additive lateral fusion (true) or U-Net concatenation (false)
+    output_stride: int  # input px per heatmap px of MAHT-Net: 1 or 2 (must equal heatmap.stride)
+    head_temperature: float  # soft-argmax temperature of the coordinate head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,11 +217,27 @@ def _check_choices(p: Params) -> None:
             raise ParamsError(f"params key '{key}' is {value!r}; valid: {', '.join(valid)}")
     if not 0.0 < p.data.val_fraction < 1.0:
         raise ParamsError("params key 'data.val_fraction' must be in (0, 1): model selection needs it")
+    multiple = 32 if p.model.name == "maht_net" else 16  # the models' coarsest strides
     for key in ("preprocess.height", "preprocess.width"):
         section, name = key.split(".")
         value = getattr(getattr(p, section), name)
-        if value <= 0 or value % 16:
-            raise ParamsError(f"params key '{key}' must be a positive multiple of 16, got {value}")
+        if value <= 0 or value % multiple:
+            raise ParamsError(
+                f"params key '{key}' must be a positive multiple of {multiple} "
+                f"for model.name {p.model.name!r}, got {value}"
+            )
+    if p.model.output_stride not in (1, 2):
+        raise ParamsError(f"params key 'model.output_stride' must be 1 or 2, got {p.model.output_stride}")
+    if p.model.name == "maht_net" and p.heatmap.stride != p.model.output_stride:
+        raise ParamsError(
+            f"params key 'heatmap.stride' ({p.heatmap.stride}) must equal 'model.output_stride' "
+            f"({p.model.output_stride}): the targets must have the model's output size"
+        )
+    if p.model.name == "unet" and p.heatmap.stride != 1:
+        raise ParamsError(
+            f"params key 'heatmap.stride' is {p.heatmap.stride} but model.name 'unet' predicts at "
+            "stride 1 ('model.output_stride' applies to maht_net only)"
+        )
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

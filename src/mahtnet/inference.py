@@ -46,7 +46,7 @@ def predict(
     for start in range(0, len(images), batch_size):
         x = image_to_tensor(images[start : start + batch_size]).to(device)
         with autocast(device, amp):
-            out = model(x)
+            out = model(x).heatmaps
         logs = log_heatmaps(out, output_kind).cpu().numpy()
         c, peak = codec.decode(logs, is_log=True)
         coords.append(c)

@@ -55,3 +55,18 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON atomically; NaN/inf are refused (they would corrupt a metrics file)."""
     _check_finite(obj)
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def load_torch(path: str | Path, what: str, error: type[Exception]) -> Any:
+    """``torch.load`` of ``path`` onto the CPU, tensors and containers only. A missing file
+    raises ``FileNotFoundError``, an unreadable one ``error``; both messages name ``what`` and
+    the file."""
+    import torch  # here: most users of this module do not need torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for damaged files
+        raise error(f"corrupt or truncated {what} {path}: {err}") from None

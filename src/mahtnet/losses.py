@@ -1,7 +1,8 @@
 """Heatmap losses.
 
-Each loss takes network output ``(B, K, h, w)``, Gaussian targets with unit peaks
-``(B, K, h, w)`` and a visibility mask ``(B, K)``, and averages over visible landmarks.
+Each loss takes the network's heatmaps ``(B, K, h, w)`` (``LandmarkOutput.heatmaps``),
+Gaussian targets with unit peaks ``(B, K, h, w)`` and a visibility mask ``(B, K)``, and
+averages over visible landmarks.
 ``LOSSES[name].output`` says how to read the network output at decode time.
 """
 

@@ -56,3 +56,21 @@ def plot_predictions(
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     return _save(fig, path)
+
+
+def plot_attention_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: str | Path) -> Path:
+    """An input image ``(H, W)`` and, beside it, each attention map ``(h, w)`` (from
+    :func:`mahtnet.models.maht_net.attention_maps`) stretched over it."""
+    n = len(maps) + 1
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.4), squeeze=False)
+    h, w = image.shape
+    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+    axes[0, 0].imshow(image, cmap="gray", extent=extent)
+    axes[0, 0].set_title("input", fontsize=8)
+    for ax, (name, amap) in zip(axes[0, 1:], maps.items(), strict=True):
+        ax.imshow(image, cmap="gray", extent=extent)
+        ax.imshow(np.asarray(amap, dtype=np.float32), cmap="jet", alpha=0.5, extent=extent)
+        ax.set_title(name, fontsize=8)
+    for ax in axes[0]:
+        ax.axis("off")
+    return _save(fig, path)

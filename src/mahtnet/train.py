@@ -81,7 +81,7 @@ def validate(model, loader, data: PreparedSet, codec, loss, device, amp: bool, t
     for batch in loader:
         x = batch["image"].to(device)
         with autocast(device, amp):
-            out = model(x)
+            out = model(x).heatmaps
         value = loss.fn(
             out, batch["target"].to(device), batch["visible"].to(device), target_scale=target_scale
         )
@@ -116,6 +116,8 @@ def train(
     codec = HeatmapCodec.from_params(params.preprocess, params.heatmap)
     loss = get_loss(tp.loss)
     model = build_model(params.model).to(device)
+    if model.output_stride != codec.stride:
+        raise ValueError(f"model output stride {model.output_stride} != heatmap.stride {codec.stride}")
     n_params = sum(p.numel() for p in model.parameters())
 
     train_ds = LandmarkDataset(train_set, codec, build_augmentation(tp.augment, seed=params.seed))
@@ -160,7 +162,7 @@ def train(
             target = batch["target"].to(device, non_blocking=True)
             visible = batch["visible"].to(device)
             with autocast(device, tp.amp):
-                out = model(x)
+                out = model(x).heatmaps
             value = loss.fn(out, target, visible, target_scale=tp.mse_target_scale)
             if not torch.isfinite(value):
                 raise FloatingPointError(f"training loss became {value.item()} at epoch {epoch}")

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mahtnet.models.head import LandmarkOutput, landmark_output
 from mahtnet.models.layers import DoubleConv
 
 
@@ -13,9 +14,12 @@ class UNet(nn.Module):
     """``depth`` down blocks, a bottleneck, ``depth`` up blocks with skip connections and a
     1x1 convolution to one heatmap per landmark at the input resolution.
 
-    Input ``(B, C, H, W)`` with ``H, W`` divisible by ``2**depth``; output ``(B, K, H, W)``
-    (logits or heatmaps, depending on the loss).
+    Input ``(B, C, H, W)`` with ``H, W`` divisible by ``2**depth``; output a
+    :class:`LandmarkOutput` with heatmaps ``(B, K, H, W)`` (logits or heatmaps, depending on
+    the loss) and their soft-argmax coordinates at temperature 1.
     """
+
+    output_stride = 1
 
     def __init__(self, in_channels: int, num_landmarks: int, channels: int, depth: int):
         super().__init__()
@@ -32,7 +36,7 @@ class UNet(nn.Module):
         self.up_blocks = nn.ModuleList([DoubleConv(2 * widths[i], widths[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], num_landmarks, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> LandmarkOutput:
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"input size {h}x{w} is not divisible by {self.stride}")
@@ -44,4 +48,4 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for up, block, skip in zip(self.up, self.up_blocks, reversed(skips), strict=True):
             x = block(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+        return landmark_output(self.head(x), stride=1, temperature=1.0)
