@@ -11,7 +11,8 @@ at 256x256 and 512x512, batch 1 and 8:
   ``torch.cuda.max_memory_allocated``; on CPU the growth of the process's peak resident set
   (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) over the resident set before
   the call, with glibc told to return large blocks to the system at once
-  (``MALLOC_MMAP_THRESHOLD_``, set by re-executing the script) so that it tracks live memory;
+  (glibc ``mallopt(M_MMAP_THRESHOLD)``, set after all latencies are measured, since it slows
+  allocation) so that it tracks live memory;
 - the MAHT-Net / U-Net latency ratio per case, and the issue's targets: MAHT-Net
   (efficientnet_b0, 4 transformer layers) latency <= 1.3x the U-Net's, batch 8 at 512x512
   forward+backward within 16 GB.
@@ -24,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import os
 import platform
@@ -34,10 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
-if MMAP_ENV not in os.environ and __name__ == "__main__":  # must be set before the process starts
-    os.environ[MMAP_ENV] = "65536"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+MMAP_THRESHOLD = 65536  # bytes; see track_live_memory()
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -75,6 +74,21 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def track_live_memory() -> bool:
+    """glibc only: serve allocations >= MMAP_THRESHOLD with mmap, so freed blocks leave the
+    resident set at once and its peak tracks live memory. It slows allocation, so it is set
+    only after all latencies are measured."""
+    libc = _libc()
+    return libc is not None and libc.mallopt(-3, MMAP_THRESHOLD) == 1  # -3 = M_MMAP_THRESHOLD
+
+
 def peak_memory_mb(fn, device: torch.device) -> float:
     """Peak memory that ``fn()`` adds (MiB): CUDA allocator peak, or CPU resident-set peak."""
     sync(device)
@@ -85,6 +99,9 @@ def peak_memory_mb(fn, device: torch.device) -> float:
         fn()
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)  # hand freed heap back, so reused memory counts as growth
     base = _rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
     fn()
@@ -127,7 +144,7 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def bench_case(model, size: int, batch: int, device, budget_s: float, max_repeats: int) -> dict:
+def _inputs(model, size: int, batch: int, device):
     x = torch.randn(batch, 1, size, size, device=device)
 
     def forward() -> None:
@@ -138,13 +155,15 @@ def bench_case(model, size: int, batch: int, device, budget_s: float, max_repeat
         model.zero_grad(set_to_none=True)
         model(x).heatmaps.float().square().mean().backward()
 
+    return x, forward, forward_backward
+
+
+def latency_case(model, size: int, batch: int, device, budget_s: float, max_repeats: int) -> dict:
+    x, forward, forward_backward = _inputs(model, size, batch, device)
     model.eval()
     fwd_s, fwd_n = median_time(forward, device, budget_s, max_repeats)
-    fwd_mem = peak_memory_mb(forward, device)
     model.train()
     fb_s, fb_n = median_time(forward_backward, device, budget_s, max_repeats)
-    model.zero_grad(set_to_none=True)
-    fb_mem = peak_memory_mb(forward_backward, device)
     model.zero_grad(set_to_none=True)
     return {
         "input": [size, size],
@@ -155,9 +174,18 @@ def bench_case(model, size: int, batch: int, device, budget_s: float, max_repeat
         "forward_repeats": fwd_n,
         "forward_backward_ms_batch": round(1000 * fb_s, 2),
         "forward_backward_repeats": fb_n,
-        "peak_memory_mb_forward": round(fwd_mem, 1),
-        "peak_memory_mb_forward_backward": round(fb_mem, 1),
     }
+
+
+def memory_case(model, size: int, batch: int, device) -> dict:
+    _, forward, forward_backward = _inputs(model, size, batch, device)
+    model.eval()
+    fwd_mem = peak_memory_mb(forward, device)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    fb_mem = peak_memory_mb(forward_backward, device)
+    model.zero_grad(set_to_none=True)
+    return {"peak_memory_mb_forward": round(fwd_mem, 1), "peak_memory_mb_forward_backward": round(fb_mem, 1)}
 
 
 def main() -> None:
@@ -181,21 +209,28 @@ def main() -> None:
     base = load_params(args.params).model
     start = time.perf_counter()
 
+    def models():
+        for name in args.variants:
+            p = dataclasses.replace(base, **VARIANTS[name], encoder_weights=None)
+            torch.manual_seed(0)
+            yield name, p, build_model(p, 1, NUM_LANDMARKS).to(device)
+
+    grid = [(size, batch) for size in args.sizes for batch in args.batches]
     results = {}
-    for name in args.variants:
-        p = dataclasses.replace(base, **VARIANTS[name], encoder_weights=None)
-        model = build_model(p, 1, NUM_LANDMARKS).to(device)
-        cases = []
-        for size in args.sizes:
-            for batch in args.batches:
-                cases.append(bench_case(model, size, batch, device, args.budget_s, args.max_repeats))
-                print(f"{name} {size}x{size} b{batch}: {cases[-1]}", flush=True)
+    for name, p, model in models():  # phase 1: latency, with the default allocator
+        cases = [latency_case(model, s, b, device, args.budget_s, args.max_repeats) for s, b in grid]
         results[name] = {
             "model": {k: v for k, v in dataclasses.asdict(p).items() if k == "name" or k in VARIANTS[name]},
             "parameters": count_parameters(model),
             "cases": cases,
         }
-        del model
+        print(f"{name} latency: {cases}", flush=True)
+    live = device.type == "cuda" or track_live_memory()
+    for name, _, model in models():  # phase 2: peak memory
+        for case, (s, b) in zip(results[name]["cases"], grid, strict=True):
+            case.update(memory_case(model, s, b, device))
+        peaks = [c["peak_memory_mb_forward_backward"] for c in results[name]["cases"]]
+        print(f"{name} forward+backward peak MiB: {peaks}", flush=True)
 
     def case_key(c: dict) -> str:
         return f"{c['input'][0]}x{c['input'][1]}_b{c['batch']}"
@@ -231,8 +266,8 @@ def main() -> None:
             "repeats": f"2 to {args.max_repeats}, as many as fit {args.budget_s} s per measurement",
             "memory": "CUDA: max_memory_allocated growth"
             if device.type == "cuda"
-            else "CPU: peak resident-set growth (VmHWM reset via /proc/self/clear_refs), "
-            f"{MMAP_ENV}={os.environ.get(MMAP_ENV)}",
+            else "CPU: peak resident-set growth (VmHWM reset via /proc/self/clear_refs), measured "
+            f"after all latencies with glibc mallopt(M_MMAP_THRESHOLD={MMAP_THRESHOLD}): {live}",
             "flops": "torch.utils.flop_counter.FlopCounterMode, forward, batch 1 (a multiply-add = 2 FLOPs)",
             "variants": "params.yaml model block with the overrides listed per variant",
         },
