@@ -60,11 +60,19 @@ class Attention(nn.Module):
         real = window_partition(ones, hw, self.window)[0][..., 0] > 0  # (nW, window**2)
         return real.repeat(x.shape[0], 1)[:, None, None, :]
 
+    def _windows(
+        self, x: torch.Tensor, hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, tuple | None, torch.Tensor | None]:
+        """Tokens as attention sees them: ``(x, partition info, padding mask)``; global
+        attention leaves ``x`` as it is."""
+        if not self.window:
+            return x, None, None
+        mask = self._padding_mask(x, hw)
+        x, info = window_partition(x, hw, self.window)
+        return x, info, mask
+
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        mask = None
-        if self.window:
-            mask = self._padding_mask(x, hw)
-            x, info = window_partition(x, hw, self.window)
+        x, info, mask = self._windows(x, hw)
         b, n, d = x.shape
         q, k, v = self._qkv(x)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, d)
@@ -75,10 +83,7 @@ class Attention(nn.Module):
     def attention_received(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Mean attention each token receives (over heads and queries): ``(B, N)``; for
         visualisation (it materialises the attention matrix)."""
-        mask = None
-        if self.window:
-            mask = self._padding_mask(x, hw)
-            x, info = window_partition(x, hw, self.window)
+        x, info, mask = self._windows(x, hw)
         q, k, _ = self._qkv(x)
         scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, h, N, N)
         if mask is not None:
