@@ -21,3 +21,23 @@ def params_raw() -> dict:
     import yaml
 
     return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+DELETE = object()
+
+
+def edited(raw: dict, key: str, value=DELETE) -> dict:
+    """A deep copy of parsed ``params.yaml`` with the dotted ``key`` set to ``value``
+    (or removed when no value is given)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    *parents, last = key.split(".")
+    section = out
+    for name in parents:
+        section = section[name]
+    if value is DELETE:
+        del section[last]
+    else:
+        section[last] = value
+    return out

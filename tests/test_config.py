@@ -1,7 +1,6 @@
-import copy
-
 import pytest
 import yaml
+from conftest import DELETE, edited
 
 from mahtnet.config import ParamsError, load_params, parse_params
 
@@ -13,43 +12,25 @@ def test_repo_params_are_valid(params_raw):
 
 
 def test_unknown_key_is_named(params_raw, tmp_path):
-    raw = copy.deepcopy(params_raw)
-    raw["train"]["epoch"] = 3
+    raw = edited(params_raw, "train.epoch", 3)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=r"params.yaml: unknown params key 'train.epoch'.*epochs"):
         load_params(path)
 
 
-def test_unknown_nested_and_top_level_keys(params_raw):
-    raw = copy.deepcopy(params_raw)
-    raw["train"]["augment"]["rotate"] = 3
-    with pytest.raises(ParamsError, match=r"'train.augment.rotate'"):
-        parse_params(raw)
-    raw = copy.deepcopy(params_raw)
-    raw["trian"] = {}
-    with pytest.raises(ParamsError, match=r"'trian'"):
-        parse_params(raw)
-
-
-def test_missing_key_wrong_type_nan_and_bad_choice(params_raw):
-    raw = copy.deepcopy(params_raw)
-    del raw["train"]["lr"]
-    with pytest.raises(ParamsError, match="missing params key 'train.lr'"):
-        parse_params(raw)
-    raw = copy.deepcopy(params_raw)
-    raw["train"]["epochs"] = "ten"
-    with pytest.raises(ParamsError, match="'train.epochs' must be an integer"):
-        parse_params(raw)
-    raw = copy.deepcopy(params_raw)
-    raw["train"]["lr"] = float("nan")
-    with pytest.raises(ParamsError, match="'train.lr' must be finite"):
-        parse_params(raw)
-    raw = copy.deepcopy(params_raw)
-    raw["data"]["gt"] = "average"
-    with pytest.raises(ParamsError, match="'data.gt'.*mean, senior, junior"):
-        parse_params(raw)
-    raw = copy.deepcopy(params_raw)
-    raw["preprocess"]["height"] = 100
-    with pytest.raises(ParamsError, match="multiple of 16"):
-        parse_params(raw)
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("train.augment.rotate", 3, r"'train.augment.rotate'"),
+        ("trian", {}, r"'trian'"),
+        ("train.lr", DELETE, "missing params key 'train.lr'"),
+        ("train.epochs", "ten", "'train.epochs' must be an integer"),
+        ("train.lr", float("nan"), "'train.lr' must be finite"),
+        ("data.gt", "average", "'data.gt'.*mean, senior, junior"),
+        ("preprocess.height", 100, "multiple of 16"),
+    ],
+)
+def test_bad_params_name_the_key(params_raw, key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params(edited(params_raw, key, value))

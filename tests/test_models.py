@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import REPO
+from conftest import REPO, edited
 
 from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mahtnet.codec import HeatmapCodec
@@ -208,8 +208,7 @@ def test_errors_are_clear(tmp_path):
 
 
 def test_params_checks_for_maht_net(params_raw):
-    raw = copy.deepcopy(params_raw)
-    raw["model"]["name"] = "maht_net"
+    raw = edited(params_raw, "model.name", "maht_net")
     assert parse_params(raw).model.name == "maht_net"
     raw["model"]["output_stride"] = 2
     with pytest.raises(ParamsError, match=r"'heatmap.stride' \(1\) must equal 'model.output_stride' \(2\)"):
@@ -219,14 +218,10 @@ def test_params_checks_for_maht_net(params_raw):
     raw["preprocess"]["height"] = 144  # a multiple of 16 (fine for the U-Net), not of 32
     with pytest.raises(ParamsError, match="'preprocess.height' must be a positive multiple of 32"):
         parse_params(raw)
-    raw = copy.deepcopy(params_raw)
-    raw["heatmap"]["stride"] = 2
     with pytest.raises(ParamsError, match="'heatmap.stride'.*'unet'"):
-        parse_params(raw)
-    raw = copy.deepcopy(params_raw)
-    del raw["model"]["fpn"]
+        parse_params(edited(params_raw, "heatmap.stride", 2))
     with pytest.raises(ParamsError, match="missing params key 'model.fpn'"):
-        parse_params(raw)
+        parse_params(edited(params_raw, "model.fpn"))
 
 
 def test_every_model_key_is_a_keyword_argument(params_raw):
