@@ -74,3 +74,24 @@ def plot_attention_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: st
     for ax in axes[0]:
         ax.axis("off")
     return _save(fig, path)
+
+
+def plot_grad_flow(grad_means: dict[str, float], components: dict[str, str], path: str | Path) -> Path:
+    """Mean absolute gradient of each parameter tensor (log scale), in forward order, coloured
+    by component: where the gradient vanishes or explodes."""
+    names = list(grad_means)
+    values = np.array([max(grad_means[n], 1e-12) for n in names])
+    comps = [components[n] for n in names]
+    palette = dict(zip(dict.fromkeys(comps), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, ax = plt.subplots(figsize=(max(6.0, len(names) * 0.04), 3.5))
+    ax.bar(np.arange(len(names)), values, width=1.0, color=[palette[c] for c in comps])
+    ax.set_yscale("log")
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.set_xticks([])
+    ax.set_xlabel("parameter tensors, input -> output")
+    ax.set_ylabel("mean |gradient| (last epoch)")
+    for comp, color in palette.items():
+        ax.bar([], [], color=color, label=comp)
+    ax.legend(loc="upper left", fontsize=8, ncol=len(palette))
+    fig.tight_layout()
+    return _save(fig, path)

@@ -20,6 +20,13 @@ class MAHTNet(nn.Module):
     heatmaps ``(B, K, H / output_stride, W / output_stride)``."""
 
     stride = 32  # input size must be a multiple of the encoder's coarsest stride
+    # parameter-name prefixes of each component (per-component learning rates, gradient norms)
+    components = {
+        "encoder": ("encoder.",),
+        "transformer": ("bottleneck.",),
+        "decoder": ("decoder.",),
+        "head": ("head.",),
+    }
 
     def __init__(
         self,
