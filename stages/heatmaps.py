@@ -66,7 +66,9 @@ def main() -> None:
         write_json(args.metrics, summary)
         run.log_metrics(summary)
         run.log_artifact(args.plot)
-    print(f"targets at strides {strides} ({codec}): round trip mean {err.mean():.4f} px, max {err.max():.4f} px")
+    print(
+        f"targets at strides {strides} ({codec}): round trip mean {err.mean():.4f} px, max {err.max():.4f} px"
+    )
 
 
 if __name__ == "__main__":

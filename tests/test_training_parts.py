@@ -1,15 +1,11 @@
 """The U-Net, checkpoints and the MLflow store location."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from mahtnet.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from mahtnet.config import ModelParams
 from mahtnet.inference import predict
-from mahtnet.models.factory import build_model
 from mahtnet.models.unet import UNet
 from mahtnet.paths import repo_root
 
@@ -21,10 +17,6 @@ def test_unet_shapes_and_errors():
     assert out.coords.shape == (2, 19, 2) and out.confidence.shape == (2, 19)
     with pytest.raises(ValueError, match="divisible by 16"):
         model(torch.zeros(1, 1, 60, 48))
-    with pytest.raises(KeyError, match="maht_net, unet"):
-        build_model(
-            ModelParams(**dict.fromkeys(f.name for f in dataclasses.fields(ModelParams)) | {"name": "nope"})
-        )
 
 
 def test_unet_gradients_reach_every_parameter():

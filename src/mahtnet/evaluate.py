@@ -1,5 +1,5 @@
-"""Evaluate a checkpoint on a prepared split: MRE / SDR overall and per landmark, at the
-original image resolution."""
+"""Evaluate a checkpoint (or an ensemble of checkpoints) on a prepared split: MRE / SDR
+overall and per landmark, at the original image resolution."""
 
 from __future__ import annotations
 
@@ -68,23 +68,35 @@ def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoints: str | Path | Sequence[str | Path],
     data: PreparedSet,
     thresholds_mm: Sequence[float],
     device: str = "auto",
     batch_size: int = 8,
 ) -> Evaluation:
-    payload = load_checkpoint(checkpoint)
-    model, codec, output_kind = model_from_checkpoint(payload)
-    if tuple(data.images.shape[1:]) != codec.input_size:
-        raise ValueError(
-            f"prepared images are {data.images.shape[1:]} but checkpoint {checkpoint} expects "
-            f"{codec.input_size}; re-run preprocess with the checkpoint's input size"
-        )
+    """Evaluate a checkpoint, or an ensemble of checkpoints (their landmark predictions are
+    averaged in original-image pixels, their confidences averaged) on ``data``."""
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not paths:
+        raise ValueError("no checkpoint to evaluate")
     dev = select_device(device)
-    model.to(dev)
-    coords, conf = predict(model, data.images, codec, output_kind, dev, batch_size)
-    pred = data.to_original(coords)
+    preds, confs, names = [], [], None
+    for path in paths:
+        payload = load_checkpoint(path)
+        model, codec, output_kind = model_from_checkpoint(payload)
+        if tuple(data.images.shape[1:]) != codec.input_size:
+            raise ValueError(
+                f"prepared images are {data.images.shape[1:]} but checkpoint {path} expects "
+                f"{codec.input_size}; re-run preprocess with the checkpoint's input size"
+            )
+        if names is not None and list(payload["meta"]["landmark_names"]) != names:
+            raise ValueError(f"checkpoint {path} predicts other landmarks than {paths[0]}")
+        names = list(payload["meta"]["landmark_names"])
+        model.to(dev)
+        coords, conf = predict(model, data.images, codec, output_kind, dev, batch_size)
+        preds.append(data.to_original(coords))
+        confs.append(conf)
+    pred = np.mean(preds, axis=0)
     errors = metrics.radial_errors_mm(pred, data.landmarks_orig, data.spacing)
     return Evaluation(
         ids=data.ids,
@@ -92,7 +104,7 @@ def evaluate(
         gt=data.landmarks_orig,
         errors_mm=errors,
         spacing=data.spacing,
-        confidence=conf,
-        landmark_names=list(payload["meta"]["landmark_names"]),
+        confidence=np.mean(confs, axis=0),
+        landmark_names=names,
         thresholds_mm=list(thresholds_mm),
     )

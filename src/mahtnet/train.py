@@ -142,7 +142,7 @@ class EarlyStopping:
         """Record an epoch; return the reason to stop, or "" to go on."""
         for name, (_, min_delta) in self.watch.items():
             key, higher = self.CRITERIA[name]
-            gain = row[key] - self.best[name] if name in self.best else math.inf
+            gain = row[key] - self.best.get(name, -math.inf if higher else math.inf)
             if (gain if higher else -gain) > min_delta:
                 self.best[name], self.bad[name] = row[key], 0
             else:
@@ -238,7 +238,10 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain Python values (loadable with ``weights_only``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -246,7 +249,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -406,7 +410,6 @@ def _train(
     if stop_reason:
         start_epoch = epochs + 1  # an early-stopped run is complete
 
-    per_epoch_images = []
     for epoch in range(start_epoch, epochs + 1):
         t0 = time.perf_counter()
         _reseed(params.seed, epoch, generator, train_ds)
@@ -472,7 +475,7 @@ def _train(
             **norms,
             **activation_stats(model, probe),
         }
-        per_epoch_images.append(row["images_per_s"])
+        row = {k: v if k == "epoch" else float(v) for k, v in row.items()}
         history.append(row)
         improved = _better(row[s.select], best[s.select], s.select) or best["epoch"] == 0
         if improved:
@@ -509,7 +512,8 @@ def _train(
             print(
                 f"{stage} epoch {epoch:3d} loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
                 f"val MRE {row['val_mre_mm']:.3f} mm SDR2 {row['val_sdr_2mm']:.1f}% "
-                f"lr {optimizer.param_groups[0]['lr']:.2e} {row['epoch_time_s']:.1f}s" + (" *" if improved else ""),
+                f"lr {optimizer.param_groups[0]['lr']:.2e} {row['epoch_time_s']:.1f}s"
+                + (" *" if improved else ""),
                 flush=True,
             )
         if stop_reason:
