@@ -19,10 +19,25 @@ from mahtnet.plots import plot_targets  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
 
+def save_targets(path: Path, codec: HeatmapCodec, targets: np.ndarray, visible: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                val=targets,
+                val_visible=visible,
+                sigma=codec.sigma,
+                stride=codec.stride,
+                input_size=codec.input_size,
+            )
+
+    atomic_write(path, write)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path, help="targets .npz")
+    parser.add_argument("--out", required=True, type=Path, help="folder for stride<s>.npz targets")
     parser.add_argument("--plot", required=True, type=Path)
     parser.add_argument("--metrics", required=True, type=Path)
     args = parser.parse_args()
@@ -37,24 +52,18 @@ def main() -> None:
     }
     with start_run(params.tracking, "heatmaps", logged) as run:
         t0 = time.perf_counter()
-        arrays, errors = {}, []
+        errors = []
         for codec in codecs:
             for split in ("train", "val"):
                 data = PreparedSet.load(args.prepared / f"{split}.npz")
                 targets, visible = encode_set(codec, data.landmarks)
                 decoded, _ = codec.decode(targets.astype(np.float32))
                 errors.append(np.linalg.norm(decoded - data.landmarks, axis=-1)[visible])
-                if split == "val":  # training re-encodes its augmented samples
-                    arrays[f"val_stride{codec.stride}"], arrays["val_visible"] = targets, visible
-                elif codec is codecs[-1]:
+                if split == "train" and codec is codecs[-1]:
                     n = min(3, len(data))
                     plot_targets(data.images[:n], targets[:n], data.landmarks[:n], data.ids[:n], args.plot)
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **arrays, sigma=codec.sigma, input_size=codec.input_size)
-
-        atomic_write(args.out, write)
+            # validation targets only: training re-encodes its augmented samples
+            save_targets(args.out / f"stride{codec.stride}.npz", codec, targets, visible)
         err = np.concatenate(errors)
         summary = {
             "roundtrip_mean_px": float(err.mean()),

@@ -24,25 +24,23 @@ from mahtnet.tracking import start_run  # noqa: E402
 from mahtnet.train import MODEL_OF_STAGE, StageOutputs, train  # noqa: E402
 
 
-def load_val_targets(path: Path, codec: HeatmapCodec) -> np.ndarray:
+def load_val_targets(folder: Path, codec: HeatmapCodec) -> np.ndarray:
     """Validation heatmaps from the heatmap stage at the model's stride, checked against the codec."""
+    path = folder / f"stride{codec.stride}.npz"
     if not path.is_file():
         raise FileNotFoundError(f"heatmap targets not found: {path} (run the heatmaps stage)")
-    key = f"val_stride{codec.stride}"
     with np.load(path) as z:
-        if key not in z:
-            raise KeyError(f"{path} has no '{key}' targets (re-run the heatmaps stage)")
-        stored = (float(z["sigma"]), tuple(int(v) for v in z["input_size"]))
-        if stored != (codec.sigma, codec.input_size):
-            raise ValueError(f"{path} was made with (sigma, input size) {stored}, params say {codec}")
-        return z[key]
+        stored = (float(z["sigma"]), int(z["stride"]), tuple(int(v) for v in z["input_size"]))
+        if stored != (codec.sigma, codec.stride, codec.input_size):
+            raise ValueError(f"{path} was made with (sigma, stride, input size) {stored}, params say {codec}")
+        return z["val"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stage", required=True, choices=STAGES)
     parser.add_argument("--prepared", required=True, type=Path)
-    parser.add_argument("--targets", required=True, type=Path)
+    parser.add_argument("--targets", required=True, type=Path, help="folder of the heatmap stage")
     parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--state-dir", required=True, type=Path, help="resume state (persisted)")

@@ -329,15 +329,17 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint(data, tmp_path):
     for name, d in zip(("train", "val"), data, strict=True):
         d.save(tmp_path / "prepared" / f"{name}.npz")
     codec = HeatmapCodec((SIZE, SIZE), sigma=raw["heatmap"]["sigma"])
+    (tmp_path / "targets").mkdir()
     np.savez(
-        tmp_path / "targets.npz",
-        val_stride1=encode_set(codec, data[1].landmarks)[0],
+        tmp_path / "targets" / "stride1.npz",
+        val=encode_set(codec, data[1].landmarks)[0],
         sigma=codec.sigma,
+        stride=1,
         input_size=codec.input_size,
     )
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     args += [str(REPO / "stages" / "train.py"), "--stage", "baseline", "--prepared", "prepared"]
-    args += ["--targets", "targets.npz", "--checkpoint", "models/baseline.pt", "--state-dir", "runs"]
+    args += ["--targets", "targets", "--checkpoint", "models/baseline.pt", "--state-dir", "runs"]
     args += ["--history", "history.csv", "--grad-flow", "gf.png", "--metrics", "metrics.json"]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
     env.pop("MLFLOW_TRACKING_URI", None)
