@@ -14,13 +14,14 @@ Any checkpoint on any dataset root and split::
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.checkpoint import load_checkpoint  # noqa: E402
-from mahtnet.config import load_params, to_dict  # noqa: E402
+from mahtnet.config import flatten, load_params, to_dict  # noqa: E402
 from mahtnet.data.isbi import list_split  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet, prepare  # noqa: E402
 from mahtnet.evaluate import evaluate  # noqa: E402
@@ -68,18 +69,22 @@ def main() -> None:
         )
         result.write(args.out, args.plots, args.per_image)
         summary = result.summary()
-        run.log_metrics(summary)
+        run.log_metrics(flatten(json.loads(args.out.read_text())))
         for path in (args.out, args.per_image):
             if path:
                 run.log_artifact(path)
         if args.plots:
-            run.log_artifact(args.plots / "per_landmark.csv", "plots")
-            run.log_artifact(args.plots / "sdr_curve.csv", "plots")
+            for path in sorted(args.plots.iterdir()):
+                run.log_artifact(path, "plots")
     sdr = " / ".join(f"{summary[k]:.1f}" for k in summary if k.startswith("sdr_"))
     print(
         f"{' + '.join(map(str, args.checkpoint))} on {source_name}: MRE {summary['mre_mm']:.3f} mm "
         f"({summary['mre_px']:.2f} px), SDR {sdr} %, {summary['images']} images"
     )
+    by_gt = result.by_ground_truth()
+    print("  " + ", ".join(f"{gt} {v['mre_mm']:.3f} mm" for gt, v in by_gt.items()))
+    acc = result.clinical()["accuracy"]
+    print("  clinical classification accuracy %: " + ", ".join(f"{k} {v:.1f}" for k, v in acc.items()))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import REPO
 
+from mahtnet.clinical import MEASUREMENTS
+
 pytestmark = pytest.mark.slow
 
 
@@ -70,6 +72,23 @@ def test_pipeline_writes_metrics_plots_and_checkpoint(pipeline):
     assert history[0].startswith("epoch,train_loss") and len(history) == 4  # 3 epochs: 1 + 1 + 1
     heat = json.loads((pipeline / "metrics" / "heatmaps.json").read_text())
     assert heat["roundtrip_max_px"] < 0.05
+    assert set(metrics["by_gt"]) == {"mean", "senior", "junior", "inter_observer"}
+    assert set(metrics["clinical"]["accuracy"]) == {*MEASUREMENTS, "mean"}
+
+
+def test_compare_and_report(pipeline):
+    compare = json.loads((pipeline / "metrics" / "compare.json").read_text())
+    assert compare["reference"] == "baseline" and compare["images"] == 3
+    res = compare["maht_net"]
+    assert 0.0 <= res["wilcoxon"]["p_value"] <= 1.0 and len(res["bootstrap"]["mre_diff"]) == 2
+    per_landmark = (pipeline / "plots" / "compare" / "per_landmark_maht_net.csv").read_text().splitlines()
+    assert per_landmark[0].startswith("landmark,mre_a,mre_b") and len(per_landmark) == 20
+    report = (pipeline / "reports" / "report.md").read_text()
+    for heading in ("## Results", "## Statistical comparison", "## Clinical measurements", "## Training"):
+        assert heading in report
+    for name in ("overlay_worst_maht_net", "sdr_curves", "per_landmark_mre", "paired_mre_maht_net"):
+        assert f"figures/{name}.png" in report
+        assert (pipeline / "reports" / "figures" / f"{name}.png").stat().st_size > 1000
 
 
 def test_second_repro_does_nothing(pipeline):
@@ -84,7 +103,7 @@ def test_mlflow_has_one_run_per_stage(pipeline):
         names = {row[0] for row in con.execute("select name from runs")}
         metrics = {row[0] for row in con.execute("select key from metrics")}
     assert {"synthesize", "preprocess", "heatmaps", "train_baseline", "evaluate:baseline"} <= names
-    assert {"train_stage1", "train_stage2", "train_stage3", "evaluate:maht_net"} <= names
+    assert {"train_stage1", "train_stage2", "train_stage3", "evaluate:maht_net", "compare"} <= names
     assert {
         "train_loss",
         "val_mre_mm",

@@ -77,6 +77,8 @@ def _prepared(n: int, seed: int) -> PreparedSet:
         landmarks_orig=landmarks.copy(),
         boxes=np.tile(box, (n, 1)),
         spacing=np.full(n, 0.1),
+        senior_orig=landmarks + 1.0,
+        junior_orig=landmarks - 1.0,
     )
 
 
@@ -351,3 +353,18 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint(data, tmp_path):
     assert metrics["world_size"] == 2 and metrics["epochs_run"] == 2
     assert result.stdout.count("baseline epoch   1") == 1  # rank 0 logs alone
     load_checkpoint(tmp_path / "models" / "baseline.pt")
+
+
+def test_crossvalidation_trains_and_evaluates_every_fold(data, tmp_path):
+    from mahtnet.crossval import concat, crossvalidate
+
+    raw = _set(tiny_raw(), baseline__epochs=1, crossval__folds=2, crossval__models=["baseline"])
+    result = crossvalidate(parse_params(raw), concat(list(data)), tmp_path)
+    folds = result["models"]["baseline"]["per_fold"]
+    assert len(folds) == 2 and sum(f["images"] for f in folds) == 12  # every training image held out once
+    summary = result["models"]["baseline"]["summary"]["mre_mm"]
+    mres = [f["mre_mm"] for f in folds]
+    assert summary["mean"] == pytest.approx(np.mean(mres)) and summary["sd"] == pytest.approx(
+        np.std(mres, ddof=1)
+    )
+    assert (tmp_path / "fold1" / "baseline" / "baseline.pt").is_file()

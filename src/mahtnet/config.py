@@ -183,6 +183,18 @@ class EvaluateParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class CompareParams:
+    alpha: float  # significance level (Wilcoxon, Holm-corrected per-landmark tests, CIs)
+    bootstrap_samples: int  # image resamples for the 95 % confidence intervals
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossvalParams:
+    folds: int  # k of k-fold cross-validation over the training images
+    models: list[str]  # which to cross-validate: "baseline" and/or "maht_net" (three stages)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrackingParams:
     experiment: str  # MLflow experiment name
     uri: str | None  # MLflow tracking URI; null = sqlite file at the repo root
@@ -203,6 +215,8 @@ class Params:
     stage2: StageParams
     stage3: StageParams
     evaluate: EvaluateParams
+    compare: CompareParams
+    crossval: CrossvalParams
     tracking: TrackingParams
 
 
@@ -294,6 +308,12 @@ def _check_choices(p: Params) -> None:
     _choice("data.gt", p.data.gt, ("mean", "senior", "junior"))
     _choice("train.device", p.train.device, ("auto", "cpu", "cuda"))
     _choice("loss.output", p.loss.output, ("logits", "heatmap"))
+    if not 0.0 < p.compare.alpha < 1.0:
+        raise ParamsError(f"params key 'compare.alpha' must be in (0, 1), got {p.compare.alpha}")
+    if p.crossval.folds < 2:
+        raise ParamsError(f"params key 'crossval.folds' must be >= 2, got {p.crossval.folds}")
+    for i, model in enumerate(p.crossval.models):
+        _choice(f"crossval.models[{i}]", model, ("baseline", "maht_net"))
     if not 0.0 < p.data.val_fraction < 1.0:
         raise ParamsError("params key 'data.val_fraction' must be in (0, 1): model selection needs it")
     for key in ("train.batch_size", "train.accumulate_steps"):
