@@ -32,8 +32,9 @@ def main() -> None:
     parser.add_argument("--eval-dir", type=Path, default=Path("data/eval"))
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--plots", required=True, type=Path)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(args.params)
     if args.reference not in args.models:
         raise ValueError(f"--reference {args.reference!r} is not among --models {args.models}")
     errors, ids, names = {}, None, None

@@ -27,18 +27,22 @@ def main() -> None:
         "--stages", required=True, nargs="+", help="training stages: metrics/train_<stage>.json"
     )
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"), help="(outside the pipeline)")
+    parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="(outside the pipeline)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
-    params = load_params()
-    models = {m: read_json(Path("metrics") / f"{m}.json") for m in args.models}
-    compare = read_json(Path("metrics/compare.json"))
-    training = {s: read_json(Path("metrics") / f"train_{s}.json") for s in args.stages}
+    params = load_params(args.params)
+    metrics_dir, plots_dir = args.metrics_dir, args.plots_dir
+    models = {m: read_json(metrics_dir / f"{m}.json") for m in args.models}
+    compare = read_json(metrics_dir / "compare.json")
+    training = {s: read_json(metrics_dir / f"train_{s}.json") for s in args.stages}
     per_landmark = {
-        m: pd.read_csv(Path("plots/compare") / f"per_landmark_{m}.csv") for m in args.models if m in compare
+        m: pd.read_csv(plots_dir / "compare" / f"per_landmark_{m}.csv") for m in args.models if m in compare
     }
-    figures = {p.stem: p for p in Path("plots/compare").glob("*.png")}
+    figures = {p.stem: p for p in (plots_dir / "compare").glob("*.png")}
     for m in args.models:
         for name in ("confidence", "overlay_best", "overlay_worst"):
-            figures[f"{name}_{m}"] = Path("plots") / m / f"{name}.png"
+            figures[f"{name}_{m}"] = plots_dir / m / f"{name}.png"
     missing = [str(p) for p in figures.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"report figures not found: {missing}")

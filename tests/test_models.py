@@ -24,6 +24,7 @@ from mahtnet.models.maht_net import MAHTNet, attention_maps
 from mahtnet.models.unet import UNet
 from mahtnet.plots import plot_attention_maps
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 K = 3
 ENCODERS = ("efficientnet_b0", "efficientnet_lite0", "resnet50")
 TINY = {
@@ -46,13 +47,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny inputs: one thread is faster than two that wait for each other (and for a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**overrides) -> MAHTNet:

@@ -26,7 +26,7 @@ from mahtnet.config import EarlyStoppingParams, parse_params
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.train import EarlyStopping, StageOutputs, build_stage_model, configure_stage, train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SIZE = 64
 TIMING = ("epoch_time_s", "images_per_s", "peak_memory_mb")
 
@@ -87,12 +87,6 @@ def data() -> tuple[PreparedSet, PreparedSet]:
     return _prepared(8, 1), _prepared(4, 2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_stage(raw, stage, data, out_dir: Path, init=None):

@@ -8,6 +8,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from mahtnet.models.hooks import forward_with_hooks
+
 
 def component_of(model: nn.Module, name: str) -> str:
     """Which component (``model.components``: encoder / transformer / decoder / head) owns
@@ -75,13 +77,12 @@ def _first_tensor(out) -> torch.Tensor | None:
     return None
 
 
-@torch.no_grad()
 def activation_stats(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """Mean and standard deviation of each top-level component's output on ``x`` (eval mode):
     ``act_mean_<module>``, ``act_std_<module>`` (a list output, e.g. the encoder's features:
     its deepest map; a module list: its last module)."""
     stats: dict[str, float] = {}
-    handles = []
+    hooks = []
     for name, module in model.named_children():
         if isinstance(module, nn.ModuleList):  # e.g. the U-Net's down path: its last block
             module = module[-1]
@@ -93,13 +94,6 @@ def activation_stats(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
                 stats[f"act_mean_{name}"] = t.mean().item()
                 stats[f"act_std_{name}"] = t.std().item()
 
-        handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+        hooks.append((module, hook))
+    forward_with_hooks(model, x, hooks)
     return stats

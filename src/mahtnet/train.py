@@ -52,7 +52,7 @@ from mahtnet.data.dataset import LandmarkDataset, build_augmentation
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.distributed import DistInfo, all_reduce_sum, average_gradients, init_distributed, shutdown
 from mahtnet.inference import autocast
-from mahtnet.io import atomic_write
+from mahtnet.io import atomic_write, load_torch
 from mahtnet.landmarks import LANDMARK_NAMES
 from mahtnet.losses import CompositeLoss, log_heatmaps
 from mahtnet.models.factory import MAHT_NET_KEYS, build_model
@@ -521,32 +521,22 @@ def _train(
                 print(f"{stage}: early stopping: {stop_reason}", flush=True)
             break
 
-    result_model, averaged = model, False
+    averaged = False
     if info.is_main:
-        final = load_checkpoint(out.state_dir / "best.pt")
-        model.load_state_dict(final["model_state"])
+        model.load_state_dict(load_checkpoint(out.state_dir / "best.pt")["model_state"])
         output_val = {k: best[k] for k in HIGHER_IS_BETTER}
         if s.average != "none" and len(kept) >= 2:
-            model_best = _weights(model)
-            model.load_state_dict(
-                average_state_dicts([torch.load(k["file"], weights_only=True) for k in kept])
+            averaged, output_val = _try_average(
+                model,
+                kept,
+                best,
+                s,
+                lambda: validate(model, val_loader, val_set, codec, loss_fn, device, tp),
+                stage,
             )
-            avg_val = validate(model, val_loader, val_set, codec, loss_fn, device, tp)
-            print(
-                f"{stage}: average of the {s.average} {len(kept)} epochs {[k['epoch'] for k in kept]}: "
-                f"val MRE {avg_val['val_mre_mm']:.3f} mm (best single {best['val_mre_mm']:.3f})",
-                flush=True,
-            )
-            if _better(avg_val[s.select], best[s.select], s.select) or avg_val[s.select] == best[s.select]:
-                averaged, output_val = True, avg_val
-            else:
-                model.load_state_dict(model_best)
         epochs_kept = [k["epoch"] for k in kept] if averaged else [best["epoch"]]
-        save_checkpoint(
-            out.checkpoint,
-            result_model,
-            {**meta, "epoch": best["epoch"], "val": output_val, "averaged_epochs": epochs_kept},
-        )
+        meta = {**meta, "epoch": best["epoch"], "val": output_val, "averaged_epochs": epochs_kept}
+        save_checkpoint(out.checkpoint, model, meta)
         if grad_means:
             plot_grad_flow(grad_means, {n: component_of(model, n) for n in grad_means}, out.grad_flow)
         write_history(out.history, history)
@@ -565,13 +555,32 @@ def _train(
         output_val_mre_mm=output_val["val_mre_mm"] if info.is_main else best["val_mre_mm"],
         output_val_sdr_2mm=output_val["val_sdr_2mm"] if info.is_main else best["val_sdr_2mm"],
         wall_time_s=elapsed,
-        seconds_per_epoch=elapsed / max(1, ran - (resumed_at - 1 if resumed_at else 0)) if ran else 0.0,
+        seconds_per_epoch=elapsed / max(1, ran),
         images_per_s=float(np.mean([r["images_per_s"] for r in history])) if history else 0.0,
         device=str(device),
         world_size=info.world_size,
         parameters=n_params,
         trainable_parameters=n_trainable,
     )
+
+
+def _try_average(model, kept: list[dict], best: dict, s: StageParams, validate_model, stage: str):
+    """Load the average of the kept per-epoch weights into ``model`` and keep it if it
+    validates at least as well as the best epoch (by ``s.select``); else restore the best.
+    Returns ``(averaged, validation scores of the model now loaded)``."""
+    best_weights = _weights(model)
+    states = [load_torch(k["file"], "per-epoch weights", CheckpointError) for k in kept]
+    model.load_state_dict(average_state_dicts(states))
+    scores = validate_model()
+    print(
+        f"{stage}: average of the {s.average} {len(kept)} epochs {[k['epoch'] for k in kept]}: "
+        f"val MRE {scores['val_mre_mm']:.3f} mm (best single {best['val_mre_mm']:.3f})",
+        flush=True,
+    )
+    if _better(scores[s.select], best[s.select], s.select) or scores[s.select] == best[s.select]:
+        return True, scores
+    model.load_state_dict(best_weights)
+    return False, {k: best[k] for k in HIGHER_IS_BETTER}
 
 
 def _keep_epoch_weights(model, state_dir: Path, kept: list[dict], epoch: int, score: float, s: StageParams):
