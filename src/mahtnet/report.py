@@ -203,11 +203,11 @@ def build_report(
             t["epochs_run"],
             t["best_epoch"],
             t["best_val_mre_mm"],
-            t["output_val_mre_mm"],
-            "yes" if t["averaged"] else "no",
-            t["stop_reason"] or "-",
+            t.get("output_val_mre_mm", t["best_val_mre_mm"]),
+            "yes" if t.get("averaged") else "no",
+            t.get("stop_reason") or ("yes" if t.get("stopped_early") else "-"),
             t["wall_time_s"] / 60,
-            t["trainable_parameters"],
+            t.get("trainable_parameters", t.get("parameters")),
         ]
         for stage, t in training.items()
     ]
