@@ -6,10 +6,11 @@
     dvc exp show --only-changed --drop 'plots|data|reports'   # the comparison table
     dvc plots diff $(dvc exp ls --name-only)         # their plots side by side
 
-Each variant changes only MAHT-Net settings, so the U-Net baseline stage stays cached (DVC's
-run cache); the loss variants keep ``loss.output: logits`` (the heatmap terms then compare the
-spatial softmax, scaled to unit peak, with the Gaussian target). Each experiment re-trains the
-three MAHT-Net stages, evaluates and compares them with the baseline. Extra ``-S`` settings
+Each variant changes only MAHT-Net settings (a queued experiment still re-trains the U-Net
+baseline, to the identical result, since the stages' resume states are not cached); the
+loss variants keep ``loss.output: logits`` (the heatmap terms then compare the spatial
+softmax, scaled to unit peak, with the Gaussian target). Each experiment re-trains the three
+MAHT-Net stages, evaluates and compares them with the baseline. Extra ``-S`` settings
 (e.g. the ISBI profile) go after ``--set``.
 """
 
