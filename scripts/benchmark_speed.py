@@ -211,16 +211,18 @@ def main() -> None:
 
     def models():
         for name in args.variants:
-            p = dataclasses.replace(base, **VARIANTS[name], encoder_weights=None)
+            keys = {k: v for k, v in VARIANTS[name].items() if k != "name"}
+            p = dataclasses.replace(base, **keys, encoder_weights=None)
             torch.manual_seed(0)
-            yield name, p, build_model(p, 1, NUM_LANDMARKS).to(device)
+            yield name, p, build_model(VARIANTS[name]["name"], p, 1, NUM_LANDMARKS).to(device)
 
     grid = [(size, batch) for size in args.sizes for batch in args.batches]
     results = {}
     for name, p, model in models():  # phase 1: latency, with the default allocator
         cases = [latency_case(model, s, b, device, args.budget_s, args.max_repeats) for s, b in grid]
         results[name] = {
-            "model": {k: v for k, v in dataclasses.asdict(p).items() if k == "name" or k in VARIANTS[name]},
+            "model": {"name": VARIANTS[name]["name"]}
+            | {k: v for k, v in dataclasses.asdict(p).items() if k in VARIANTS[name]},
             "parameters": count_parameters(model),
             "cases": cases,
         }

@@ -1,5 +1,6 @@
-"""Stage: Gaussian heatmap targets for the prepared training images, a picture of a few of
-them, and the codec's encode -> decode round-trip error (a sanity metric)."""
+"""Stage: Gaussian heatmap targets of the validation images at each output stride the models
+use (the U-Net's 1 and MAHT-Net's ``model.output_stride``), a picture of a few training
+targets, and the codec's encode -> decode round-trip error (a sanity metric)."""
 
 import argparse
 import sys
@@ -18,36 +19,51 @@ from mahtnet.plots import plot_targets  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
 
+def save_targets(path: Path, codec: HeatmapCodec, targets: np.ndarray, visible: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(
+                f,
+                val=targets,
+                val_visible=visible,
+                sigma=codec.sigma,
+                stride=codec.stride,
+                input_size=codec.input_size,
+            )
+
+    atomic_write(path, write)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prepared", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path, help="targets .npz")
+    parser.add_argument("--out", required=True, type=Path, help="folder for stride<s>.npz targets")
     parser.add_argument("--plot", required=True, type=Path)
     parser.add_argument("--metrics", required=True, type=Path)
     args = parser.parse_args()
     params = load_params()
-    codec = HeatmapCodec.from_params(params.preprocess, params.heatmap)
-    logged = {"heatmap": to_dict(params.heatmap), "preprocess": to_dict(params.preprocess)}
+    strides = sorted({1, params.model.output_stride})
+    codecs = [HeatmapCodec.from_params(params.preprocess, params.heatmap, s) for s in strides]
+    codec = codecs[-1]
+    logged = {
+        "heatmap": to_dict(params.heatmap),
+        "preprocess": to_dict(params.preprocess),
+        "model.output_stride": params.model.output_stride,
+    }
     with start_run(params.tracking, "heatmaps", logged) as run:
         t0 = time.perf_counter()
-        arrays, errors = {}, []
-        for split in ("train", "val"):
-            data = PreparedSet.load(args.prepared / f"{split}.npz")
-            targets, visible = encode_set(codec, data.landmarks)
-            decoded, _ = codec.decode(targets.astype(np.float32))
-            errors.append(np.linalg.norm(decoded - data.landmarks, axis=-1)[visible])
-            arrays[split], arrays[f"{split}_visible"] = targets, visible
-            if split == "train":
-                n = min(3, len(data))
-                plot_targets(data.images[:n], targets[:n], data.landmarks[:n], data.ids[:n], args.plot)
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(
-                    f, **arrays, sigma=codec.sigma, stride=codec.stride, input_size=codec.input_size
-                )
-
-        atomic_write(args.out, write)
+        errors = []
+        for codec in codecs:
+            for split in ("train", "val"):
+                data = PreparedSet.load(args.prepared / f"{split}.npz")
+                targets, visible = encode_set(codec, data.landmarks)
+                decoded, _ = codec.decode(targets.astype(np.float32))
+                errors.append(np.linalg.norm(decoded - data.landmarks, axis=-1)[visible])
+                if split == "train" and codec is codecs[-1]:
+                    n = min(3, len(data))
+                    plot_targets(data.images[:n], targets[:n], data.landmarks[:n], data.ids[:n], args.plot)
+            # validation targets only: training re-encodes its augmented samples
+            save_targets(args.out / f"stride{codec.stride}.npz", codec, targets, visible)
         err = np.concatenate(errors)
         summary = {
             "roundtrip_mean_px": float(err.mean()),
@@ -59,7 +75,9 @@ def main() -> None:
         write_json(args.metrics, summary)
         run.log_metrics(summary)
         run.log_artifact(args.plot)
-    print(f"targets {codec}: round trip mean {err.mean():.4f} px, max {err.max():.4f} px")
+    print(
+        f"targets at strides {strides} ({codec}): round trip mean {err.mean():.4f} px, max {err.max():.4f} px"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,18 @@ def isbi_root() -> Path:
     return ISBI_ROOT
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and inputs: one torch thread is faster than two that wait for each other (and
+    for a busy CPU). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def params_raw() -> dict:
     import yaml

@@ -7,15 +7,15 @@ from mahtnet.config import ParamsError, load_params, parse_params
 
 def test_repo_params_are_valid(params_raw):
     p = parse_params(params_raw)
-    assert p.model.name == "unet"
+    assert p.baseline.epochs is None and p.stage2.encoder_lr == 0.0
     assert p.evaluate.sdr_thresholds_mm == [2.0, 2.5, 3.0, 4.0]
 
 
 def test_unknown_key_is_named(params_raw, tmp_path):
-    raw = edited(params_raw, "train.epoch", 3)
+    raw = edited(params_raw, "stage1.epoch", 3)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ParamsError, match=r"params.yaml: unknown params key 'train.epoch'.*epochs"):
+    with pytest.raises(ParamsError, match=r"params.yaml: unknown params key 'stage1.epoch'.*epochs"):
         load_params(path)
 
 
@@ -24,11 +24,24 @@ def test_unknown_key_is_named(params_raw, tmp_path):
     [
         ("train.augment.rotate", 3, r"'train.augment.rotate'"),
         ("trian", {}, r"'trian'"),
-        ("train.lr", DELETE, "missing params key 'train.lr'"),
-        ("train.epochs", "ten", "'train.epochs' must be an integer"),
-        ("train.lr", float("nan"), "'train.lr' must be finite"),
+        ("stage3.lr", DELETE, "missing params key 'stage3.lr'"),
+        ("stage1.epochs", "ten", "'stage1.epochs' must be an integer"),
+        ("stage1.epochs", None, "'stage1.epochs' must be an integer"),
+        ("stage2.lr", float("nan"), "'stage2.lr' must be finite"),
+        ("stage2.lr", 0.0, "'stage2.lr' must be > 0"),
+        ("stage3.encoder_lr", -1e-4, "'stage3.encoder_lr' must be >= 0"),
         ("data.gt", "average", "'data.gt'.*mean, senior, junior"),
-        ("preprocess.height", 100, "multiple of 16"),
+        ("preprocess.height", 100, "multiple of 32"),
+        ("stage1.scheduler", "step", "'stage1.scheduler'.*cosine, plateau"),
+        ("stage1.select", "mre", "'stage1.select'.*val_mre_mm"),
+        ("stage1.early_stopping.mode", "some", "'stage1.early_stopping.mode'.*all, any"),
+        ("stage3.average", "ema", "'stage3.average'.*none, last, best"),
+        ("stage2.loss_weights.softmax_ce", 0.0, "'stage2.loss_weights' needs at least one positive"),
+        ("stage2.loss_weights.wing", -1.0, "'stage2.loss_weights.wing' must be >= 0"),
+        ("stage2.loss_weights.dice", 1.0, "unknown params key 'stage2.loss_weights.dice'"),
+        ("loss.output", "heatmap", "'baseline.loss_weights.softmax_ce' needs loss.output 'logits'"),
+        ("train.accumulate_steps", 0, "'train.accumulate_steps' must be >= 1"),
+        ("model.output_stride", 4, "'model.output_stride' must be 1 or 2"),
     ],
 )
 def test_bad_params_name_the_key(params_raw, key, value, message):

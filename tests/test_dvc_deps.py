@@ -33,8 +33,11 @@ def imported_modules(script: Path) -> set[str]:
 
 
 def _stages() -> list[tuple[str, dict]]:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    return [(name, s.get("do", s)) for name, s in stages.items()]
+    out = []
+    for path in (REPO / "dvc.yaml", REPO / "crossval" / "dvc.yaml"):
+        stages = yaml.safe_load(path.read_text())["stages"]
+        out += [(name, s.get("do", s)) for name, s in stages.items()]
+    return out
 
 
 @pytest.mark.parametrize("name,stage", _stages(), ids=[n for n, _ in _stages()])

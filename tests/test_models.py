@@ -24,6 +24,7 @@ from mahtnet.models.maht_net import MAHTNet, attention_maps
 from mahtnet.models.unet import UNet
 from mahtnet.plots import plot_attention_maps
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 K = 3
 ENCODERS = ("efficientnet_b0", "efficientnet_lite0", "resnet50")
 TINY = {
@@ -46,13 +47,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny inputs: one thread is faster than two that wait for each other (and for a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**overrides) -> MAHTNet:
@@ -208,29 +202,25 @@ def test_errors_are_clear(tmp_path):
 
 
 def test_params_checks_for_maht_net(params_raw):
-    raw = edited(params_raw, "model.name", "maht_net")
-    assert parse_params(raw).model.name == "maht_net"
-    raw["model"]["output_stride"] = 2
-    with pytest.raises(ParamsError, match=r"'heatmap.stride' \(1\) must equal 'model.output_stride' \(2\)"):
-        parse_params(raw)
-    raw["heatmap"]["stride"] = 2
-    assert parse_params(raw).heatmap.stride == 2
-    raw["preprocess"]["height"] = 144  # a multiple of 16 (fine for the U-Net), not of 32
+    raw = edited(params_raw, "model.output_stride", 2)
+    assert parse_params(raw).model.output_stride == 2  # the heatmap stage encodes both strides
     with pytest.raises(ParamsError, match="'preprocess.height' must be a positive multiple of 32"):
-        parse_params(raw)
-    with pytest.raises(ParamsError, match="'heatmap.stride'.*'unet'"):
-        parse_params(edited(params_raw, "heatmap.stride", 2))
+        parse_params(edited(params_raw, "preprocess.height", 144))
     with pytest.raises(ParamsError, match="missing params key 'model.fpn'"):
         parse_params(edited(params_raw, "model.fpn"))
+    with pytest.raises(ParamsError, match="unknown params key 'heatmap.stride'"):
+        parse_params(edited(params_raw, "heatmap.stride", 2))
 
 
 def test_every_model_key_is_a_keyword_argument(params_raw):
     fields = {f.name for f in dataclasses.fields(ModelParams)}
-    assert fields == {"name", "unet_channels", "unet_depth", *MAHT_NET_KEYS}
+    assert fields == {"unet_channels", "unet_depth", *MAHT_NET_KEYS}
     p = parse_params(params_raw).model
-    model = build_model(dataclasses.replace(p, name="maht_net", **{k: TINY[k] for k in MAHT_NET_KEYS}), 1, K)
+    model = build_model("maht_net", dataclasses.replace(p, **{k: TINY[k] for k in MAHT_NET_KEYS}), 1, K)
     assert isinstance(model, MAHTNet)
-    assert isinstance(build_model(p, 1, K), UNet)
+    assert isinstance(build_model("unet", p, 1, K), UNet)
+    with pytest.raises(KeyError, match="maht_net, unet"):
+        build_model("nope", p)
 
 
 def test_variant_switches_fpn_and_cbam():
@@ -253,12 +243,12 @@ def test_encoder_weights_round_trip_with_first_conv_adapted(tmp_path):
 
 
 def test_maht_net_checkpoint_round_trip_without_the_weights_file(tmp_path):
-    p = ModelParams(name="maht_net", unet_channels=4, unet_depth=2, **TINY)
+    p = ModelParams(unet_channels=4, unet_depth=2, **TINY)
     weights = tmp_path / "b0.pth"
     torch.save(timm.create_model("efficientnet_b0").state_dict(), weights)
-    model = build_model(dataclasses.replace(p, encoder_weights=str(weights)), 1, K).eval()
+    model = build_model("maht_net", dataclasses.replace(p, encoder_weights=str(weights)), 1, K).eval()
     meta = {
-        "model": dataclasses.asdict(p) | {"encoder_weights": str(weights)},
+        "model": {"name": "maht_net"} | dataclasses.asdict(p) | {"encoder_weights": str(weights)},
         "input_size": [64, 64],
         "heatmap": {"sigma": 2.0, "stride": 1},
         "output_kind": "logits",

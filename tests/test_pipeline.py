@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import REPO
+
+from mahtnet.clinical import MEASUREMENTS
 
 pytestmark = pytest.mark.slow
 
@@ -17,9 +20,12 @@ pytestmark = pytest.mark.slow
 def _tiny_params(tmp: Path) -> dict:
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["synthetic"].update(n_train=10, n_test=3, width=192, height=240)
-    p["preprocess"].update(height=64, width=48)
-    p["model"].update(unet_channels=4)
-    p["train"].update(epochs=2, batch_size=4, warmup_epochs=1, patience=5)
+    p["preprocess"].update(height=64, width=64)
+    p["model"].update(unet_channels=4, encoder="efficientnet_lite0", transformer_layers=1, transformer_dim=16)
+    p["model"].update(transformer_heads=2, transformer_pos_size=2, decoder_channels=8)
+    p["train"].update(batch_size=4, threads=1)
+    for stage in ("stage1", "stage2", "stage3"):
+        p[stage].update(epochs=1, warmup_epochs=1)
     p["data"]["val_fraction"] = 0.2
     p["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     return p
@@ -53,13 +59,36 @@ def test_pipeline_writes_metrics_plots_and_checkpoint(pipeline):
     for key in ("mre_mm", "sd_mm", "median_mm", "mre_px", "sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm"):
         assert key in metrics
     assert metrics["images"] == 3 and metrics["mre_mm"] > 0
-    assert (pipeline / "data" / "models" / "baseline.pt").is_file()
-    assert (pipeline / "plots" / "baseline" / "per_landmark.csv").read_text().count("\n") == 20
+    assert json.loads((pipeline / "metrics" / "maht_net.json").read_text())["images"] == 3
+    for name in ("baseline", "stage1", "stage2", "stage3"):
+        assert (pipeline / "data" / "models" / f"{name}.pt").is_file()
+        assert (pipeline / "data" / "runs" / name / "last.pt").is_file()  # resume state (persisted)
+        assert (pipeline / "plots" / f"train_{name}" / "grad_flow.png").is_file()
+    assert json.loads((pipeline / "metrics" / "train_baseline.json").read_text())["epochs_run"] == 3
+    for name in ("baseline", "maht_net"):
+        assert (pipeline / "plots" / name / "per_landmark.csv").read_text().count("\n") == 20
     assert (pipeline / "plots" / "heatmaps" / "targets.png").stat().st_size > 1000
     history = (pipeline / "plots" / "train_baseline" / "history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,train_loss") and len(history) == 3
+    assert history[0].startswith("epoch,train_loss") and len(history) == 4  # 3 epochs: 1 + 1 + 1
     heat = json.loads((pipeline / "metrics" / "heatmaps.json").read_text())
     assert heat["roundtrip_max_px"] < 0.05
+    assert set(metrics["by_gt"]) == {"mean", "senior", "junior", "inter_observer"}
+    assert set(metrics["clinical"]["accuracy"]) == {*MEASUREMENTS, "mean"}
+
+
+def test_compare_and_report(pipeline):
+    compare = json.loads((pipeline / "metrics" / "compare.json").read_text())
+    assert compare["reference"] == "baseline" and compare["images"] == 3
+    res = compare["maht_net"]
+    assert 0.0 <= res["wilcoxon"]["p_value"] <= 1.0 and len(res["bootstrap"]["mre_diff"]) == 2
+    per_landmark = (pipeline / "plots" / "compare" / "per_landmark_maht_net.csv").read_text().splitlines()
+    assert per_landmark[0].startswith("landmark,mre_a,mre_b") and len(per_landmark) == 20
+    report = (pipeline / "reports" / "report.md").read_text()
+    for heading in ("## Results", "## Statistical comparison", "## Clinical measurements", "## Training"):
+        assert heading in report
+    for name in ("overlay_worst_maht_net", "sdr_curves", "per_landmark_mre", "paired_mre_maht_net"):
+        assert f"figures/{name}.png" in report
+        assert (pipeline / "reports" / "figures" / f"{name}.png").stat().st_size > 1000
 
 
 def test_second_repro_does_nothing(pipeline):
@@ -74,7 +103,16 @@ def test_mlflow_has_one_run_per_stage(pipeline):
         names = {row[0] for row in con.execute("select name from runs")}
         metrics = {row[0] for row in con.execute("select key from metrics")}
     assert {"synthesize", "preprocess", "heatmaps", "train_baseline", "evaluate:baseline"} <= names
-    assert {"train_loss", "val_mre_mm", "lr", "epoch_time_s", "peak_memory_mb", "mre_mm"} <= metrics
+    assert {"train_stage1", "train_stage2", "train_stage3", "evaluate:maht_net", "compare"} <= names
+    assert {
+        "train_loss",
+        "val_mre_mm",
+        "lr_decoder",
+        "lr_encoder",
+        "epoch_time_s",
+        "peak_memory_mb",
+    } <= metrics
+    assert {"grad_norm_transformer", "act_std_head", "mre_mm", "train_softmax_ce"} <= metrics
 
 
 def test_evaluate_command_on_a_dataset_root(pipeline, tmp_path):
@@ -89,7 +127,7 @@ def test_evaluate_command_on_a_dataset_root(pipeline, tmp_path):
 def test_unknown_params_key_fails_with_its_name(pipeline, tmp_path):
     bad = tmp_path / "params.yaml"
     raw = yaml.safe_load((pipeline / "params.yaml").read_text())
-    raw["train"]["learning_rate"] = 0.1
+    raw["train"]["learning_rate"] = 0.1  # "learning_rate" is no key of train
     bad.write_text(yaml.safe_dump(raw))
     args = [sys.executable, "stages/evaluate.py", "--checkpoint", "data/models/baseline.pt"]
     args += ["--prepared", "data/prepared/test.npz", "--out", str(tmp_path / "x.json"), "--params", str(bad)]
@@ -97,3 +135,23 @@ def test_unknown_params_key_fails_with_its_name(pipeline, tmp_path):
     assert result.returncode != 0
     assert "unknown params key 'train.learning_rate'" in result.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_ensemble_of_checkpoints(pipeline, tmp_path):
+    from mahtnet.data.preprocess import PreparedSet
+    from mahtnet.evaluate import evaluate
+
+    data = PreparedSet.load(pipeline / "data" / "prepared" / "test.npz")
+    models = pipeline / "data" / "models"
+    single = evaluate(models / "stage3.pt", data, [2.0], "cpu")
+    twice = evaluate([models / "stage3.pt", models / "stage3.pt"], data, [2.0], "cpu")
+    np.testing.assert_allclose(twice.pred, single.pred)
+    pair = evaluate([models / "baseline.pt", models / "stage3.pt"], data, [2.0], "cpu")
+    other = evaluate(models / "baseline.pt", data, [2.0], "cpu")
+    np.testing.assert_allclose(pair.pred, (single.pred + other.pred) / 2)
+    out = tmp_path / "ensemble.json"
+    args = [sys.executable, "stages/evaluate.py", "--checkpoint", str(models / "baseline.pt")]
+    args += [str(models / "stage3.pt"), "--prepared", "data/prepared/test.npz", "--out", str(out)]
+    result = _run(args, pipeline)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(out.read_text())["mre_mm"] == pytest.approx(pair.summary()["mre_mm"], rel=1e-6)

@@ -44,6 +44,8 @@ def test_prepared_set_save_load(tmp_path):
         landmarks_orig=np.ones((n, 19, 2)) * 2,
         boxes=np.tile([0.5, 0.5, 0, 0, 32, 32], (n, 1)).astype(float),
         spacing=np.full(n, 0.1),
+        senior_orig=np.ones((n, 19, 2)) * 1.5,
+        junior_orig=np.ones((n, 19, 2)) * 2.5,
     )
     path = data.save(tmp_path / "x.npz")
     loaded = PreparedSet.load(path)
@@ -52,6 +54,11 @@ def test_prepared_set_save_load(tmp_path):
     assert len(loaded.subset([0, 2])) == 2
     with pytest.raises(FileNotFoundError, match="nope.npz"):
         PreparedSet.load(tmp_path / "nope.npz")
+    old = dict(np.load(path))
+    del old["senior_orig"]
+    np.savez(tmp_path / "old.npz", **old)
+    with pytest.raises(KeyError, match=r"old.npz lacks \['senior_orig'\].*re-run the preprocess stage"):
+        PreparedSet.load(tmp_path / "old.npz")
 
 
 def test_split_is_deterministic_and_disjoint():

@@ -1,61 +1,13 @@
-"""Losses, the U-Net, checkpoints and the MLflow store location."""
-
-import dataclasses
+"""The U-Net, checkpoints and the MLflow store location."""
 
 import numpy as np
 import pytest
 import torch
 
 from mahtnet.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from mahtnet.codec import HeatmapCodec
-from mahtnet.config import ModelParams
 from mahtnet.inference import predict
-from mahtnet.losses import get_loss, log_heatmaps, mse, softmax_ce
-from mahtnet.models.factory import build_model
 from mahtnet.models.unet import UNet
 from mahtnet.paths import repo_root
-
-
-def _targets(codec, points):
-    hm, vis = codec.encode(points)
-    return torch.from_numpy(hm)[None], torch.from_numpy(vis)[None]
-
-
-def test_softmax_ce_is_zero_at_optimum_and_positive_elsewhere():
-    codec = HeatmapCodec((32, 32), sigma=2.0)
-    target, visible = _targets(codec, np.array([[10.3, 12.8], [20.0, 5.5]]))
-    optimum = torch.log(target.clamp_min(1e-30))  # logits whose softmax is the target
-    assert softmax_ce(optimum, target, visible).item() == pytest.approx(0.0, abs=1e-5)
-    assert softmax_ce(torch.zeros_like(target), target, visible).item() > 1.0
-
-
-def test_softmax_ce_gradient_pushes_up_the_target_peak():
-    codec = HeatmapCodec((16, 16), sigma=1.5)
-    target, visible = _targets(codec, np.array([[8.0, 8.0]]))
-    logits = torch.zeros_like(target, requires_grad=True)
-    softmax_ce(logits, target, visible).backward()
-    assert logits.grad[0, 0, 8, 8] < 0  # descent raises the logit at the peak
-    assert logits.grad[0, 0, 0, 0] > 0
-
-
-def test_masked_landmarks_do_not_count():
-    codec = HeatmapCodec((16, 16), sigma=1.5)
-    target, _ = _targets(codec, np.array([[8.0, 8.0], [3.0, 3.0]]))
-    out = torch.randn_like(target)
-    only_first = softmax_ce(out[:, :1], target[:, :1], torch.tensor([[True]]))
-    masked = softmax_ce(out, target, torch.tensor([[True, False]]))
-    assert masked.item() == pytest.approx(only_first.item())
-    assert mse(target * 5, target, torch.tensor([[True, True]]), target_scale=5).item() == 0.0
-
-
-def test_log_heatmaps_decode_consistently():
-    codec = HeatmapCodec((24, 24), sigma=2.0)
-    target, _ = _targets(codec, np.array([[7.3, 15.6]]))
-    for kind, out in (("logits", torch.log(target.clamp_min(1e-30)) + 4.0), ("heatmap", target)):
-        coords, _ = codec.decode(log_heatmaps(out, kind).numpy(), is_log=True)
-        np.testing.assert_allclose(coords[0, 0], [7.3, 15.6], atol=0.05)
-    with pytest.raises(KeyError, match="softmax_ce"):
-        get_loss("wing")
 
 
 def test_unet_shapes_and_errors():
@@ -65,10 +17,6 @@ def test_unet_shapes_and_errors():
     assert out.coords.shape == (2, 19, 2) and out.confidence.shape == (2, 19)
     with pytest.raises(ValueError, match="divisible by 16"):
         model(torch.zeros(1, 1, 60, 48))
-    with pytest.raises(KeyError, match="maht_net, unet"):
-        build_model(
-            ModelParams(**dict.fromkeys(f.name for f in dataclasses.fields(ModelParams)) | {"name": "nope"})
-        )
 
 
 def test_unet_gradients_reach_every_parameter():

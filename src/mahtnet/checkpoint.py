@@ -1,7 +1,8 @@
 """Checkpoints: written atomically, read with clear errors, self-describing.
 
-A checkpoint holds the model weights and everything needed to use them without
-``params.yaml``: the model block, the input size, the codec and how to read the output.
+A model checkpoint holds the weights and everything needed to use them without
+``params.yaml``: the model name and block, the input size, the codec and how to read the
+output. A training state (``save_train_state``) holds what an exact resume needs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mahtnet.io import atomic_write, load_torch
 from mahtnet.models.factory import build_model
 
 FORMAT = "mahtnet-checkpoint"
+STATE_FORMAT = "mahtnet-train-state"
 VERSION = 1
 
 
@@ -33,14 +35,46 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return _load(path, FORMAT, "checkpoint", ("model_state", "meta"))
+
+
+def _load(path: str | Path, fmt: str, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
     path = Path(path)
-    payload = load_torch(path, "checkpoint", CheckpointError)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a MAHT-Net checkpoint")
-    for key in ("model_state", "meta"):
+    payload = load_torch(path, what, CheckpointError)
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a MAHT-Net {what}")
+    for key in keys:
         if key not in payload:
-            raise CheckpointError(f"checkpoint {path} lacks '{key}'")
+            raise CheckpointError(f"{what} {path} lacks '{key}'")
     return payload
+
+
+def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Everything an exact resume needs (model, optimizer, scheduler, scaler, RNG, early
+    stopping, history), written atomically: a kill leaves the previous complete state."""
+    return atomic_write(
+        path, lambda tmp: torch.save({"format": STATE_FORMAT, "version": VERSION, **state}, tmp)
+    )
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """A training state; a damaged file raises :class:`CheckpointError` naming it (never a
+    silent fresh start)."""
+    return _load(path, STATE_FORMAT, "training state", ("fingerprint", "epoch", "model_state"))
+
+
+def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating-point tensors (weights and BatchNorm statistics) of
+    same-architecture state dicts; integer buffers (e.g. ``num_batches_tracked``) from the last."""
+    if not states:
+        raise ValueError("no checkpoints to average")
+    out = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            out[key] = torch.stack([s[key].float() for s in states]).mean(dim=0).to(last.dtype)
+        else:
+            out[key] = last.clone()
+    return out
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> tuple[nn.Module, HeatmapCodec, str]:
@@ -50,12 +84,17 @@ def model_from_checkpoint(payload: dict[str, Any]) -> tuple[nn.Module, HeatmapCo
     U-Net checkpoints written before MAHT-Net existed (without its ``model`` keys) still load.
     """
     meta = payload["meta"]
-    missing = [f.name for f in dataclasses.fields(ModelParams) if f.name not in meta["model"]]
-    if missing and meta["model"].get("name") != "unet":
+    block = dict(meta["model"])
+    name = block.pop("name")
+    missing = [f.name for f in dataclasses.fields(ModelParams) if f.name not in block]
+    if missing and name != "unet":
         raise CheckpointError(f"checkpoint model block lacks keys {missing}")
-    model_params = ModelParams(**(dict.fromkeys(missing) | meta["model"] | {"encoder_weights": None}))
-    model = build_model(model_params, num_landmarks=len(meta["landmark_names"]))
+    block = {k: v for k, v in block.items() if k in {f.name for f in dataclasses.fields(ModelParams)}}
+    model_params = ModelParams(**(dict.fromkeys(missing) | block | {"encoder_weights": None}))
+    model = build_model(name, model_params, num_landmarks=len(meta["landmark_names"]))
     model.load_state_dict(payload["model_state"])
+    if meta.get("bypass_transformer"):
+        model.bottleneck.bypass = True
     model.eval()
-    codec = HeatmapCodec(tuple(meta["input_size"]), meta["heatmap"]["sigma"], meta["heatmap"]["stride"])
+    codec = HeatmapCodec(tuple(meta["input_size"]), meta["heatmap"]["sigma"], model.output_stride)
     return model, codec, meta["output_kind"]

@@ -36,9 +36,10 @@ class HeatmapCodec:
         self.heatmap_size = (self.input_size[0] // stride, self.input_size[1] // stride)
 
     @classmethod
-    def from_params(cls, preprocess, heatmap) -> HeatmapCodec:
-        """The codec of ``params.yaml``'s ``preprocess`` (input size) and ``heatmap`` blocks."""
-        return cls((preprocess.height, preprocess.width), sigma=heatmap.sigma, stride=heatmap.stride)
+    def from_params(cls, preprocess, heatmap, stride: int = 1) -> HeatmapCodec:
+        """The codec of ``params.yaml``'s ``preprocess`` (input size) and ``heatmap`` blocks for
+        a model whose heatmaps have ``stride`` (its ``output_stride``)."""
+        return cls((preprocess.height, preprocess.width), sigma=heatmap.sigma, stride=stride)
 
     def __repr__(self) -> str:
         return f"HeatmapCodec(input_size={self.input_size}, sigma={self.sigma}, stride={self.stride})"

@@ -54,13 +54,15 @@ class PreprocessParams:
 
 @dataclasses.dataclass(frozen=True)
 class HeatmapParams:
-    sigma: float  # Gaussian sd in heatmap pixels
-    stride: int  # input pixels per heatmap pixel (1 = full input resolution)
+    sigma: float  # Gaussian sd in heatmap pixels (each model's own output stride sets their size)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    name: str  # "unet" or "maht_net"
+    """Architecture of both models: the U-Net baseline's two keys and MAHT-Net's keys (which
+    model a stage builds is the stage's choice: ``train_baseline`` the U-Net, the three
+    ``train_stage*`` stages MAHT-Net)."""
+
     unet_channels: int  # width of the first U-Net block; doubles at each level
     unet_depth: int  # number of down blocks
     # MAHT-Net (each key is the MAHTNet keyword argument of the same name)
@@ -78,7 +80,7 @@ class ModelParams:
     attention_gates: bool  # attention gates on the decoder's skip connections
     decoder_cbam: bool  # channel + spatial (CBAM) attention after each decoder fusion
     fpn: bool  # FPN additive lateral fusion (true) or U-Net concatenation (false)
-    output_stride: int  # input px per heatmap px of MAHT-Net: 1 or 2 (must equal heatmap.stride)
+    output_stride: int  # input px per heatmap px of MAHT-Net: 1 or 2 (the U-Net's is 1)
     head_temperature: float  # soft-argmax temperature of the coordinate head
 
 
@@ -97,27 +99,99 @@ class AugmentParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    epochs: int
-    batch_size: int
-    lr: float
+    """Settings shared by every training stage (baseline, stage1-3)."""
+
+    batch_size: int  # per process (per GPU under torchrun)
+    accumulate_steps: int  # gradient accumulation: one optimizer step every n batches
     weight_decay: float
-    warmup_epochs: int
-    loss: str  # "softmax_ce" or "mse"
-    mse_target_scale: float  # peak value of the MSE targets (unit peaks stall training)
     grad_clip: float  # max global gradient norm; 0 disables
-    patience: int  # early stopping: epochs without validation-MRE improvement
-    min_delta_mm: float  # smallest improvement of validation MRE that counts
     device: str  # "auto", "cpu" or "cuda"
-    amp: bool  # mixed precision on CUDA
+    amp: bool  # fp16 autocast + gradient scaling on CUDA
+    cpu_bf16: bool  # bf16 autocast on CPU (off: fp32, bit-reproducible)
     num_workers: int
     threads: int  # torch CPU threads; 0 = torch default
     augment: AugmentParams
 
 
 @dataclasses.dataclass(frozen=True)
+class LossParams:
+    """How the loss terms are computed; their weights are per training stage."""
+
+    output: str  # "logits" (spatial-softmax heatmaps) or "heatmap" (direct Gaussian regression)
+    mse_target_scale: float  # output "heatmap": the network regresses Gaussians of this peak
+    wing_width: float  # Wing loss w (input px)
+    wing_curvature: float  # Wing loss epsilon (input px)
+    adaptive_wing_omega: float
+    adaptive_wing_theta: float
+    adaptive_wing_epsilon: float
+    adaptive_wing_alpha: float
+    focal_alpha: float
+    focal_beta: float
+    ssim_window: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    softmax_ce: float  # KL between the spatial softmax and the normalised target
+    mse: float  # heatmap MSE
+    l1_coords: float  # L1 on soft-argmax coordinates
+    wing: float  # Wing loss on soft-argmax coordinates
+    adaptive_wing: float  # adaptive Wing loss on heatmaps
+    ssim: float  # 1 - SSIM of the heatmaps
+    focal: float  # focal heatmap loss
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStoppingParams:
+    """Each criterion with patience > 0 is watched; ``mode`` all: stop when every watched
+    criterion has gone ``patience`` epochs without improving by ``min_delta``; any: when one has."""
+
+    mode: str  # "all" or "any"
+    mre_patience: int  # validation MRE (mm)
+    mre_min_delta_mm: float
+    sdr2_patience: int  # validation SDR at 2 mm (%)
+    sdr2_min_delta: float
+    loss_patience: int  # validation loss
+    loss_min_delta: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StageParams:
+    """One training stage: schedule, loss weights, early stopping, checkpoint averaging."""
+
+    epochs: int | None  # baseline only may be null: the three MAHT-Net stages' total
+    lr: float  # decoder + head (the U-Net's up path and head)
+    encoder_lr: float  # encoder (the U-Net's down path); 0 = frozen (BatchNorm in eval)
+    transformer_lr: float  # transformer bottleneck; 0 = frozen
+    bypass_transformer: bool  # skip the transformer blocks (stage 1)
+    scheduler: str  # "cosine" (linear warm-up, cosine decay per step) or "plateau" (on val MRE)
+    warmup_epochs: int
+    plateau_factor: float
+    plateau_patience: int
+    loss_weights: LossWeights
+    uncertainty_weighting: bool  # learned (Kendall et al. 2018) weighting of the active terms
+    select: str  # best checkpoint by "val_mre_mm", "val_sdr_2mm" or "val_loss"
+    early_stopping: EarlyStoppingParams
+    average: str  # checkpoint averaging: "none", "last" or "best" (k per-epoch weights)
+    average_k: int
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     sdr_thresholds_mm: list[float]
     batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareParams:
+    alpha: float  # significance level (Wilcoxon, Holm-corrected per-landmark tests, CIs)
+    bootstrap_samples: int  # image resamples for the 95 % confidence intervals
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossvalParams:
+    folds: int  # k of k-fold cross-validation over the training images
+    models: list[str]  # which to cross-validate: "baseline" and/or "maht_net" (three stages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +209,14 @@ class Params:
     heatmap: HeatmapParams
     model: ModelParams
     train: TrainParams
+    loss: LossParams
+    baseline: StageParams
+    stage1: StageParams
+    stage2: StageParams
+    stage3: StageParams
     evaluate: EvaluateParams
+    compare: CompareParams
+    crossval: CrossvalParams
     tracking: TrackingParams
 
 
@@ -205,39 +286,77 @@ def parse_params(raw: dict) -> Params:
     return params
 
 
+STAGES = ("baseline", "stage1", "stage2", "stage3")
+MAHT_NET_STAGES = STAGES[1:]
+
+
+def stage_epochs(p: Params, stage: str) -> int:
+    """Epoch budget of ``stage``; the baseline's null means the three MAHT-Net stages' total."""
+    epochs = getattr(p, stage).epochs
+    if epochs is None:
+        return sum(stage_epochs(p, s) for s in MAHT_NET_STAGES)
+    return epochs
+
+
+def _choice(key: str, value: Any, valid: tuple) -> None:
+    if value not in valid:
+        raise ParamsError(f"params key '{key}' is {value!r}; valid: {', '.join(map(str, valid))}")
+
+
 def _check_choices(p: Params) -> None:
-    choices = {
-        "data.dataset": (p.data.dataset, ("synthetic", "isbi2015")),
-        "data.gt": (p.data.gt, ("mean", "senior", "junior")),
-        "train.loss": (p.train.loss, ("softmax_ce", "mse")),
-        "train.device": (p.train.device, ("auto", "cpu", "cuda")),
-    }
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise ParamsError(f"params key '{key}' is {value!r}; valid: {', '.join(valid)}")
+    _choice("data.dataset", p.data.dataset, ("synthetic", "isbi2015"))
+    _choice("data.gt", p.data.gt, ("mean", "senior", "junior"))
+    _choice("train.device", p.train.device, ("auto", "cpu", "cuda"))
+    _choice("loss.output", p.loss.output, ("logits", "heatmap"))
+    if not 0.0 < p.compare.alpha < 1.0:
+        raise ParamsError(f"params key 'compare.alpha' must be in (0, 1), got {p.compare.alpha}")
+    if p.crossval.folds < 2:
+        raise ParamsError(f"params key 'crossval.folds' must be >= 2, got {p.crossval.folds}")
+    for i, model in enumerate(p.crossval.models):
+        _choice(f"crossval.models[{i}]", model, ("baseline", "maht_net"))
     if not 0.0 < p.data.val_fraction < 1.0:
         raise ParamsError("params key 'data.val_fraction' must be in (0, 1): model selection needs it")
-    multiple = 32 if p.model.name == "maht_net" else 16  # the models' coarsest strides
+    for key in ("train.batch_size", "train.accumulate_steps"):
+        if getattr(p.train, key.split(".")[1]) < 1:
+            raise ParamsError(f"params key '{key}' must be >= 1")
+    for stage in STAGES:
+        _check_stage(getattr(p, stage), stage, p.loss.output)
     for key in ("preprocess.height", "preprocess.width"):
-        section, name = key.split(".")
-        value = getattr(getattr(p, section), name)
-        if value <= 0 or value % multiple:
-            raise ParamsError(
-                f"params key '{key}' must be a positive multiple of {multiple} "
-                f"for model.name {p.model.name!r}, got {value}"
-            )
+        value = getattr(p.preprocess, key.split(".")[1])
+        if value <= 0 or value % 32:  # MAHT-Net's coarsest stride (the U-Net's is 2**depth <= 32)
+            raise ParamsError(f"params key '{key}' must be a positive multiple of 32, got {value}")
+    if 2**p.model.unet_depth > 32:
+        raise ParamsError(f"params key 'model.unet_depth' must be <= 5, got {p.model.unet_depth}")
     if p.model.output_stride not in (1, 2):
         raise ParamsError(f"params key 'model.output_stride' must be 1 or 2, got {p.model.output_stride}")
-    if p.model.name == "maht_net" and p.heatmap.stride != p.model.output_stride:
+
+
+def _check_stage(s: StageParams, name: str, output: str) -> None:
+    _choice(f"{name}.scheduler", s.scheduler, ("cosine", "plateau"))
+    _choice(f"{name}.select", s.select, ("val_mre_mm", "val_sdr_2mm", "val_loss"))
+    _choice(f"{name}.average", s.average, ("none", "last", "best"))
+    _choice(f"{name}.early_stopping.mode", s.early_stopping.mode, ("all", "any"))
+    if s.epochs is None and name != "baseline":
+        raise ParamsError(f"params key '{name}.epochs' must be an integer (null only for the baseline)")
+    if s.epochs is not None and s.epochs < 1:
+        raise ParamsError(f"params key '{name}.epochs' must be >= 1, got {s.epochs}")
+    for key in ("lr", "encoder_lr", "transformer_lr"):
+        if getattr(s, key) < 0:
+            raise ParamsError(f"params key '{name}.{key}' must be >= 0 (0 freezes the part)")
+    if s.lr <= 0:
+        raise ParamsError(f"params key '{name}.lr' must be > 0 (the decoder and head always train)")
+    weights = to_dict(s.loss_weights)
+    for key, value in weights.items():
+        if value < 0:
+            raise ParamsError(f"params key '{name}.loss_weights.{key}' must be >= 0, got {value}")
+    if not any(v > 0 for v in weights.values()):
+        raise ParamsError(f"params key '{name}.loss_weights' needs at least one positive weight")
+    if output == "heatmap" and s.loss_weights.softmax_ce > 0:
         raise ParamsError(
-            f"params key 'heatmap.stride' ({p.heatmap.stride}) must equal 'model.output_stride' "
-            f"({p.model.output_stride}): the targets must have the model's output size"
+            f"params key '{name}.loss_weights.softmax_ce' needs loss.output 'logits' (it is 'heatmap')"
         )
-    if p.model.name == "unet" and p.heatmap.stride != 1:
-        raise ParamsError(
-            f"params key 'heatmap.stride' is {p.heatmap.stride} but model.name 'unet' predicts at "
-            "stride 1 ('model.output_stride' applies to maht_net only)"
-        )
+    if s.average != "none" and s.average_k < 2:
+        raise ParamsError(f"params key '{name}.average_k' must be >= 2 to average checkpoints")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -1,5 +1,5 @@
-"""Evaluate a checkpoint on a prepared split: MRE / SDR overall and per landmark, at the
-original image resolution."""
+"""Evaluate a checkpoint (or an ensemble of checkpoints) on a prepared split: MRE / SDR
+overall and per landmark, at the original image resolution."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from mahtnet import metrics
+from mahtnet import clinical, metrics
 from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.inference import predict, select_device
 from mahtnet.io import atomic_write, write_json
+from mahtnet.plots import plot_confidence, plot_predictions
 
 SDR_CURVE_MM = tuple(np.round(np.arange(0.5, 10.01, 0.25), 2))
 
@@ -23,18 +25,58 @@ SDR_CURVE_MM = tuple(np.round(np.arange(0.5, 10.01, 0.25), 2))
 class Evaluation:
     ids: np.ndarray  # (N,)
     pred: np.ndarray  # (N, K, 2) original px
-    gt: np.ndarray  # (N, K, 2) original px
-    errors_mm: np.ndarray  # (N, K)
+    gt: np.ndarray  # (N, K, 2) original px: the configured ground truth (data.gt)
+    errors_mm: np.ndarray  # (N, K) against ``gt``
     spacing: np.ndarray  # (N,) mm per original pixel
     confidence: np.ndarray  # (N, K)
     landmark_names: list[str]
     thresholds_mm: list[float]
+    data: PreparedSet  # the evaluated images and both doctors' annotations
 
     def summary(self) -> dict[str, float]:
         out = metrics.summarize(self.errors_mm, self.thresholds_mm)
         out["mre_px"] = float((self.errors_mm / self.spacing[:, None]).mean())
         out["images"] = len(self.ids)
         return out
+
+    def doctors(self) -> dict[str, np.ndarray]:
+        """Each ground truth: the mean of both doctors, the senior's and the junior's."""
+        senior, junior = self.data.senior_orig, self.data.junior_orig
+        return {"mean": (senior + junior) / 2.0, "senior": senior, "junior": junior}
+
+    def by_ground_truth(self) -> dict[str, dict[str, float]]:
+        """MRE / SD / median / SDR against each ground truth, and the inter-observer error
+        (senior vs junior: the agreement of the two doctors, a floor for any model)."""
+        out = {
+            gt: metrics.summarize(
+                metrics.radial_errors_mm(self.pred, points, self.spacing), self.thresholds_mm
+            )
+            for gt, points in self.doctors().items()
+        }
+        inter = metrics.radial_errors_mm(self.data.senior_orig, self.data.junior_orig, self.spacing)
+        out["inter_observer"] = metrics.summarize(inter, self.thresholds_mm)
+        return out
+
+    def confidence_vs_error(self) -> dict[str, float]:
+        """Spearman rank correlation between the predicted confidence and the radial error over
+        all (image, landmark) pairs (negative: confident predictions are the accurate ones)."""
+        c, e = self.confidence.ravel(), self.errors_mm.ravel()
+        if np.ptp(c) == 0 or np.ptp(e) == 0:  # a constant input: no correlation defined
+            return {"spearman_rho": 0.0, "p_value": 1.0}
+        rho, p = stats.spearmanr(c, e)
+        rho = float(rho) if np.isfinite(rho) else 0.0
+        return {"spearman_rho": rho, "p_value": float(p) if np.isfinite(p) else 1.0}
+
+    def clinical(self) -> dict[str, dict[str, float]]:
+        """ISBI 2015 task 2: classification accuracy (%) of the eight measurements from the
+        predicted landmarks against those from the ground truth; the doctors' agreement
+        (senior vs junior landmarks) beside it."""
+        return {
+            "accuracy": clinical.classification_accuracy(self.pred, self.gt, self.spacing),
+            "inter_observer": clinical.classification_accuracy(
+                self.data.senior_orig, self.data.junior_orig, self.spacing
+            ),
+        }
 
     def per_landmark(self) -> list[dict]:
         return metrics.per_landmark(self.errors_mm, self.thresholds_mm, self.landmark_names)
@@ -45,6 +87,33 @@ class Evaluation:
         df.insert(0, "image_id", self.ids)
         return df
 
+    def predictions(self) -> pd.DataFrame:
+        """Predicted landmarks (original px) and confidences, one row per image and landmark."""
+        n, k = self.errors_mm.shape
+        return pd.DataFrame(
+            {
+                "image_id": np.repeat(self.ids, k),
+                "landmark": np.tile(self.landmark_names, n),
+                "x": self.pred[..., 0].ravel(),
+                "y": self.pred[..., 1].ravel(),
+                "confidence": self.confidence.ravel(),
+                "error_mm": self.errors_mm.ravel(),
+            }
+        )
+
+    def plot_overlays(self, folder: str | Path, title: str) -> list[Path]:
+        """The best and worst test images (lowest / highest per-image MRE): predicted vs
+        ground-truth landmarks with their names, on the network-input image."""
+        image_mre = self.errors_mm.mean(axis=1)
+        paths = []
+        for which, i in (("best", int(np.argmin(image_mre))), ("worst", int(np.argmax(image_mre)))):
+            box = self.data.letterbox(i)
+            label = f"{title}: {which} image {self.ids[i]}, MRE {image_mre[i]:.2f} mm"
+            path = Path(folder) / f"overlay_{which}.png"
+            pred, gt = box.to_prepared(self.pred[i]), box.to_prepared(self.gt[i])
+            paths.append(plot_predictions(self.data.images[i], pred, gt, self.landmark_names, label, path))
+        return paths
+
     def write(
         self,
         metrics_path: str | Path,
@@ -52,39 +121,79 @@ class Evaluation:
         per_image_path: str | Path | None = None,
         extra: dict | None = None,
     ) -> None:
-        """``metrics_path``: summary JSON (a DVC metric); ``plots_dir``: per-landmark and
-        SDR-curve CSVs (DVC plots); ``per_image_path``: per-image, per-landmark errors."""
+        """``metrics_path``: summary JSON (a DVC metric) with the scores against each ground
+        truth, the inter-observer error, confidence-vs-error correlation and clinical
+        classification accuracy; ``plots_dir``: per-landmark and SDR-curve CSVs (DVC plots),
+        the confidence plot and best / worst overlays; ``per_image_path``: per-image,
+        per-landmark errors (and ``<stem>_predictions.csv`` beside it)."""
         if plots_dir is not None:
-            write_csv(Path(plots_dir) / "per_landmark.csv", pd.DataFrame(self.per_landmark()))
+            plots_dir = Path(plots_dir)
+            write_csv(plots_dir / "per_landmark.csv", pd.DataFrame(self.per_landmark()))
             curve = metrics.sdr_curve(self.errors_mm, SDR_CURVE_MM)
-            write_csv(Path(plots_dir) / "sdr_curve.csv", pd.DataFrame(curve))
+            write_csv(plots_dir / "sdr_curve.csv", pd.DataFrame(curve))
+            plot_confidence(self.confidence, self.errors_mm, plots_dir / "confidence.png")
+            self.plot_overlays(plots_dir, Path(metrics_path).stem)
         if per_image_path is not None:
+            per_image_path = Path(per_image_path)
             write_csv(per_image_path, self.per_image())
-        write_json(metrics_path, {**self.summary(), **(extra or {})})
+            stem = per_image_path.stem.removesuffix("_per_image")
+            write_csv(per_image_path.with_name(f"{stem}_predictions.csv"), self.predictions())
+        summary = {
+            **self.summary(),
+            "by_gt": self.by_ground_truth(),
+            "confidence": self.confidence_vs_error(),
+            "clinical": self.clinical(),
+        }
+        write_json(metrics_path, {**summary, **(extra or {})})
 
 
-def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
+def read_per_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(image ids, errors (N, K) mm, landmark names)`` from a per-image CSV of :meth:`Evaluation.write`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"per-image errors not found: {path} (run the evaluate stage)")
+    df = pd.read_csv(path, dtype={"image_id": str})
+    names = [c for c in df.columns if c not in ("image_id", "mre_mm")]
+    errors = df[names].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(errors)):
+        raise ValueError(f"{path} contains NaN or missing errors")
+    return df["image_id"].to_numpy(), errors, names
+
+
+def write_csv(path: str | Path, df: pd.DataFrame, float_format: str = "%.4f") -> Path:
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format=float_format))
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoints: str | Path | Sequence[str | Path],
     data: PreparedSet,
     thresholds_mm: Sequence[float],
     device: str = "auto",
     batch_size: int = 8,
 ) -> Evaluation:
-    payload = load_checkpoint(checkpoint)
-    model, codec, output_kind = model_from_checkpoint(payload)
-    if tuple(data.images.shape[1:]) != codec.input_size:
-        raise ValueError(
-            f"prepared images are {data.images.shape[1:]} but checkpoint {checkpoint} expects "
-            f"{codec.input_size}; re-run preprocess with the checkpoint's input size"
-        )
+    """Evaluate a checkpoint, or an ensemble of checkpoints (their landmark predictions are
+    averaged in original-image pixels, their confidences averaged) on ``data``."""
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not paths:
+        raise ValueError("no checkpoint to evaluate")
     dev = select_device(device)
-    model.to(dev)
-    coords, conf = predict(model, data.images, codec, output_kind, dev, batch_size)
-    pred = data.to_original(coords)
+    preds, confs, names = [], [], None
+    for path in paths:
+        payload = load_checkpoint(path)
+        model, codec, output_kind = model_from_checkpoint(payload)
+        if tuple(data.images.shape[1:]) != codec.input_size:
+            raise ValueError(
+                f"prepared images are {data.images.shape[1:]} but checkpoint {path} expects "
+                f"{codec.input_size}; re-run preprocess with the checkpoint's input size"
+            )
+        if names is not None and list(payload["meta"]["landmark_names"]) != names:
+            raise ValueError(f"checkpoint {path} predicts other landmarks than {paths[0]}")
+        names = list(payload["meta"]["landmark_names"])
+        model.to(dev)
+        coords, conf = predict(model, data.images, codec, output_kind, dev, batch_size)
+        preds.append(data.to_original(coords))
+        confs.append(conf)
+    pred = np.mean(preds, axis=0)
     errors = metrics.radial_errors_mm(pred, data.landmarks_orig, data.spacing)
     return Evaluation(
         ids=data.ids,
@@ -92,7 +201,8 @@ def evaluate(
         gt=data.landmarks_orig,
         errors_mm=errors,
         spacing=data.spacing,
-        confidence=conf,
-        landmark_names=list(payload["meta"]["landmark_names"]),
+        confidence=np.mean(confs, axis=0),
+        landmark_names=names,
         thresholds_mm=list(thresholds_mm),
+        data=data,
     )

@@ -21,10 +21,14 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """fp16 autocast on CUDA when enabled; a no-op elsewhere."""
+def autocast(
+    device: torch.device, enabled: bool, cpu_bf16: bool = False
+) -> contextlib.AbstractContextManager:
+    """fp16 autocast on CUDA when ``enabled``; bf16 autocast on CPU when ``cpu_bf16``; else a no-op."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
+    if cpu_bf16 and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

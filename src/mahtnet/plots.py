@@ -44,7 +44,7 @@ def plot_targets(
 def plot_predictions(
     image: np.ndarray, pred: np.ndarray, gt: np.ndarray, names: Sequence[str], title: str, path: str | Path
 ) -> Path:
-    """Predicted (red) vs ground-truth (green) landmarks over an original-resolution image."""
+    """Predicted (red) vs ground-truth (green) landmarks, with their names, over an image."""
     fig, ax = plt.subplots(figsize=(6, 7.4))
     ax.imshow(image, cmap="gray")
     for p, g, name in zip(pred, gt, names, strict=True):
@@ -73,4 +73,91 @@ def plot_attention_maps(image: np.ndarray, maps: dict[str, np.ndarray], path: st
         ax.set_title(name, fontsize=8)
     for ax in axes[0]:
         ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_grad_flow(grad_means: dict[str, float], components: dict[str, str], path: str | Path) -> Path:
+    """Mean absolute gradient of each parameter tensor (log scale), in forward order, coloured
+    by component: where the gradient vanishes or explodes."""
+    names = list(grad_means)
+    values = np.array([max(grad_means[n], 1e-12) for n in names])
+    comps = [components[n] for n in names]
+    palette = dict(zip(dict.fromkeys(comps), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, ax = plt.subplots(figsize=(max(6.0, len(names) * 0.04), 3.5))
+    ax.bar(np.arange(len(names)), values, width=1.0, color=[palette[c] for c in comps])
+    ax.set_yscale("log")
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.set_xticks([])
+    ax.set_xlabel("parameter tensors, input -> output")
+    ax.set_ylabel("mean |gradient| (last epoch)")
+    for comp, color in palette.items():
+        ax.bar([], [], color=color, label=comp)
+    ax.legend(loc="upper left", fontsize=8, ncol=len(palette))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confidence(confidence: np.ndarray, errors_mm: np.ndarray, path: str | Path) -> Path:
+    """Radial error against predicted confidence (peak probability), every (image, landmark),
+    with the mean error per confidence decile."""
+    c, e = np.ravel(confidence), np.ravel(errors_mm)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter(c, e, s=4, alpha=0.3)
+    edges = np.unique(np.quantile(c, np.linspace(0, 1, 11)))
+    if len(edges) > 2:
+        bins = np.clip(np.digitize(c, edges[1:-1]), 0, len(edges) - 2)
+        centres = [c[bins == b].mean() for b in range(len(edges) - 1) if np.any(bins == b)]
+        means = [e[bins == b].mean() for b in range(len(edges) - 1) if np.any(bins == b)]
+        ax.plot(centres, means, "r.-", label="mean per decile")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("confidence (heatmap peak probability)")
+    ax.set_ylabel("radial error (mm)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_paired_mre(mre_a: np.ndarray, mre_b: np.ndarray, name_a: str, name_b: str, path: str | Path) -> Path:
+    """Per-image MRE of model B against model A (points below the diagonal: B better), and the
+    histogram of the per-image differences B - A."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.6))
+    top = float(max(mre_a.max(), mre_b.max())) * 1.05
+    ax1.scatter(mre_a, mre_b, s=8, alpha=0.6)
+    ax1.plot([0, top], [0, top], "k--", lw=0.8)
+    ax1.set(xlim=(0, top), ylim=(0, top), xlabel=f"{name_a} image MRE (mm)")
+    ax1.set_ylabel(f"{name_b} image MRE (mm)")
+    d = mre_b - mre_a
+    ax2.hist(d, bins=30)
+    ax2.axvline(0, color="k", lw=0.8)
+    ax2.axvline(float(np.median(d)), color="r", lw=1, label=f"median {np.median(d):+.3f} mm")
+    ax2.set(xlabel=f"{name_b} - {name_a} (mm)", ylabel="images")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_sdr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> Path:
+    """SDR (%) against the radius threshold (mm) for several models: ``{name: (mm, sdr)}``."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for name, (mm, sdr) in curves.items():
+        ax.plot(mm, sdr, label=name)
+    for t in (2.0, 2.5, 3.0, 4.0):
+        ax.axvline(t, color="0.85", lw=0.8, zorder=0)
+    ax.set(xlabel="radius (mm)", ylabel="SDR (%)", ylim=(0, 100.5))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_per_landmark_bars(names: Sequence[str], values: dict[str, np.ndarray], path: str | Path) -> Path:
+    """Per-landmark MRE (mm) of several models as grouped horizontal bars."""
+    fig, ax = plt.subplots(figsize=(6, 0.32 * len(names) + 1.2))
+    y = np.arange(len(names))
+    h = 0.8 / max(1, len(values))
+    for i, (model, v) in enumerate(values.items()):
+        ax.barh(y + i * h - 0.4 + h / 2, v, height=h, label=model)
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("MRE (mm)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)

@@ -37,8 +37,10 @@ class DataError(ValueError):
 class Sample:
     image_id: str
     image_path: Path
-    landmarks: np.ndarray  # (K, 2) float64, original px, (x, y)
+    landmarks: np.ndarray  # (K, 2) float64, original px, (x, y): the chosen ground truth
     pixel_spacing_mm: float
+    senior: np.ndarray  # (K, 2) each doctor's annotation (inter-observer error, per-doctor scores)
+    junior: np.ndarray
 
 
 def read_annotation(path: str | Path) -> np.ndarray:
@@ -95,16 +97,28 @@ def _find_image(split_dir: Path, image_id: str) -> Path:
     raise FileNotFoundError(f"image {image_id} not found in {split_dir}")
 
 
+def ground_truth(senior: np.ndarray, junior: np.ndarray, gt: str) -> np.ndarray:
+    """The ``senior`` or ``junior`` annotation, or their ``mean`` (the challenge's ground truth)."""
+    if gt == "mean":
+        return (senior + junior) / 2.0
+    if gt == "senior":
+        return senior
+    if gt == "junior":
+        return junior
+    raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(GROUND_TRUTHS)}")
+
+
+def load_doctors(root: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both doctors' annotations of one image: ``(senior, junior)``."""
+    ann = root / "AnnotationsByMD"
+    return tuple(read_annotation(ann / f"400_{who}" / f"{image_id}.txt") for who in ("senior", "junior"))
+
+
 def load_landmarks(root: Path, image_id: str, gt: str) -> np.ndarray:
     """Ground-truth landmarks of one image: ``senior``, ``junior`` or their ``mean``."""
-    ann = root / "AnnotationsByMD"
-    if gt == "mean":
-        senior = read_annotation(ann / "400_senior" / f"{image_id}.txt")
-        junior = read_annotation(ann / "400_junior" / f"{image_id}.txt")
-        return (senior + junior) / 2.0
-    if gt in ("senior", "junior"):
-        return read_annotation(ann / f"400_{gt}" / f"{image_id}.txt")
-    raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(GROUND_TRUTHS)}")
+    if gt not in GROUND_TRUTHS:
+        raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(GROUND_TRUTHS)}")
+    return ground_truth(*load_doctors(root, image_id), gt)
 
 
 def list_split(root: str | Path, split: str, gt: str = "mean", dataset: str = "isbi2015") -> list[Sample]:
@@ -122,4 +136,12 @@ def list_split(root: str | Path, split: str, gt: str = "mean", dataset: str = "i
     ids = sorted(p.stem for p in split_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not ids:
         raise DataError(f"no images in {split_dir}")
-    return [Sample(i, _find_image(split_dir, i), load_landmarks(root, i, gt), spacing) for i in ids]
+    if gt not in GROUND_TRUTHS:
+        raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(GROUND_TRUTHS)}")
+    samples = []
+    for i in ids:
+        senior, junior = load_doctors(root, i)
+        samples.append(
+            Sample(i, _find_image(split_dir, i), ground_truth(senior, junior, gt), spacing, senior, junior)
+        )
+    return samples

@@ -93,6 +93,8 @@ class PreparedSet:
     landmarks_orig: np.ndarray
     boxes: np.ndarray
     spacing: np.ndarray
+    senior_orig: np.ndarray
+    junior_orig: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -121,13 +123,21 @@ class PreparedSet:
         if not path.is_file():
             raise FileNotFoundError(f"prepared data not found: {path} (run the preprocess stage)")
         with np.load(path, allow_pickle=False) as z:
+            missing = [f.name for f in dataclasses.fields(cls) if f.name not in z]
+            if missing:
+                raise KeyError(
+                    f"{path} lacks {missing}: written by an older version, re-run the preprocess stage"
+                )
             return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
 
 
 def prepare(samples: Sequence[Sample], height: int, width: int) -> PreparedSet:
     """Load, letterbox and record the mapping of every sample."""
     images, lms, lms_orig, boxes = [], [], [], []
+    doctors: dict[str, list] = {"senior": [], "junior": []}
     for s in samples:
+        doctors["senior"].append(s.senior)
+        doctors["junior"].append(s.junior)
         image, box = letterbox_image(read_image(s.image_path), height, width)
         images.append(image)
         lms.append(box.to_prepared(s.landmarks))
@@ -140,6 +150,8 @@ def prepare(samples: Sequence[Sample], height: int, width: int) -> PreparedSet:
         landmarks_orig=np.stack(lms_orig).astype(np.float64),
         boxes=np.stack(boxes),
         spacing=np.array([s.pixel_spacing_mm for s in samples], dtype=np.float64),
+        senior_orig=np.stack(doctors["senior"]).astype(np.float64),
+        junior_orig=np.stack(doctors["junior"]).astype(np.float64),
     )
 
 

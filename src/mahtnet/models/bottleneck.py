@@ -133,6 +133,7 @@ class TransformerBottleneck(nn.Module):
     ):
         super().__init__()
         self.out_channels = dim if layers else in_channels
+        self.bypass = False  # True: skip the blocks (tokens -> norm), e.g. in training stage 1
         self.blocks = nn.ModuleList([TransformerBlock(dim, heads, mlp_ratio, window) for _ in range(layers)])
         if not layers:
             return
@@ -158,6 +159,6 @@ class TransformerBottleneck(nn.Module):
             return x
         b = x.shape[0]
         tokens, (h, w) = self.tokens(x)
-        for block in self.blocks:
+        for block in () if self.bypass else self.blocks:
             tokens = block(tokens, (h, w))
         return self.norm(tokens).transpose(1, 2).reshape(b, -1, h, w)  # (B, dim, h, w)

@@ -29,11 +29,15 @@ def _maht_net(p: ModelParams, in_channels: int, num_landmarks: int) -> nn.Module
 MODELS: dict[str, Callable[[ModelParams, int, int], nn.Module]] = {"unet": _unet, "maht_net": _maht_net}
 
 
-def build_model(p: ModelParams, in_channels: int = 1, num_landmarks: int = NUM_LANDMARKS) -> nn.Module:
-    """The model named ``p.name``; an unknown name raises a ``KeyError`` listing the valid ones.
+def build_model(
+    name: str, p: ModelParams, in_channels: int = 1, num_landmarks: int = NUM_LANDMARKS
+) -> nn.Module:
+    """The model ``name`` ("unet" or "maht_net") with the architecture keys of ``p``; an unknown
+    name raises a ``KeyError`` listing the valid ones.
 
-    Every model returns a :class:`mahtnet.models.head.LandmarkOutput` and has an
-    ``output_stride`` (input pixels per heatmap pixel)."""
-    if p.name not in MODELS:
-        raise KeyError(f"unknown model.name {p.name!r}; valid: {', '.join(sorted(MODELS))}")
-    return MODELS[p.name](p, in_channels, num_landmarks)
+    Every model returns a :class:`mahtnet.models.head.LandmarkOutput`, has an
+    ``output_stride`` (input pixels per heatmap pixel) and ``components`` (parameter-name
+    prefixes of its encoder / transformer / decoder / head)."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
+    return MODELS[name](p, in_channels, num_landmarks)

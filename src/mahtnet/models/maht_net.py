@@ -13,6 +13,7 @@ from mahtnet.models.bottleneck import TransformerBottleneck
 from mahtnet.models.decoder import AttentionDecoder
 from mahtnet.models.encoder import Encoder
 from mahtnet.models.head import HeatmapHead, LandmarkOutput
+from mahtnet.models.hooks import forward_with_hooks
 
 
 class MAHTNet(nn.Module):
@@ -20,6 +21,13 @@ class MAHTNet(nn.Module):
     heatmaps ``(B, K, H / output_stride, W / output_stride)``."""
 
     stride = 32  # input size must be a multiple of the encoder's coarsest stride
+    # parameter-name prefixes of each component (per-component learning rates, gradient norms)
+    components = {
+        "encoder": ("encoder.",),
+        "transformer": ("bottleneck.",),
+        "decoder": ("decoder.",),
+        "head": ("head.",),
+    }
 
     def __init__(
         self,
@@ -87,26 +95,19 @@ def attention_maps(model: MAHTNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
     Absent parts (no transformer, no gates) give no entries. The model is run in eval mode.
     """
     maps: dict[str, torch.Tensor] = {}
-    handles = []
+    hooks = []
     for i, block in enumerate(model.bottleneck.blocks):
 
         def keep_attention(module, args, _out, name=f"bottleneck.{i}"):
             tokens, (h, w) = args
             maps[name] = module.attention_received(tokens, (h, w)).reshape(-1, h, w)
 
-        handles.append(block.attn.register_forward_hook(keep_attention))
+        hooks.append((block.attn, keep_attention))
     for gate, stride in zip(model.decoder.gates, (16, 8, 4), strict=False):
 
         def keep_gate(_module, _args, out, name=f"gate.{stride}"):
             maps[name] = out[:, 0]
 
-        handles.append(gate.psi.register_forward_hook(keep_gate))
-    was_training = model.training
-    model.eval()
-    try:
-        model(x)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+        hooks.append((gate.psi, keep_gate))
+    forward_with_hooks(model, x, hooks)
     return maps

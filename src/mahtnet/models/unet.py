@@ -20,6 +20,8 @@ class UNet(nn.Module):
     """
 
     output_stride = 1
+    # parameter-name prefixes of each component (as MAHTNet.components; no transformer)
+    components = {"encoder": ("down.",), "decoder": ("bottleneck.", "up.", "up_blocks."), "head": ("head.",)}
 
     def __init__(self, in_channels: int, num_landmarks: int, channels: int, depth: int):
         super().__init__()

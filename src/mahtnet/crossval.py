@@ -1,0 +1,98 @@
+"""k-fold cross-validation over the training images.
+
+Each fold holds out one k-th of the training images (the fold's test set), carves a
+validation split from the rest (``data.val_fraction``, for model selection and early
+stopping, as in the main pipeline), trains the U-Net baseline and/or the three MAHT-Net
+stages with the settings of ``params.yaml``, and evaluates on the held-out images. The
+summary gives each metric's mean, SD, min and max over the folds. The test split is never
+touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mahtnet.codec import HeatmapCodec, encode_set
+from mahtnet.config import Params
+from mahtnet.data.preprocess import PreparedSet, split_train_val
+from mahtnet.evaluate import evaluate
+from mahtnet.train import MODEL_OF_STAGE, StageOutputs, train
+
+STAGES_OF = {"baseline": ("baseline",), "maht_net": ("stage1", "stage2", "stage3")}
+
+
+def concat(sets: list[PreparedSet]) -> PreparedSet:
+    return PreparedSet(
+        **{
+            f.name: np.concatenate([getattr(s, f.name) for s in sets])
+            for f in dataclasses.fields(PreparedSet)
+        }
+    )
+
+
+def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """Held-out indices of each fold: a seeded permutation of ``range(n)`` cut into ``folds``
+    nearly equal, disjoint parts that together cover every image once."""
+    if not 2 <= folds <= n:
+        raise ValueError(f"crossval.folds must be in 2..{n} (training images), got {folds}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(perm, folds)]
+
+
+def summarize_folds(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """``{metric: {mean, sd, min, max}}`` over folds (SD with ddof=1)."""
+    out = {}
+    for key in rows[0]:
+        v = np.array([r[key] for r in rows], dtype=np.float64)
+        out[key] = {
+            "mean": float(v.mean()),
+            "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()),
+            "max": float(v.max()),
+        }
+    return out
+
+
+def run_fold(params: Params, model: str, train_set, val_set, test_set, work: Path) -> dict[str, float]:
+    """Train ``model`` on one fold (its stages chained) and evaluate on the held-out images."""
+    init = None
+    for stage in STAGES_OF[model]:
+        stride = params.model.output_stride if MODEL_OF_STAGE[stage] == "maht_net" else 1
+        codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, stride)
+        val_targets = encode_set(codec, val_set.landmarks)[0]
+        outs = StageOutputs(
+            work / f"{stage}.pt",
+            work / "runs" / stage,
+            work / f"{stage}_history.csv",
+            work / f"{stage}_grad_flow.png",
+        )
+        train(params, stage, train_set, val_set, outs, init, None, val_targets)
+        init = outs.checkpoint
+    result = evaluate(
+        init, test_set, params.evaluate.sdr_thresholds_mm, params.train.device, params.evaluate.batch_size
+    )
+    return result.summary()
+
+
+def crossvalidate(params: Params, training: PreparedSet, work: Path) -> dict:
+    """Cross-validate every model of ``params.crossval.models``; per-fold results and summary."""
+    cv = params.crossval
+    folds = fold_indices(len(training), cv.folds, params.seed)
+    out: dict = {"folds": cv.folds, "images": len(training), "models": {}}
+    for model in cv.models:
+        rows = []
+        for k, held in enumerate(folds):
+            t0 = time.perf_counter()
+            rest = np.setdiff1d(np.arange(len(training)), held)
+            tr, va = split_train_val(len(rest), params.data.val_fraction, params.seed)
+            fold = (training.subset(rest[tr]), training.subset(rest[va]), training.subset(held))
+            summary = run_fold(params, model, *fold, work / f"fold{k}" / model)
+            summary["seconds"] = time.perf_counter() - t0
+            rows.append(summary)
+            print(f"crossval {model} fold {k + 1}/{cv.folds}: MRE {summary['mre_mm']:.3f} mm", flush=True)
+        out["models"][model] = {"summary": summarize_folds(rows), "per_fold": rows}
+    return out

@@ -1,0 +1,101 @@
+"""Stage: paired statistical comparison of evaluated models on the same test images.
+
+Reads each model's per-image, per-landmark errors (``data/eval/<name>_per_image.csv`` from
+the evaluate stage) and compares every model with the reference (the U-Net baseline):
+Wilcoxon signed-rank test on per-image MRE, per-landmark tests with Holm correction,
+bootstrap 95 % CIs of the MRE and SDR differences, effect sizes -> ``metrics/compare.json``
+and plots.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet import metrics  # noqa: E402
+from mahtnet.config import load_params, to_dict  # noqa: E402
+from mahtnet.evaluate import SDR_CURVE_MM, read_per_image, write_csv  # noqa: E402
+from mahtnet.io import write_json  # noqa: E402
+from mahtnet.plots import plot_paired_mre, plot_per_landmark_bars, plot_sdr_curves  # noqa: E402
+from mahtnet.stats import compare_many  # noqa: E402
+from mahtnet.tracking import start_run  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", required=True, nargs="+", help="names: data/eval/<name>_per_image.csv")
+    parser.add_argument("--reference", required=True, help="the model the others are compared with")
+    parser.add_argument("--eval-dir", type=Path, default=Path("data/eval"))
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--plots", required=True, type=Path)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    if args.reference not in args.models:
+        raise ValueError(f"--reference {args.reference!r} is not among --models {args.models}")
+    errors, ids, names = {}, None, None
+    for model in args.models:
+        path = args.eval_dir / f"{model}_per_image.csv"
+        image_ids, errors[model], landmark_names = read_per_image(path)
+        if ids is not None and (list(image_ids) != list(ids) or landmark_names != names):
+            raise ValueError(f"{path} has other images or landmarks than {args.models[0]}'s: not paired")
+        ids, names = image_ids, landmark_names
+    cp = params.compare
+    with start_run(params.tracking, "compare", {"compare": to_dict(cp), "models": args.models}) as run:
+        results = compare_many(
+            errors,
+            args.reference,
+            thresholds_mm=params.evaluate.sdr_thresholds_mm,
+            n_boot=cp.bootstrap_samples,
+            seed=params.seed,
+            alpha=cp.alpha,
+            landmark_names=names,
+        )
+        summary = {"reference": args.reference, "images": len(ids)}
+        for model, res in results.items():
+            per_landmark = pd.DataFrame(res.pop("per_landmark"))
+            res["significant_landmarks"] = per_landmark.loc[per_landmark["reject"], "landmark"].tolist()
+            summary[model] = res
+            write_csv(args.plots / f"per_landmark_{model}.csv", per_landmark, float_format="%.6g")
+            plot_paired_mre(
+                errors[args.reference].mean(axis=1),
+                errors[model].mean(axis=1),
+                args.reference,
+                model,
+                args.plots / f"paired_mre_{model}.png",
+            )
+        write_json(args.out, summary)
+        curves = {
+            m: (np.array(SDR_CURVE_MM), [metrics.sdr(e, t) for t in SDR_CURVE_MM]) for m, e in errors.items()
+        }
+        plot_sdr_curves(curves, args.plots / "sdr_curves.png")
+        bars = {m: e.mean(axis=0) for m, e in errors.items()}
+        plot_per_landmark_bars(names, bars, args.plots / "per_landmark_mre.png")
+        for model, res in results.items():
+            run.log_metrics(
+                {
+                    f"{model}.mre_diff": res["mre_diff"],
+                    f"{model}.wilcoxon_p": res["wilcoxon"]["p_value"],
+                    f"{model}.rank_biserial": res["effect_size"]["rank_biserial"] or 0.0,
+                }
+            )
+        run.log_artifact(args.out)
+        for path in sorted(args.plots.iterdir()):
+            run.log_artifact(path, "plots")
+    for model, res in results.items():
+        ci = (res["bootstrap"] or {}).get("mre_diff") or [float("nan")] * 2
+        print(
+            f"{model} vs {args.reference} on {len(ids)} images: "
+            f"MRE {res['mre_b']:.3f} vs {res['mre_a']:.3f} mm "
+            f"(diff {res['mre_diff']:+.3f}, 95% CI {ci[0]:+.3f}..{ci[1]:+.3f}), Wilcoxon p = "
+            f"{res['wilcoxon']['p_value']:.3g}, rank-biserial {res['effect_size']['rank_biserial']}, "
+            f"significant landmarks (Holm): {res['significant_landmarks']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Stage: the experiment report (``reports/report.md`` and ``reports/figures/``) from the
+evaluate, compare and training stages' outputs."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet.config import load_params  # noqa: E402
+from mahtnet.report import build_report  # noqa: E402
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics not found: {path} (run the stage that writes it)")
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", required=True, nargs="+", help="evaluated models: metrics/<name>.json")
+    parser.add_argument(
+        "--stages", required=True, nargs="+", help="training stages: metrics/train_<stage>.json"
+    )
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"), help="(outside the pipeline)")
+    parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="(outside the pipeline)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    metrics_dir, plots_dir = args.metrics_dir, args.plots_dir
+    models = {m: read_json(metrics_dir / f"{m}.json") for m in args.models}
+    compare = read_json(metrics_dir / "compare.json")
+    training = {s: read_json(metrics_dir / f"train_{s}.json") for s in args.stages}
+    per_landmark = {
+        m: pd.read_csv(plots_dir / "compare" / f"per_landmark_{m}.csv") for m in args.models if m in compare
+    }
+    figures = {p.stem: p for p in (plots_dir / "compare").glob("*.png")}
+    for m in args.models:
+        for name in ("confidence", "overlay_best", "overlay_worst"):
+            figures[f"{name}_{m}"] = plots_dir / m / f"{name}.png"
+    missing = [str(p) for p in figures.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"report figures not found: {missing}")
+    d = params.data
+    context = {
+        "dataset": d.dataset,
+        "root": d.root,
+        "test_split": d.test_split,
+        "input": f"{params.preprocess.height}x{params.preprocess.width}",
+        "seed": params.seed,
+        "thresholds_mm": params.evaluate.sdr_thresholds_mm,
+    }
+    path = build_report(models, compare, training, per_landmark, figures, args.out, context)
+    print(f"report: {path} ({len(figures)} figures)")
+
+
+if __name__ == "__main__":
+    main()

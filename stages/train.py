@@ -1,0 +1,78 @@
+"""Stage: train one stage of the schedule (``--stage baseline | stage1 | stage2 | stage3``)
+and write its best (or averaged) checkpoint, per-epoch history, gradient-flow plot and
+summary metrics. A rerun after a kill resumes from ``--state-dir``.
+
+Multi-GPU (or multi-process CPU): ``torchrun --standalone --nproc-per-node N stages/train.py ...``.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet.codec import HeatmapCodec  # noqa: E402
+from mahtnet.config import STAGES, load_params, to_dict  # noqa: E402
+from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.io import write_json  # noqa: E402
+from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.train import MODEL_OF_STAGE, StageOutputs, train  # noqa: E402
+
+
+def load_val_targets(folder: Path, codec: HeatmapCodec) -> np.ndarray:
+    """Validation heatmaps from the heatmap stage at the model's stride, checked against the codec."""
+    path = folder / f"stride{codec.stride}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"heatmap targets not found: {path} (run the heatmaps stage)")
+    with np.load(path) as z:
+        stored = (float(z["sigma"]), int(z["stride"]), tuple(int(v) for v in z["input_size"]))
+        if stored != (codec.sigma, codec.stride, codec.input_size):
+            raise ValueError(f"{path} was made with (sigma, stride, input size) {stored}, params say {codec}")
+        return z["val"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--prepared", required=True, type=Path)
+    parser.add_argument("--targets", required=True, type=Path, help="folder of the heatmap stage")
+    parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--state-dir", required=True, type=Path, help="resume state (persisted)")
+    parser.add_argument("--history", required=True, type=Path, help="per-epoch CSV (DVC plot)")
+    parser.add_argument("--grad-flow", required=True, type=Path, help="gradient-flow plot (PNG)")
+    parser.add_argument("--metrics", required=True, type=Path)
+    args = parser.parse_args()
+    params = load_params()
+    train_set = PreparedSet.load(args.prepared / "train.npz")
+    val_set = PreparedSet.load(args.prepared / "val.npz")
+    stride = params.model.output_stride if MODEL_OF_STAGE[args.stage] == "maht_net" else 1
+    codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, stride)
+    val_targets = load_val_targets(args.targets, codec)
+    outputs = StageOutputs(args.checkpoint, args.state_dir, args.history, args.grad_flow)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    tracking = start_run(params.tracking, f"train_{args.stage}", to_dict(params)) if main_process else None
+    with tracking or contextlib.nullcontext() as run:
+        result = train(params, args.stage, train_set, val_set, outputs, args.init, run, val_targets)
+        if not main_process:
+            return
+        summary = dataclasses.asdict(result)
+        write_json(args.metrics, summary)
+        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        run.set_tags({"checkpoint": args.checkpoint, "stop_reason": result.stop_reason or "-"})
+        for path in (args.history, args.metrics, args.grad_flow):
+            run.log_artifact(path)
+    print(
+        f"{args.stage}: best epoch {result.best_epoch}: val MRE {result.best_val_mre_mm:.3f} mm; "
+        f"written checkpoint val MRE {result.output_val_mre_mm:.3f} mm; {result.epochs_run} epochs in "
+        f"{result.wall_time_s / 60:.1f} min on {result.device} x{result.world_size}"
+    )
+
+
+if __name__ == "__main__":
+    main()
