@@ -21,7 +21,7 @@ from mahtnet.config import STAGES, load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
-from mahtnet.train import MODEL_OF_STAGE, StageOutputs, train  # noqa: E402
+from mahtnet.train import StageOutputs, stage_codec, train  # noqa: E402
 
 
 def load_val_targets(folder: Path, codec: HeatmapCodec) -> np.ndarray:
@@ -51,9 +51,7 @@ def main() -> None:
     params = load_params()
     train_set = PreparedSet.load(args.prepared / "train.npz")
     val_set = PreparedSet.load(args.prepared / "val.npz")
-    stride = params.model.output_stride if MODEL_OF_STAGE[args.stage] == "maht_net" else 1
-    codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, stride)
-    val_targets = load_val_targets(args.targets, codec)
+    val_targets = load_val_targets(args.targets, stage_codec(params, args.stage))
     outputs = StageOutputs(args.checkpoint, args.state_dir, args.history, args.grad_flow)
     main_process = int(os.environ.get("RANK", "0")) == 0
     tracking = start_run(params.tracking, f"train_{args.stage}", to_dict(params)) if main_process else None

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mahtnet.codec import HeatmapCodec, encode_set
+from mahtnet.codec import encode_set
 from mahtnet.config import Params
 from mahtnet.data.preprocess import PreparedSet, split_train_val
 from mahtnet.evaluate import evaluate
-from mahtnet.train import MODEL_OF_STAGE, StageOutputs, train
+from mahtnet.train import StageOutputs, stage_codec, train
 
 STAGES_OF = {"baseline": ("baseline",), "maht_net": ("stage1", "stage2", "stage3")}
 
@@ -61,9 +61,7 @@ def run_fold(params: Params, model: str, train_set, val_set, test_set, work: Pat
     """Train ``model`` on one fold (its stages chained) and evaluate on the held-out images."""
     init = None
     for stage in STAGES_OF[model]:
-        stride = params.model.output_stride if MODEL_OF_STAGE[stage] == "maht_net" else 1
-        codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, stride)
-        val_targets = encode_set(codec, val_set.landmarks)[0]
+        val_targets = encode_set(stage_codec(params, stage), val_set.landmarks)[0]
         outs = StageOutputs(
             work / f"{stage}.pt",
             work / "runs" / stage,

@@ -11,7 +11,7 @@
 - Exact resume: after every epoch the full training state (model, optimizer, scheduler,
   scaler, loss weights, RNG, early stopping, history) is written atomically to
   ``<state_dir>/last.pt``; a rerun with the same settings continues from it. Every epoch
-  reseeds all random generators from ``seed + epoch``, so a resumed run draws the same
+  reseeds all random generators from ``seed + 1000 * epoch``, so a resumed run draws the same
   augmentations and batches as an uninterrupted one.
 """
 
@@ -123,7 +123,7 @@ class EarlyStopping:
     """Watches validation MRE, SDR2 and loss (each with its patience and min delta; patience 0
     = not watched). ``mode`` all: stop when every watched criterion is exhausted; any: when one is."""
 
-    CRITERIA = {"mre": ("val_mre_mm", False), "sdr2": ("val_sdr_2mm", True), "loss": ("val_loss", False)}
+    CRITERIA = {"mre": "val_mre_mm", "sdr2": "val_sdr_2mm", "loss": "val_loss"}  # params prefix -> score
 
     def __init__(self, p: EarlyStoppingParams):
         self.mode = p.mode
@@ -141,7 +141,8 @@ class EarlyStopping:
     def update(self, row: dict[str, float]) -> str:
         """Record an epoch; return the reason to stop, or "" to go on."""
         for name, (_, min_delta) in self.watch.items():
-            key, higher = self.CRITERIA[name]
+            key = self.CRITERIA[name]
+            higher = HIGHER_IS_BETTER[key]
             gain = row[key] - self.best.get(name, -math.inf if higher else math.inf)
             if (gain if higher else -gain) > min_delta:
                 self.best[name], self.bad[name] = row[key], 0
@@ -150,7 +151,7 @@ class EarlyStopping:
         exhausted = [n for n, (patience, _) in self.watch.items() if self.bad[n] >= patience]
         if not self.watch or not exhausted or (self.mode == "all" and len(exhausted) < len(self.watch)):
             return ""
-        return ", ".join(f"no {self.CRITERIA[n][0]} improvement for {self.bad[n]} epochs" for n in exhausted)
+        return ", ".join(f"no {self.CRITERIA[n]} improvement for {self.bad[n]} epochs" for n in exhausted)
 
     def state_dict(self) -> dict:
         return {"best": dict(self.best), "bad": dict(self.bad)}
@@ -256,6 +257,25 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def batch_loss(loss_fn: CompositeLoss, out, batch: dict, device: torch.device):
+    """``loss_fn`` of a model output (:class:`LandmarkOutput`) against a dataset batch:
+    ``(total, {term: value})``."""
+    return loss_fn(
+        out.heatmaps.float(),
+        out.coords.float(),
+        batch["target"].to(device, non_blocking=True),
+        batch["landmarks"].to(device).float(),
+        batch["visible"].to(device),
+    )
+
+
+def stage_codec(params: Params, stage: str) -> HeatmapCodec:
+    """The heatmap codec of ``stage``'s model: MAHT-Net predicts at ``model.output_stride``,
+    the U-Net at stride 1."""
+    stride = params.model.output_stride if MODEL_OF_STAGE[stage] == "maht_net" else 1
+    return HeatmapCodec.from_params(params.preprocess, params.heatmap, stride)
+
+
 @torch.no_grad()
 def validate(model, loader, data: PreparedSet, codec, loss_fn: CompositeLoss, device, tp) -> dict:
     """One pass over the validation set: mean loss, and MRE / SDR2 (mm, original resolution)."""
@@ -266,13 +286,7 @@ def validate(model, loader, data: PreparedSet, codec, loss_fn: CompositeLoss, de
         x = batch["image"].to(device)
         with autocast(device, tp.amp, tp.cpu_bf16):
             out = model(x)
-        value, _ = loss_fn(
-            out.heatmaps.float(),
-            out.coords.float(),
-            batch["target"].to(device),
-            batch["landmarks"].to(device).float(),
-            batch["visible"].to(device),
-        )
+        value, _ = batch_loss(loss_fn, out, batch, device)
         total += value.item() * len(x)
         coords.append(codec.decode(log_heatmaps(out.heatmaps, loss_fn.output).cpu().numpy(), is_log=True)[0])
     model.train(was_training)
@@ -428,13 +442,7 @@ def _train(
             with sync:
                 with autocast(device, tp.amp, tp.cpu_bf16):
                     pred = net(x)
-                total, terms = loss_fn(
-                    pred.heatmaps.float(),
-                    pred.coords.float(),
-                    batch["target"].to(device, non_blocking=True),
-                    batch["landmarks"].to(device).float(),
-                    batch["visible"].to(device),
-                )
+                total, terms = batch_loss(loss_fn, pred, batch, device)
                 if not torch.isfinite(total):
                     raise FloatingPointError(f"{stage}: training loss became {total.item()} at epoch {epoch}")
                 scaler.scale(total / tp.accumulate_steps).backward()
