@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from statsmodels.stats.multitest import multipletests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -25,10 +26,47 @@ from mahtnet.stats import compare_many  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
 
+def compare_pairs(errors: dict, pairs: list[str], params, names) -> dict[str, dict]:
+    """Each ``B:A`` pair compared as the models are with the reference (B - A), keyed ``B_vs_A``;
+    the image-level p-values Holm-corrected across the pairs."""
+    out = {}
+    for pair in pairs:
+        b, _, a = pair.partition(":")
+        for name in (a, b):
+            if name not in errors:
+                raise ValueError(f"--pairs {pair!r}: {name!r} is not among --models {sorted(errors)}")
+        cp = params.compare
+        res = compare_many(
+            {a: errors[a], b: errors[b]},
+            a,
+            holm=False,
+            thresholds_mm=params.evaluate.sdr_thresholds_mm,
+            n_boot=cp.bootstrap_samples,
+            seed=params.seed,
+            alpha=cp.alpha,
+            landmark_names=names,
+        )[b]
+        per_landmark = pd.DataFrame(res.pop("per_landmark"))
+        res["significant_landmarks"] = per_landmark.loc[per_landmark["reject"], "landmark"].tolist()
+        out[f"{b}_vs_{a}"] = res
+    if out:
+        p = [r["wilcoxon"]["p_value"] for r in out.values()]
+        reject, p_holm, _, _ = multipletests(p, alpha=params.compare.alpha, method="holm")
+        for r, ph, rj in zip(out.values(), p_holm, reject, strict=True):
+            r["wilcoxon"]["p_holm_pairs"], r["wilcoxon"]["reject_pairs"] = float(ph), bool(rj)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", required=True, nargs="+", help="names: data/eval/<name>_per_image.csv")
     parser.add_argument("--reference", required=True, help="the model the others are compared with")
+    parser.add_argument(
+        "--pairs",
+        nargs="*",
+        default=[],
+        help="further B:A pairs (e.g. maht_net:maht_net_coarse), Holm-corrected",
+    )
     parser.add_argument("--eval-dir", type=Path, default=Path("data/eval"))
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--plots", required=True, type=Path)
@@ -68,6 +106,7 @@ def main() -> None:
                 model,
                 args.plots / f"paired_mre_{model}.png",
             )
+        summary["pairs"] = compare_pairs(errors, args.pairs, params, names)
         write_json(args.out, summary)
         curves = {
             m: (np.array(SDR_CURVE_MM), [metrics.sdr(e, t) for t in SDR_CURVE_MM]) for m, e in errors.items()
@@ -86,10 +125,10 @@ def main() -> None:
         run.log_artifact(args.out)
         for path in sorted(args.plots.iterdir()):
             run.log_artifact(path, "plots")
-    for model, res in results.items():
+    for res in [*results.values(), *summary["pairs"].values()]:
         ci = (res["bootstrap"] or {}).get("mre_diff") or [float("nan")] * 2
         print(
-            f"{model} vs {args.reference} on {len(ids)} images: "
+            f"{res['variant']} vs {res['reference']} on {len(ids)} images: "
             f"MRE {res['mre_b']:.3f} vs {res['mre_a']:.3f} mm "
             f"(diff {res['mre_diff']:+.3f}, 95% CI {ci[0]:+.3f}..{ci[1]:+.3f}), Wilcoxon p = "
             f"{res['wilcoxon']['p_value']:.3g}, rank-biserial {res['effect_size']['rank_biserial']}, "

@@ -1,4 +1,5 @@
-"""Stage: train one stage of the schedule (``--stage baseline | stage1 | stage2 | stage3``)
+"""Stage: train one stage of the schedule (``--stage baseline | stage1 | stage2 | stage3``),
+or the refinement network of a coarse model (``--stage refine --coarse CKPT --fine DIR``),
 and write its best (or averaged) checkpoint, per-epoch history, gradient-flow plot and
 summary metrics. A rerun after a kill resumes from ``--state-dir``.
 
@@ -20,6 +21,8 @@ from mahtnet.codec import HeatmapCodec  # noqa: E402
 from mahtnet.config import STAGES, load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
+from mahtnet.refine import FineSet  # noqa: E402
+from mahtnet.refine_train import train_refiner  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 from mahtnet.train import StageOutputs, stage_codec, train  # noqa: E402
 
@@ -36,11 +39,25 @@ def load_val_targets(folder: Path, codec: HeatmapCodec) -> np.ndarray:
         return z["val"]
 
 
+def run_stage(params, args, train_set, val_set, outputs, run):
+    if args.stage == "refine":
+        if args.coarse is None or args.fine is None:
+            raise SystemExit("--stage refine needs --coarse and --fine")
+        fine = [FineSet.load(args.fine / f"{split}.npz") for split in ("train", "val")]
+        return train_refiner(params, args.coarse, *fine, val_set, outputs, run)
+    if args.targets is None:
+        raise SystemExit(f"--stage {args.stage} needs --targets")
+    val_targets = load_val_targets(args.targets, stage_codec(params, args.stage))
+    return train(params, args.stage, train_set, val_set, outputs, args.init, run, val_targets)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--stage", required=True, choices=(*STAGES, "refine"))
     parser.add_argument("--prepared", required=True, type=Path)
-    parser.add_argument("--targets", required=True, type=Path, help="folder of the heatmap stage")
+    parser.add_argument("--targets", type=Path, help="folder of the heatmap stage (heatmap models)")
+    parser.add_argument("--coarse", type=Path, help="refine: the coarse model's checkpoint")
+    parser.add_argument("--fine", type=Path, help="refine: folder of the prepare_fine stage")
     parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--state-dir", required=True, type=Path, help="resume state (persisted)")
@@ -51,12 +68,12 @@ def main() -> None:
     params = load_params()
     train_set = PreparedSet.load(args.prepared / "train.npz")
     val_set = PreparedSet.load(args.prepared / "val.npz")
-    val_targets = load_val_targets(args.targets, stage_codec(params, args.stage))
     outputs = StageOutputs(args.checkpoint, args.state_dir, args.history, args.grad_flow)
     main_process = int(os.environ.get("RANK", "0")) == 0
-    tracking = start_run(params.tracking, f"train_{args.stage}", to_dict(params)) if main_process else None
+    name = f"train_{args.stage}" + (f"_{args.coarse.stem}" if args.stage == "refine" else "")
+    tracking = start_run(params.tracking, name, to_dict(params)) if main_process else None
     with tracking or contextlib.nullcontext() as run:
-        result = train(params, args.stage, train_set, val_set, outputs, args.init, run, val_targets)
+        result = run_stage(params, args, train_set, val_set, outputs, run)
         if not main_process:
             return
         summary = dataclasses.asdict(result)

@@ -8,10 +8,12 @@ the library function that uses it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,8 @@ class PreprocessParams:
 @dataclasses.dataclass(frozen=True)
 class HeatmapParams:
     sigma: float  # Gaussian sd in heatmap pixels (each model's own output stride sets their size)
+    sigma_start: float | None  # curriculum: training targets start at this sigma; null = fixed sigma
+    anneal_fraction: float  # share of each stage's epochs over which sigma goes from sigma_start to sigma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,9 +181,31 @@ class StageParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class RefineParams:
+    """The coarse-to-fine refinement network (a small U-Net on patches around each coarse
+    landmark at ``spacing_mm``) and its training schedule (``train``, a stage block)."""
+
+    spacing_mm: float  # fine image resolution, mm per px (never finer than the original)
+    patch_size: int  # patch side in fine px (a multiple of 2**depth)
+    sigma: float  # Gaussian sd of the patch heatmap targets, fine px
+    channels: int  # U-Net width of the first block
+    depth: int  # U-Net down blocks
+    jitter_scale: float  # training patch centres: gt + N(0, (scale * coarse val RMS error)^2) per axis
+    jitter_floor_mm: float  # smallest jitter sd (mm)
+    batch_size: int  # patches per batch
+    brightness: float  # intensity augmentation of the patches (0 = off)
+    contrast: float
+    train: StageParams  # schedule; the refiner's down path is the "encoder", the rest "decoder"/"head"
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     sdr_thresholds_mm: list[float]
     batch_size: int
+    shape_decode: bool  # choose among the top heatmap peaks with a shape model of the training annotations
+    shape_candidates: int  # peaks kept per landmark
+    tta_shifts_px: list[float]  # test-time augmentation: +/- shifts (network px); [] and [] = off
+    tta_scales: list[float]  # test-time zooms, e.g. [0.95, 1.05]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +240,7 @@ class Params:
     stage1: StageParams
     stage2: StageParams
     stage3: StageParams
+    refine: RefineParams
     evaluate: EvaluateParams
     compare: CompareParams
     crossval: CrossvalParams
@@ -308,6 +335,14 @@ def _check_choices(p: Params) -> None:
     _choice("data.gt", p.data.gt, ("mean", "senior", "junior"))
     _choice("train.device", p.train.device, ("auto", "cpu", "cuda"))
     _choice("loss.output", p.loss.output, ("logits", "heatmap"))
+    if p.heatmap.sigma_start is not None and p.heatmap.sigma_start <= 0:
+        raise ParamsError(
+            f"params key 'heatmap.sigma_start' must be > 0 or null, got {p.heatmap.sigma_start}"
+        )
+    if not 0.0 < p.heatmap.anneal_fraction <= 1.0:
+        raise ParamsError(
+            f"params key 'heatmap.anneal_fraction' must be in (0, 1], got {p.heatmap.anneal_fraction}"
+        )
     if not 0.0 < p.compare.alpha < 1.0:
         raise ParamsError(f"params key 'compare.alpha' must be in (0, 1), got {p.compare.alpha}")
     if p.crossval.folds < 2:
@@ -321,6 +356,9 @@ def _check_choices(p: Params) -> None:
             raise ParamsError(f"params key '{key}' must be >= 1")
     for stage in STAGES:
         _check_stage(getattr(p, stage), stage, p.loss.output)
+    _check_refine(p.refine)
+    if p.evaluate.shape_candidates < 1:
+        raise ParamsError("params key 'evaluate.shape_candidates' must be >= 1")
     for key in ("preprocess.height", "preprocess.width"):
         value = getattr(p.preprocess, key.split(".")[1])
         if value <= 0 or value % 32:  # MAHT-Net's coarsest stride (the U-Net's is 2**depth <= 32)
@@ -359,6 +397,24 @@ def _check_stage(s: StageParams, name: str, output: str) -> None:
         raise ParamsError(f"params key '{name}.average_k' must be >= 2 to average checkpoints")
 
 
+def _check_refine(r: RefineParams) -> None:
+    _check_stage(r.train, "refine.train", "logits")
+    if r.train.epochs is None:
+        raise ParamsError("params key 'refine.train.epochs' must be an integer")
+    if r.spacing_mm <= 0 or r.sigma <= 0:
+        raise ParamsError("params keys 'refine.spacing_mm' and 'refine.sigma' must be > 0")
+    if r.depth < 1 or r.patch_size <= 0 or r.patch_size % 2**r.depth:
+        raise ParamsError(
+            f"params key 'refine.patch_size' must be a positive multiple of 2**depth, got {r.patch_size}"
+        )
+    if r.train.loss_weights.softmax_ce <= 0 or any(
+        v for k, v in to_dict(r.train.loss_weights).items() if k != "softmax_ce"
+    ):
+        raise ParamsError("params key 'refine.train.loss_weights': the refiner trains with softmax_ce only")
+    if r.batch_size < 1:
+        raise ParamsError("params key 'refine.batch_size' must be >= 1")
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``."""
     path = Path(path)
@@ -386,3 +442,53 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def yaml_value(value: Any) -> str:
+    """A value as a ``dvc exp run -S key=value`` right-hand side (YAML scalars)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set the dotted ``key`` of a parsed ``params.yaml`` mapping; an unknown key is an error."""
+    *parents, last = key.split(".")
+    section = raw
+    for i, name in enumerate(parents):
+        if not isinstance(section, dict) or name not in section:
+            raise ParamsError(f"unknown params key '{'.'.join(parents[: i + 1])}' (in '{key}')")
+        section = section[name]
+    if not isinstance(section, dict) or last not in section:
+        raise ParamsError(f"unknown params key '{key}'")
+    section[last] = value
+
+
+PATH_KEYS = ("data.root", "model.encoder_weights")  # made absolute by profiles (queued runs)
+
+
+def load_profiles(path: str | Path, repo: str | Path) -> dict[str, dict]:
+    """Named profiles: ``{name: {"description": str, "set": {dotted key: value}}}``, with the
+    relative paths of :data:`PATH_KEYS` made absolute against ``repo``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"profiles file not found: {path}")
+    profiles = yaml.safe_load(path.read_text()) or {}
+    for name, profile in profiles.items():
+        if set(profile) != {"description", "set"}:
+            raise ParamsError(f"{path}: profile '{name}' needs exactly 'description' and 'set'")
+        for key in PATH_KEYS:
+            value = profile["set"].get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                profile["set"][key] = str((Path(repo) / value).resolve())
+    return profiles
+
+
+def with_settings(raw: dict, settings: dict[str, Any], extra: Sequence[str] = ()) -> Params:
+    """Validated params of the parsed ``params.yaml`` mapping ``raw`` (left unchanged) with a
+    profile's ``settings`` and then ``key=value`` strings ``extra`` applied."""
+    raw = copy.deepcopy(raw)
+    for key, value in settings.items():
+        set_dotted(raw, key, value)
+    for item in extra:
+        key, _, value = item.partition("=")
+        set_dotted(raw, key, yaml.safe_load(value))
+    return parse_params(raw)

@@ -9,14 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
 from mahtnet import clinical, metrics
 from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
 from mahtnet.data.preprocess import PreparedSet
-from mahtnet.inference import predict, select_device
+from mahtnet.inference import select_device
 from mahtnet.io import atomic_write, write_json
 from mahtnet.plots import plot_confidence, plot_predictions
+from mahtnet.refine import FineSet
+from mahtnet.refine_train import apply_refiner
+from mahtnet.shape_decode import ShapePrior, prepared_to_mm, shape_consistent_decode
+from mahtnet.tta import IDENTITY, predict_tta
 
 SDR_CURVE_MM = tuple(np.round(np.arange(0.5, 10.01, 0.25), 2))
 
@@ -35,6 +40,7 @@ class Evaluation:
 
     def summary(self) -> dict[str, float]:
         out = metrics.summarize(self.errors_mm, self.thresholds_mm)
+        out.update(metrics.gross_errors(self.errors_mm))
         out["mre_px"] = float((self.errors_mm / self.spacing[:, None]).mean())
         out["images"] = len(self.ids)
         return out
@@ -164,6 +170,101 @@ def write_csv(path: str | Path, df: pd.DataFrame, float_format: str = "%.4f") ->
     return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format=float_format))
 
 
+@dataclasses.dataclass
+class Decoding:
+    """How landmarks are read from a coarse model, beyond the arg-max: shape-consistent peak
+    choice (``prior``), test-time augmentation (``transforms``, centre-relative 2x3 matrices
+    from :func:`mahtnet.tta.tta_transforms`; identity only = off), and the refinement network
+    (``refiner`` = (model, meta) of :func:`mahtnet.refine_train.load_refiner`, on ``fine``)."""
+
+    prior: ShapePrior | None = None
+    candidates: int = 3
+    transforms: list[np.ndarray] | None = None
+    refiner: tuple[torch.nn.Module, dict] | None = None
+    fine: FineSet | None = None
+
+    def variants(self) -> list[str]:
+        """The evaluated variants in order: each adds one step to the previous."""
+        return ["coarse"] + ["shape"] * (self.prior is not None) + ["refined"] * (self.refiner is not None)
+
+
+def _coarse(path, data: PreparedSet, dev, batch_size: int, how: Decoding, prior: ShapePrior | None):
+    """One checkpoint's landmarks (original px), confidences and landmark names."""
+    payload = load_checkpoint(path)
+    model, codec, output_kind = model_from_checkpoint(payload)
+    if tuple(data.images.shape[1:]) != codec.input_size:
+        raise ValueError(
+            f"prepared images are {data.images.shape[1:]} but checkpoint {path} expects "
+            f"{codec.input_size}; re-run preprocess with the checkpoint's input size"
+        )
+    decode = None
+    if prior is not None:
+        decode = lambda logs, index: shape_consistent_decode(  # noqa: E731
+            logs, codec, prior, prepared_to_mm(data, index), k=how.candidates
+        )[0]
+    transforms = how.transforms or [IDENTITY]
+    coords, conf = predict_tta(
+        model.to(dev), data.images, codec, output_kind, dev, transforms, batch_size, decode=decode
+    )
+    return data.to_original(coords), conf, list(payload["meta"]["landmark_names"])
+
+
+def evaluate_variants(
+    checkpoints: str | Path | Sequence[str | Path],
+    data: PreparedSet,
+    thresholds_mm: Sequence[float],
+    device: str = "auto",
+    batch_size: int = 8,
+    how: Decoding | None = None,
+) -> dict[str, Evaluation]:
+    """Evaluate a checkpoint, or an ensemble (landmarks averaged in original px), in each
+    variant of ``how``: ``coarse`` (arg-max; with TTA when set), ``shape`` (shape-consistent
+    peaks) and ``refined`` (the refiner applied to the previous variant's landmarks)."""
+    how = how or Decoding()
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not paths:
+        raise ValueError("no checkpoint to evaluate")
+    dev = select_device(device)
+    out: dict[str, Evaluation] = {}
+    for variant in [v for v in how.variants() if v != "refined"]:
+        runs = [
+            _coarse(p, data, dev, batch_size, how, how.prior if variant == "shape" else None) for p in paths
+        ]
+        names = runs[0][2]
+        for path, run in zip(paths, runs, strict=True):
+            if run[2] != names:
+                raise ValueError(f"checkpoint {path} predicts other landmarks than {paths[0]}")
+        pred, conf = np.mean([r[0] for r in runs], axis=0), np.mean([r[1] for r in runs], axis=0)
+        out[variant] = make_evaluation(data, pred, conf, names, thresholds_mm)
+    if how.refiner is not None:
+        if how.fine is None or list(how.fine.ids) != list(data.ids):
+            raise ValueError(
+                "the refiner needs the fine-resolution images of the evaluated split (prepare_fine)"
+            )
+        last = out[list(out)[-1]]
+        model, meta = how.refiner
+        pred, conf = apply_refiner(model, meta, how.fine, last.pred, dev)
+        out["refined"] = make_evaluation(data, pred, conf, last.landmark_names, thresholds_mm)
+    return out
+
+
+def make_evaluation(
+    data: PreparedSet, pred: np.ndarray, conf: np.ndarray, names, thresholds_mm
+) -> Evaluation:
+    errors = metrics.radial_errors_mm(pred, data.landmarks_orig, data.spacing)
+    return Evaluation(
+        ids=data.ids,
+        pred=pred,
+        gt=data.landmarks_orig,
+        errors_mm=errors,
+        spacing=data.spacing,
+        confidence=conf,
+        landmark_names=names,
+        thresholds_mm=list(thresholds_mm),
+        data=data,
+    )
+
+
 def evaluate(
     checkpoints: str | Path | Sequence[str | Path],
     data: PreparedSet,
@@ -172,37 +273,5 @@ def evaluate(
     batch_size: int = 8,
 ) -> Evaluation:
     """Evaluate a checkpoint, or an ensemble of checkpoints (their landmark predictions are
-    averaged in original-image pixels, their confidences averaged) on ``data``."""
-    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    if not paths:
-        raise ValueError("no checkpoint to evaluate")
-    dev = select_device(device)
-    preds, confs, names = [], [], None
-    for path in paths:
-        payload = load_checkpoint(path)
-        model, codec, output_kind = model_from_checkpoint(payload)
-        if tuple(data.images.shape[1:]) != codec.input_size:
-            raise ValueError(
-                f"prepared images are {data.images.shape[1:]} but checkpoint {path} expects "
-                f"{codec.input_size}; re-run preprocess with the checkpoint's input size"
-            )
-        if names is not None and list(payload["meta"]["landmark_names"]) != names:
-            raise ValueError(f"checkpoint {path} predicts other landmarks than {paths[0]}")
-        names = list(payload["meta"]["landmark_names"])
-        model.to(dev)
-        coords, conf = predict(model, data.images, codec, output_kind, dev, batch_size)
-        preds.append(data.to_original(coords))
-        confs.append(conf)
-    pred = np.mean(preds, axis=0)
-    errors = metrics.radial_errors_mm(pred, data.landmarks_orig, data.spacing)
-    return Evaluation(
-        ids=data.ids,
-        pred=pred,
-        gt=data.landmarks_orig,
-        errors_mm=errors,
-        spacing=data.spacing,
-        confidence=np.mean(confs, axis=0),
-        landmark_names=names,
-        thresholds_mm=list(thresholds_mm),
-        data=data,
-    )
+    averaged in original-image pixels, their confidences averaged) on ``data`` (arg-max)."""
+    return evaluate_variants(checkpoints, data, thresholds_mm, device, batch_size)["coarse"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -41,9 +42,14 @@ def predict(
     device: torch.device,
     batch_size: int = 8,
     amp: bool = False,
+    decode: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``images (N, H, W)`` uint8 -> landmarks ``(N, K, 2)`` prepared px and confidence
-    ``(N, K)`` (peak probability of each heatmap)."""
+    ``(N, K)`` (peak probability of each heatmap).
+
+    ``decode(log_heatmaps (B, K, h, w), image_index (B,)) -> (B, K, 2)`` replaces the codec's
+    arg-max decoding of the landmarks (e.g. shape-consistent decoding); the confidence stays
+    the arg-max peak."""
     was_training = model.training
     model.eval()
     coords, conf = [], []
@@ -53,6 +59,8 @@ def predict(
             out = model(x).heatmaps
         logs = log_heatmaps(out, output_kind).cpu().numpy()
         c, peak = codec.decode(logs, is_log=True)
+        if decode is not None:
+            c = decode(logs, np.arange(start, start + len(logs)))
         coords.append(c)
         conf.append(np.exp(peak))
     model.train(was_training)

@@ -61,3 +61,12 @@ def per_landmark(
 def sdr_curve(errors: np.ndarray, thresholds_mm: Sequence[float]) -> list[dict[str, float]]:
     """SDR (%) at each threshold, for an SDR-vs-threshold plot."""
     return [{"threshold_mm": float(t), "sdr": sdr(errors, t)} for t in thresholds_mm]
+
+
+def gross_errors(errors: np.ndarray, threshold_mm: float = 10.0) -> dict[str, float]:
+    """The largest error and the number (and share, %) of errors beyond ``threshold_mm``:
+    gross misses, a landmark put on the wrong structure."""
+    e = np.asarray(errors, dtype=np.float64).ravel()
+    over = int(np.sum(e > threshold_mm))
+    key = f"{threshold_mm:g}mm"
+    return {"max_mm": float(e.max()), f"n_over_{key}": over, f"pct_over_{key}": 100.0 * over / e.size}

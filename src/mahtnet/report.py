@@ -48,6 +48,52 @@ def _ci(ci, scale: float = 1.0, fmt: str = "+.3f") -> str:
     return f"[{ci[0] * scale:{fmt}}, {ci[1] * scale:{fmt}}]"
 
 
+def decoding_section(models: dict[str, dict], pairs: dict[str, dict], thresholds) -> list[str]:
+    """Coarse vs shape-consistent vs refined landmarks of each model, and the paired tests of
+    what each step buys (the compare stage's ``pairs``)."""
+    rows = []
+    for model, m in models.items():
+        for variant, v in m.get("variants", {}).items():
+            rows.append(
+                [model, variant, v["mre_mm"], v["sd_mm"], _sdr(v, thresholds), v["max_mm"], v["n_over_10mm"]]
+                + [v.get("n_switched", "-")]
+            )
+    if not rows:
+        return []
+    sdr_head = "SDR " + " / ".join(f"{t:g}" for t in thresholds) + " mm (%)"
+    head = ["model", "decoding", "MRE (mm)", "SD", sdr_head, "max (mm)", "> 10 mm", "peaks switched"]
+    md = [
+        "## Decoding and refinement",
+        "",
+        "`coarse`: arg-max of the heatmaps (sub-pixel); `shape`: the top heatmap peaks chosen to fit a "
+        "shape model of the training annotations; `refined`: the refinement network on "
+        "fine-resolution patches around those landmarks. Against the configured ground truth.",
+        "",
+        table(head, rows),
+        "",
+    ]
+    if pairs:
+        md += [
+            table(
+                ["comparison (B vs A)", "MRE A", "MRE B", "B - A (mm)", "95 % CI", "Wilcoxon p", "p (Holm)"],
+                [
+                    [
+                        f"{c['variant']} vs {c['reference']}",
+                        c["mre_a"],
+                        c["mre_b"],
+                        c["mre_diff"],
+                        _ci((c.get("bootstrap") or {}).get("mre_diff")),
+                        _p(c["wilcoxon"]["p_value"]),
+                        _p(c["wilcoxon"].get("p_holm_pairs")),
+                    ]
+                    for c in pairs.values()
+                ],
+            ),
+            "",
+        ]
+    return md
+
+
 def build_report(
     models: dict[str, dict],
     compare: dict,
@@ -104,8 +150,9 @@ def build_report(
     sdr_head = "SDR " + " / ".join(f"{t:g}" for t in thresholds) + " mm (%)"
     md += [table(["model", "ground truth", "MRE (mm)", "SD", "median", sdr_head], rows), ""]
 
+    md += decoding_section(models, compare.get("pairs", {}), thresholds)
     md += ["## Statistical comparison", ""]
-    for model, c in ((k, v) for k, v in compare.items() if isinstance(v, dict)):
+    for model, c in ((k, v) for k, v in compare.items() if isinstance(v, dict) and k != "pairs"):
         boot = c.get("bootstrap") or {}
         rel = c["relative_mre_change"]
         md += [

@@ -1,4 +1,8 @@
-"""Training of one stage of the schedule: the U-Net baseline, or MAHT-Net stage 1 / 2 / 3.
+"""Training of one stage of the schedule: the U-Net baseline, MAHT-Net stage 1 / 2 / 3, or
+any other :class:`TrainTask` (the refinement network's).
+
+- :class:`Trainer` runs a task: set-up, resume, one epoch, validation + checkpoint, finish,
+  with :class:`Callback` hooks around each epoch (e.g. :class:`SigmaCurriculum`).
 
 - Stage setup (:func:`configure_stage`): per-component learning rates (encoder /
   transformer / decoder + head; 0 freezes a component, BatchNorm included), the transformer
@@ -26,6 +30,7 @@ import random
 import resource
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from mahtnet import metrics
@@ -47,7 +52,7 @@ from mahtnet.checkpoint import (
     save_train_state,
 )
 from mahtnet.codec import HeatmapCodec
-from mahtnet.config import EarlyStoppingParams, Params, StageParams, stage_epochs, to_dict
+from mahtnet.config import EarlyStoppingParams, Params, StageParams, TrainParams, stage_epochs, to_dict
 from mahtnet.data.dataset import LandmarkDataset, build_augmentation
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.distributed import DistInfo, all_reduce_sum, average_gradients, init_distributed, shutdown
@@ -224,12 +229,12 @@ def fingerprint(
     return h.hexdigest()
 
 
-def _reseed(seed: int, epoch: int, generator: torch.Generator, dataset: LandmarkDataset) -> None:
+def _reseed(seed: int, epoch: int, generator: torch.Generator, dataset: Dataset) -> None:
     s = seed + 1000 * epoch
     seed_everything(s)
     generator.manual_seed(s)
-    if dataset.augment is not None:
-        dataset.augment.set_random_seed(s)
+    if hasattr(dataset, "set_epoch_seed"):
+        dataset.set_epoch_seed(s)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -307,6 +312,111 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
+@dataclasses.dataclass
+class TrainTask:
+    """What a :class:`Trainer` trains: a model, its training data, loss and validation.
+
+    ``loss(output, batch)`` gives ``(total, {term: value})`` for a model output on a batch of
+    ``train_ds`` (``batch["image"]`` is the network input); ``validate(model)`` gives
+    ``{"val_loss", "val_mre_mm", "val_sdr_2mm"}``. ``meta`` goes into every checkpoint;
+    ``fingerprint`` identifies the run for resuming."""
+
+    name: str
+    model: nn.Module
+    loss_fn: nn.Module  # may hold learned parameters (uncertainty weighting)
+    groups: list[dict]  # optimizer parameter groups, one per trainable component
+    frozen_bn: list[nn.Module]  # BatchNorm layers kept in eval mode
+    train_ds: Dataset
+    loss: Callable[[Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    validate: Callable[[nn.Module], dict[str, float]]
+    probe: torch.Tensor  # a fixed validation batch for activation statistics
+    meta: dict[str, Any]
+    fingerprint: str
+
+
+class Callback:
+    """Per-epoch hooks of :class:`Trainer` (curricula, pruning, distillation schedules...).
+    ``on_epoch_end`` may return a reason to stop training."""
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, float]) -> str:
+        return ""
+
+
+class SigmaCurriculum(Callback):
+    """Heatmap sigma annealed from ``start`` to the codec's sigma over the first ``fraction``
+    of the epochs (linear in the epoch; the validation targets keep the final sigma)."""
+
+    def __init__(self, codec: HeatmapCodec, start: float, fraction: float, epochs: int):
+        self.codec, self.start, self.span = codec, start, max(1, round(fraction * epochs))
+
+    def sigma(self, epoch: int) -> float:
+        t = min(1.0, (epoch - 1) / max(1, self.span - 1)) if self.span > 1 else 1.0
+        return self.start + t * (self.codec.sigma - self.start)
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        c = self.codec
+        trainer.task.train_ds.codec = HeatmapCodec(c.input_size, self.sigma(epoch), c.stride)
+
+
+def stage_task(
+    params: Params,
+    stage: str,
+    train_set: PreparedSet,
+    val_set: PreparedSet,
+    init: str | Path | None,
+    val_targets: np.ndarray | None,
+    device: torch.device,
+    world_size: int,
+) -> TrainTask:
+    """The task of a heatmap-model stage: the U-Net baseline or a MAHT-Net stage."""
+    s: StageParams = getattr(params, stage)
+    seed_everything(params.seed)
+    model = build_stage_model(params, stage, init)
+    codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, model.output_stride)
+    loss_fn = CompositeLoss.from_params(params.loss, to_dict(s.loss_weights), s.uncertainty_weighting)
+    groups, frozen_bn = configure_stage(model, s)
+    train_ds = LandmarkDataset(train_set, codec, build_augmentation(params.train.augment, seed=params.seed))
+    val_ds = LandmarkDataset(val_set, codec, targets=val_targets)
+    val_loader = DataLoader(val_ds, batch_size=params.evaluate.batch_size)
+    probe = next(iter(DataLoader(val_ds, batch_size=min(2, len(val_ds)))))["image"].to(device)
+    tp = params.train
+    return TrainTask(
+        name=stage,
+        model=model,
+        loss_fn=loss_fn,
+        groups=groups,
+        frozen_bn=frozen_bn,
+        train_ds=train_ds,
+        loss=lambda out, batch: batch_loss(loss_fn, out, batch, device),
+        validate=lambda m: validate(m, val_loader, val_set, codec, loss_fn, device, tp),
+        probe=probe,
+        meta={
+            "model": {"name": MODEL_OF_STAGE[stage], **to_dict(params.model)},
+            "input_size": [params.preprocess.height, params.preprocess.width],
+            "heatmap": {"sigma": codec.sigma, "stride": codec.stride},
+            "output_kind": loss_fn.output,
+            "landmark_names": list(LANDMARK_NAMES),
+            "stage": stage,
+            "bypass_transformer": bool(getattr(getattr(model, "bottleneck", None), "bypass", False)),
+            "params": to_dict(params),
+        },
+        fingerprint=fingerprint(params, stage, [train_set, val_set], init, world_size),
+    )
+
+
+def stage_callbacks(params: Params, stage: str, task: TrainTask) -> list[Callback]:
+    """The stage's curriculum (``heatmap.sigma_start``), if any."""
+    h = params.heatmap
+    if h.sigma_start is None:
+        return []
+    return [
+        SigmaCurriculum(task.train_ds.codec, h.sigma_start, h.anneal_fraction, stage_epochs(params, stage))
+    ]
+
+
 def train(
     params: Params,
     stage: str,
@@ -321,255 +431,323 @@ def train(
     checkpoint. ``val_targets (N, K, h, w)``: validation heatmaps from the heatmap stage."""
     info, device = init_distributed(params.train.device)
     try:
-        return _train(params, stage, train_set, val_set, out, init, run, val_targets, info, device)
+        if params.train.threads > 0:
+            torch.set_num_threads(params.train.threads)
+        task = stage_task(params, stage, train_set, val_set, init, val_targets, device, info.world_size)
+        trainer = Trainer(
+            task,
+            getattr(params, stage),
+            params.train,
+            TrainerSettings(stage_epochs(params, stage), params.train.batch_size, params.seed),
+            out,
+            info,
+            device,
+            run,
+            stage_callbacks(params, stage, task),
+        )
+        return trainer.fit()
     finally:
         shutdown(info)
 
 
-def _train(
-    params, stage, train_set, val_set, out, init, run, val_targets, info: DistInfo, device
-) -> TrainResult:
-    s: StageParams = getattr(params, stage)
-    tp = params.train
-    epochs = stage_epochs(params, stage)
-    if tp.threads > 0:
-        torch.set_num_threads(tp.threads)
-    seed_everything(params.seed)
-    model = build_stage_model(params, stage, init)
-    codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, model.output_stride)
-    loss_fn = CompositeLoss.from_params(params.loss, to_dict(s.loss_weights), s.uncertainty_weighting)
-    groups, frozen_bn = configure_stage(model, s)
-    model.to(device)
-    loss_fn.to(device)
-    if any(True for _ in loss_fn.parameters()):
-        groups.append({"params": list(loss_fn.parameters()), "lr": s.lr, "weight_decay": 0.0, "name": "loss"})
-    optimizer = torch.optim.AdamW(groups, lr=s.lr, weight_decay=tp.weight_decay)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for g in groups for p in g["params"])
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    epochs: int
+    batch_size: int  # per process
+    seed: int  # epoch e reseeds every generator from seed + 1000 * e
 
-    train_ds = LandmarkDataset(train_set, codec, build_augmentation(tp.augment, seed=params.seed))
-    val_ds = LandmarkDataset(val_set, codec, targets=val_targets)
-    drop_last = len(train_ds) > tp.batch_size * info.world_size
-    sampler = (
-        DistributedSampler(
-            train_ds, info.world_size, info.rank, shuffle=True, seed=params.seed, drop_last=drop_last
-        )
-        if info.enabled
-        else None
-    )
-    generator = torch.Generator()
-    loader = DataLoader(
-        train_ds,
-        batch_size=tp.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=drop_last,
-        num_workers=tp.num_workers,
-        worker_init_fn=_worker_init if tp.num_workers > 0 else None,
-        generator=generator,
-        pin_memory=device.type == "cuda",
-    )
-    val_loader = DataLoader(val_ds, batch_size=params.evaluate.batch_size)
-    steps_per_epoch = math.ceil(len(loader) / tp.accumulate_steps)
-    if s.scheduler == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(epochs * steps_per_epoch, s.warmup_epochs * steps_per_epoch)
-        )
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=s.plateau_factor, patience=s.plateau_patience
-        )
-    scaler = torch.amp.GradScaler("cuda", enabled=tp.amp and device.type == "cuda")
-    net = model
-    if info.enabled:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    stopper = EarlyStopping(s.early_stopping)
-    monitor = GradientMonitor(model)
-    probe = next(iter(DataLoader(val_ds, batch_size=min(2, len(val_ds)))))["image"].to(device)
-    meta = {
-        "model": {"name": MODEL_OF_STAGE[stage], **to_dict(params.model)},
-        "input_size": [params.preprocess.height, params.preprocess.width],
-        "heatmap": {"sigma": codec.sigma, "stride": codec.stride},
-        "output_kind": loss_fn.output,
-        "landmark_names": list(LANDMARK_NAMES),
-        "stage": stage,
-        "bypass_transformer": bool(getattr(getattr(model, "bottleneck", None), "bypass", False)),
-        "params": to_dict(params),
-    }
 
-    state_path = out.state_dir / "last.pt"
-    fp = fingerprint(params, stage, [train_set, val_set], init, info.world_size)
-    history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "val_mre_mm": math.inf, "val_sdr_2mm": 0.0, "val_loss": math.inf}
-    kept: list[dict] = []  # per-epoch weight files for averaging: {"epoch", "score", "file"}
-    grad_means: dict[str, float] = {}
-    start_epoch, resumed_at, elapsed, stop_reason = 1, 0, 0.0, ""
-    if state_path.exists():
-        state = load_train_state(state_path)
-        if state["fingerprint"] == fp:
-            model.load_state_dict(state["model_state"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            loss_fn.load_state_dict(state["loss_state"])
-            stopper.load_state_dict(state["early_stopping"])
-            _set_rng_state(state["rng"])
-            history, best, kept = state["history"], state["best"], state["kept"]
-            grad_means, elapsed, stop_reason = state["grad_means"], state["elapsed_s"], state["stop_reason"]
-            start_epoch = resumed_at = state["epoch"] + 1
-            if info.is_main:
-                print(f"{stage}: resuming after epoch {state['epoch']} from {state_path}", flush=True)
-        elif info.is_main:
-            print(f"{stage}: {state_path} is from other settings or data; starting afresh", flush=True)
-    if stop_reason:
-        start_epoch = epochs + 1  # an early-stopped run is complete
+class Trainer:
+    """Runs a :class:`TrainTask` for ``settings.epochs`` epochs with the stage's schedule
+    ``s`` and the shared ``tp``: set-up (here), :meth:`resume`, :meth:`train_epoch`,
+    :meth:`end_epoch` (validation, selection, early stopping, checkpoint and state),
+    :meth:`finish` (averaging, the written checkpoint); :meth:`fit` runs them in order."""
 
-    for epoch in range(start_epoch, epochs + 1):
+    def __init__(
+        self,
+        task: TrainTask,
+        s: StageParams,
+        tp: TrainParams,
+        settings: TrainerSettings,
+        out: StageOutputs,
+        info: DistInfo,
+        device: torch.device,
+        run: Run | None = None,
+        callbacks: Sequence[Callback] = (),
+    ):
+        self.task, self.s, self.tp, self.settings, self.out = task, s, tp, settings, out
+        self.info, self.device, self.run, self.callbacks = info, device, run, list(callbacks)
+        self.model = task.model.to(device)
+        task.loss_fn.to(device)
+        self.groups = list(task.groups)
+        if any(True for _ in task.loss_fn.parameters()):
+            self.groups.append(
+                {"params": list(task.loss_fn.parameters()), "lr": s.lr, "weight_decay": 0.0, "name": "loss"}
+            )
+        self.optimizer = torch.optim.AdamW(self.groups, lr=s.lr, weight_decay=tp.weight_decay)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.n_trainable = sum(p.numel() for g in self.groups for p in g["params"])
+        self.loader, self.sampler, self.generator = self._train_loader()
+        self.scheduler = self._scheduler()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=tp.amp and device.type == "cuda")
+        self.net = self.model
+        if info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.stopper = EarlyStopping(s.early_stopping)
+        self.monitor = GradientMonitor(self.model)
+        self.state_path = out.state_dir / "last.pt"
+        self.history: list[dict[str, Any]] = []
+        self.best = {"epoch": 0, "val_mre_mm": math.inf, "val_sdr_2mm": 0.0, "val_loss": math.inf}
+        self.kept: list[dict] = []  # per-epoch weight files for averaging: {"epoch", "score", "file"}
+        self.grad_means: dict[str, float] = {}
+        self.start_epoch, self.resumed_at, self.elapsed, self.stop_reason = 1, 0, 0.0, ""
+
+    def _train_loader(self) -> tuple[DataLoader, DistributedSampler | None, torch.Generator]:
+        ds, info, tp, batch = self.task.train_ds, self.info, self.tp, self.settings.batch_size
+        drop_last = len(ds) > batch * info.world_size
+        sampler = None
+        if info.enabled:
+            seed = self.settings.seed
+            sampler = DistributedSampler(
+                ds, info.world_size, info.rank, shuffle=True, seed=seed, drop_last=drop_last
+            )
+        generator = torch.Generator()
+        loader = DataLoader(
+            ds,
+            batch_size=batch,
+            shuffle=sampler is None,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=tp.num_workers,
+            worker_init_fn=_worker_init if tp.num_workers > 0 else None,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+        return loader, sampler, generator
+
+    def _scheduler(self):
+        s, epochs = self.s, self.settings.epochs
+        if s.scheduler == "cosine":
+            steps = math.ceil(len(self.loader) / self.tp.accumulate_steps)
+            factor = warmup_cosine(epochs * steps, s.warmup_epochs * steps)
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=s.plateau_factor, patience=s.plateau_patience
+        )
+
+    def fit(self) -> TrainResult:
+        self.resume()
+        for epoch in range(self.start_epoch, self.settings.epochs + 1):
+            for cb in self.callbacks:
+                cb.on_epoch_start(self, epoch)
+            t0 = time.perf_counter()
+            sums, train_time = self.train_epoch(epoch)
+            self.end_epoch(epoch, sums, t0, train_time)
+            if self.stop_reason:
+                if self.info.is_main:
+                    print(f"{self.task.name}: early stopping: {self.stop_reason}", flush=True)
+                break
+        return self.finish()
+
+    def resume(self) -> None:
+        """Continue after the last finished epoch of a saved state of the same run."""
+        if not self.state_path.exists():
+            return
+        state = load_train_state(self.state_path)
+        name, main = self.task.name, self.info.is_main
+        if state["fingerprint"] != self.task.fingerprint:
+            if main:
+                print(
+                    f"{name}: {self.state_path} is from other settings or data; starting afresh", flush=True
+                )
+            return
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.task.loss_fn.load_state_dict(state["loss_state"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        _set_rng_state(state["rng"])
+        self.history, self.best, self.kept = state["history"], state["best"], state["kept"]
+        self.grad_means, self.elapsed = state["grad_means"], state["elapsed_s"]
+        self.stop_reason = state["stop_reason"]
+        self.start_epoch = self.resumed_at = state["epoch"] + 1
+        if self.stop_reason:
+            self.start_epoch = self.settings.epochs + 1  # an early-stopped run is complete
+        if main:
+            print(f"{name}: resuming after epoch {state['epoch']} from {self.state_path}", flush=True)
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
+        """One pass over the training data; returns the summed loss terms (all processes) and
+        the training time."""
         t0 = time.perf_counter()
-        _reseed(params.seed, epoch, generator, train_ds)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        model.train()
-        for m in frozen_bn:
+        _reseed(self.settings.seed, epoch, self.generator, self.task.train_ds)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self.model.train()
+        for m in self.task.frozen_bn:
             m.eval()
         sums: dict[str, float] = defaultdict(float)
-        optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(loader, desc=f"{stage} {epoch}/{epochs}", leave=False, mininterval=2.0, disable=None)
+        self.optimizer.zero_grad(set_to_none=True)
+        name, epochs = self.task.name, self.settings.epochs
+        bar = tqdm(self.loader, desc=f"{name} {epoch}/{epochs}", leave=False, mininterval=2.0, disable=None)
         for i, batch in enumerate(bar):
-            x = batch["image"].to(device, non_blocking=True)
-            step_now = (i + 1) % tp.accumulate_steps == 0 or i + 1 == len(loader)
-            sync = contextlib.nullcontext() if step_now or not info.enabled else net.no_sync()
-            with sync:
-                with autocast(device, tp.amp, tp.cpu_bf16):
-                    pred = net(x)
-                total, terms = batch_loss(loss_fn, pred, batch, device)
-                if not torch.isfinite(total):
-                    raise FloatingPointError(f"{stage}: training loss became {total.item()} at epoch {epoch}")
-                scaler.scale(total / tp.accumulate_steps).backward()
-            if step_now:
-                scaler.unscale_(optimizer)
-                average_gradients(loss_fn.parameters(), info)
-                monitor.update()
-                if tp.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], tp.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if s.scheduler == "cosine":
-                    scheduler.step()
-            n = len(x)
+            total, terms, n = self._batch(batch, i, epoch)
             sums["train_loss"] += total.item() * n
             for k, v in terms.items():
                 sums[f"train_{k}"] += v.item() * n
             sums["count"] += n
             bar.set_postfix(loss=f"{total.item():.4f}")
         keys = sorted(sums)
-        reduced = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), info)
-        sums = dict(zip(keys, reduced.tolist(), strict=True))
-        train_time = time.perf_counter() - t0
-        val = validate(model, val_loader, val_set, codec, loss_fn, device, tp)
-        if s.scheduler == "plateau":
-            scheduler.step(val["val_mre_mm"])
-        norms, grad_means = monitor.epoch_summary()
+        reduced = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), self.info)
+        return dict(zip(keys, reduced.tolist(), strict=True)), time.perf_counter() - t0
+
+    def _batch(self, batch: dict, i: int, epoch: int):
+        """Forward and backward of one batch; an optimizer step every ``accumulate_steps``."""
+        tp = self.tp
+        x = batch["image"].to(self.device, non_blocking=True)
+        step_now = (i + 1) % tp.accumulate_steps == 0 or i + 1 == len(self.loader)
+        sync = contextlib.nullcontext() if step_now or not self.info.enabled else self.net.no_sync()
+        with sync:
+            with autocast(self.device, tp.amp, tp.cpu_bf16):
+                out = self.net(x)
+            total, terms = self.task.loss(out, batch)
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"{self.task.name}: training loss became {total.item()} at epoch {epoch}"
+                )
+            self.scaler.scale(total / tp.accumulate_steps).backward()
+        if step_now:
+            self._step()
+        return total, terms, len(x)
+
+    def _step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        average_gradients(self.task.loss_fn.parameters(), self.info)
+        self.monitor.update()
+        if self.tp.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in self.groups for p in g["params"]], self.tp.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.s.scheduler == "cosine":
+            self.scheduler.step()
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], t0: float, train_time: float) -> dict[str, float]:
+        """Validate, record the epoch, select, check early stopping and the callbacks, and
+        write the best checkpoint, per-epoch weights, history and resume state."""
+        val = self.task.validate(self.model)
+        if self.s.scheduler == "plateau":
+            self.scheduler.step(val["val_mre_mm"])
+        norms, self.grad_means = self.monitor.epoch_summary()
         count = sums.pop("count")
         row = {
             "epoch": epoch,
             **{k: v / count for k, v in sums.items()},
             **val,
-            **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
+            **{f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups},
             "epoch_time_s": time.perf_counter() - t0,
             "images_per_s": count / train_time,
-            "peak_memory_mb": peak_memory_mb(device),
+            "peak_memory_mb": peak_memory_mb(self.device),
             **norms,
-            **activation_stats(model, probe),
+            **activation_stats(self.model, self.task.probe),
         }
         row = {k: v if k == "epoch" else float(v) for k, v in row.items()}
-        history.append(row)
-        improved = _better(row[s.select], best[s.select], s.select) or best["epoch"] == 0
+        self.history.append(row)
+        select = self.s.select
+        improved = _better(row[select], self.best[select], select) or self.best["epoch"] == 0
         if improved:
-            best = {"epoch": epoch, **{k: row[k] for k in HIGHER_IS_BETTER}}
-        stop_reason = stopper.update(row)
-        elapsed += time.perf_counter() - t0
-        if info.is_main:
-            if improved:
-                save_checkpoint(out.state_dir / "best.pt", model, {**meta, "epoch": epoch, "val": dict(best)})
-            kept = _keep_epoch_weights(model, out.state_dir, kept, epoch, row[s.select], s)
-            write_history(out.history, history)
-            save_train_state(
-                state_path,
-                {
-                    "fingerprint": fp,
-                    "epoch": epoch,
-                    "model_state": _weights(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "loss_state": loss_fn.state_dict(),
-                    "early_stopping": stopper.state_dict(),
-                    "rng": _rng_state(),
-                    "history": history,
-                    "best": best,
-                    "kept": kept,
-                    "grad_means": grad_means,
-                    "elapsed_s": elapsed,
-                    "stop_reason": stop_reason,
-                },
-            )
-            if run is not None:
-                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            print(
-                f"{stage} epoch {epoch:3d} loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-                f"val MRE {row['val_mre_mm']:.3f} mm SDR2 {row['val_sdr_2mm']:.1f}% "
-                f"lr {optimizer.param_groups[0]['lr']:.2e} {row['epoch_time_s']:.1f}s"
-                + (" *" if improved else ""),
-                flush=True,
-            )
-        if stop_reason:
-            if info.is_main:
-                print(f"{stage}: early stopping: {stop_reason}", flush=True)
-            break
+            self.best = {"epoch": epoch, **{k: row[k] for k in HIGHER_IS_BETTER}}
+        self.stop_reason = self.stopper.update(row)
+        for cb in self.callbacks:
+            self.stop_reason = cb.on_epoch_end(self, epoch, row) or self.stop_reason
+        self.elapsed += time.perf_counter() - t0
+        if self.info.is_main:
+            self._write_epoch(epoch, row, improved)
+        return row
 
-    averaged = False
-    if info.is_main:
+    def _write_epoch(self, epoch: int, row: dict[str, float], improved: bool) -> None:
+        out, s = self.out, self.s
+        if improved:
+            meta = {**self.task.meta, "epoch": epoch, "val": dict(self.best)}
+            save_checkpoint(out.state_dir / "best.pt", self.model, meta)
+        self.kept = _keep_epoch_weights(self.model, out.state_dir, self.kept, epoch, row[s.select], s)
+        write_history(out.history, self.history)
+        save_train_state(self.state_path, self._state(epoch))
+        if self.run is not None:
+            self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        print(
+            f"{self.task.name} epoch {epoch:3d} loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+            f"val MRE {row['val_mre_mm']:.3f} mm SDR2 {row['val_sdr_2mm']:.1f}% "
+            f"lr {self.optimizer.param_groups[0]['lr']:.2e} {row['epoch_time_s']:.1f}s"
+            + (" *" if improved else ""),
+            flush=True,
+        )
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "fingerprint": self.task.fingerprint,
+            "epoch": epoch,
+            "model_state": _weights(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loss_state": self.task.loss_fn.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
+            "rng": _rng_state(),
+            "history": self.history,
+            "best": self.best,
+            "kept": self.kept,
+            "grad_means": self.grad_means,
+            "elapsed_s": self.elapsed,
+            "stop_reason": self.stop_reason,
+        }
+
+    def finish(self) -> TrainResult:
+        """Load the best epoch (or the average of the kept epochs, when it validates at least
+        as well) and write the stage's checkpoint and gradient-flow plot."""
+        averaged, output_val = False, {k: self.best[k] for k in HIGHER_IS_BETTER}
+        if self.info.is_main:
+            averaged, output_val = self._write_output()
+        history = self.history
+        return TrainResult(
+            stage=self.task.name,
+            best_epoch=self.best["epoch"],
+            best_val_mre_mm=self.best["val_mre_mm"],
+            best_val_sdr_2mm=self.best["val_sdr_2mm"],
+            best_val_loss=self.best["val_loss"],
+            epochs_run=len(history),
+            stopped_early=bool(self.stop_reason),
+            stop_reason=self.stop_reason,
+            resumed_at_epoch=self.resumed_at,
+            averaged=averaged,
+            output_val_mre_mm=output_val["val_mre_mm"],
+            output_val_sdr_2mm=output_val["val_sdr_2mm"],
+            wall_time_s=self.elapsed,
+            seconds_per_epoch=self.elapsed / max(1, len(history)),
+            images_per_s=float(np.mean([r["images_per_s"] for r in history])) if history else 0.0,
+            device=str(self.device),
+            world_size=self.info.world_size,
+            parameters=self.n_params,
+            trainable_parameters=self.n_trainable,
+        )
+
+    def _write_output(self) -> tuple[bool, dict[str, float]]:
+        model, out, s, best = self.model, self.out, self.s, self.best
         model.load_state_dict(load_checkpoint(out.state_dir / "best.pt")["model_state"])
-        output_val = {k: best[k] for k in HIGHER_IS_BETTER}
-        if s.average != "none" and len(kept) >= 2:
-            averaged, output_val = _try_average(
-                model,
-                kept,
-                best,
-                s,
-                lambda: validate(model, val_loader, val_set, codec, loss_fn, device, tp),
-                stage,
-            )
-        epochs_kept = [k["epoch"] for k in kept] if averaged else [best["epoch"]]
-        meta = {**meta, "epoch": best["epoch"], "val": output_val, "averaged_epochs": epochs_kept}
+        averaged, output_val = False, {k: best[k] for k in HIGHER_IS_BETTER}
+        if s.average != "none" and len(self.kept) >= 2:
+            validate_model = lambda: self.task.validate(model)  # noqa: E731
+            averaged, output_val = _try_average(model, self.kept, best, s, validate_model, self.task.name)
+        epochs_kept = [k["epoch"] for k in self.kept] if averaged else [best["epoch"]]
+        meta = {**self.task.meta, "epoch": best["epoch"], "val": output_val, "averaged_epochs": epochs_kept}
         save_checkpoint(out.checkpoint, model, meta)
-        if grad_means:
-            plot_grad_flow(grad_means, {n: component_of(model, n) for n in grad_means}, out.grad_flow)
-        write_history(out.history, history)
-    ran = len(history)
-    return TrainResult(
-        stage=stage,
-        best_epoch=best["epoch"],
-        best_val_mre_mm=best["val_mre_mm"],
-        best_val_sdr_2mm=best["val_sdr_2mm"],
-        best_val_loss=best["val_loss"],
-        epochs_run=ran,
-        stopped_early=bool(stop_reason),
-        stop_reason=stop_reason,
-        resumed_at_epoch=resumed_at,
-        averaged=averaged,
-        output_val_mre_mm=output_val["val_mre_mm"] if info.is_main else best["val_mre_mm"],
-        output_val_sdr_2mm=output_val["val_sdr_2mm"] if info.is_main else best["val_sdr_2mm"],
-        wall_time_s=elapsed,
-        seconds_per_epoch=elapsed / max(1, ran),
-        images_per_s=float(np.mean([r["images_per_s"] for r in history])) if history else 0.0,
-        device=str(device),
-        world_size=info.world_size,
-        parameters=n_params,
-        trainable_parameters=n_trainable,
-    )
+        if self.grad_means:
+            components = {n: component_of(model, n) for n in self.grad_means}
+            plot_grad_flow(self.grad_means, components, out.grad_flow)
+        write_history(out.history, self.history)
+        return averaged, output_val
 
 
 def _try_average(model, kept: list[dict], best: dict, s: StageParams, validate_model, stage: str):

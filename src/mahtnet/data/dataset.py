@@ -69,6 +69,11 @@ class LandmarkDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
+    def set_epoch_seed(self, seed: int) -> None:
+        """Reseed the augmentation (the trainer calls this at every epoch start)."""
+        if self.augment is not None:
+            self.augment.set_random_seed(seed)
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image = self.data.images[i]
         points = self.data.landmarks[i]

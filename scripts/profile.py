@@ -1,0 +1,66 @@
+"""Run a named parameter profile (``profiles.yaml``) as a DVC experiment: one word instead
+of a dozen ``-S`` flags.
+
+    python scripts/profile.py                         # list the profiles
+    python scripts/profile.py isbi-senior             # dvc exp run -n isbi-senior -S ...
+    python scripts/profile.py isbi-senior --print     # print the command only
+    python scripts/profile.py isbi-senior --queue -S seed=1 -n isbi-senior-seed1
+
+Extra ``-S key=value`` settings follow the profile's, so they win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from mahtnet.config import load_profiles, with_settings, yaml_value  # noqa: E402
+
+
+def command(name: str, settings: dict[str, object], args: argparse.Namespace) -> list[str]:
+    cmd = ["dvc", "exp", "run", "-n", args.name or name]
+    if args.queue:
+        cmd.append("--queue")
+    for key, value in settings.items():
+        cmd += ["-S", f"{key}={yaml_value(value)}"]
+    for extra in args.set:
+        cmd += ["-S", extra]
+    return cmd
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("profile", nargs="?", help="profile name (none: list them)")
+    parser.add_argument("--print", action="store_true", help="print the dvc command, do not run it")
+    parser.add_argument("--queue", action="store_true", help="queue the experiment (dvc queue start runs it)")
+    parser.add_argument(
+        "-S", "--set", action="append", default=[], help="extra key=value (after the profile's)"
+    )
+    parser.add_argument("-n", "--name", help="experiment name (default: the profile's)")
+    args = parser.parse_args()
+    profiles = load_profiles(REPO / "profiles.yaml", REPO)
+    if args.profile is None:
+        for name, profile in profiles.items():
+            print(f"{name}: {profile['description']}")
+        return
+    if args.profile not in profiles:
+        sys.exit(f"unknown profile '{args.profile}'; valid: {', '.join(profiles)}")
+    settings = profiles[args.profile]["set"]
+    with_settings(yaml.safe_load((REPO / "params.yaml").read_text()), settings, args.set)  # validate first
+    cmd = command(args.profile, settings, args)
+    print(" ".join(cmd), flush=True)
+    if not args.print:
+        sys.exit(subprocess.run(cmd, cwd=REPO).returncode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Stage: the statistical shape model of the training annotations (Procrustes + PCA, in mm)
+that shape-consistent decoding scores heatmap peaks with (:mod:`mahtnet.shape_decode`)."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.io import write_json  # noqa: E402
+from mahtnet.landmarks import LANDMARK_NAMES  # noqa: E402
+from mahtnet.shape_decode import fit_prior_from_prepared  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prepared", required=True, type=Path, help="training split (train.npz)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path)
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    train = PreparedSet.load(args.prepared)
+    prior = fit_prior_from_prepared(train)
+    prior.save(args.out)
+    summary = {
+        "shapes": len(train),
+        "modes": int(prior.modes.shape[0]),
+        "residual_sd_mm": dict(zip(LANDMARK_NAMES, map(float, prior.residual_sd), strict=True)),
+        "seconds": time.perf_counter() - t0,
+    }
+    write_json(args.metrics, summary)
+    print(f"shape prior from {len(train)} training shapes: {summary['modes']} modes -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
