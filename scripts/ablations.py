@@ -50,6 +50,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
         **{f"{s}.uncertainty_weighting": True for s in STAGES},
     },
     "heatmap-stride-2": {"model.output_stride": 2},
+    "sigma-curriculum": {"heatmap.sigma_start": 6.0, "heatmap.anneal_fraction": 0.5},
 }
 
 

@@ -47,8 +47,6 @@ TINY = {
 }
 
 
-
-
 def tiny(**overrides) -> MAHTNet:
     torch.manual_seed(0)
     return MAHTNet(1, K, **(TINY | overrides))

@@ -26,6 +26,8 @@ def _tiny_params(tmp: Path) -> dict:
     p["train"].update(batch_size=4, threads=1)
     for stage in ("stage1", "stage2", "stage3"):
         p[stage].update(epochs=1, warmup_epochs=1)
+    p["refine"].update(patch_size=16, channels=4, depth=2, batch_size=16)
+    p["refine"]["train"].update(epochs=1, warmup_epochs=1)
     p["data"]["val_fraction"] = 0.2
     p["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     return p
@@ -70,6 +72,14 @@ def test_pipeline_writes_metrics_plots_and_checkpoint(pipeline):
     assert (pipeline / "plots" / "heatmaps" / "targets.png").stat().st_size > 1000
     history = (pipeline / "plots" / "train_baseline" / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss") and len(history) == 4  # 3 epochs: 1 + 1 + 1
+    for name in ("baseline", "maht_net"):  # coarse -> shape-consistent -> refined
+        assert (pipeline / "data" / "models" / f"refine_{name}.pt").is_file()
+        variants = json.loads((pipeline / "metrics" / f"{name}.json").read_text())["variants"]
+        assert list(variants) == ["coarse", "shape", "refined"]
+        assert {"max_mm", "n_over_10mm", "sdr_4mm"} <= set(variants["refined"])
+        assert (pipeline / "data" / "eval" / f"{name}_coarse_per_image.csv").is_file()
+        headline = json.loads((pipeline / "metrics" / f"{name}.json").read_text())["mre_mm"]
+        assert headline == pytest.approx(variants["refined"]["mre_mm"])  # the last variant's
     heat = json.loads((pipeline / "metrics" / "heatmaps.json").read_text())
     assert heat["roundtrip_max_px"] < 0.05
     assert set(metrics["by_gt"]) == {"mean", "senior", "junior", "inter_observer"}
@@ -83,8 +93,20 @@ def test_compare_and_report(pipeline):
     assert 0.0 <= res["wilcoxon"]["p_value"] <= 1.0 and len(res["bootstrap"]["mre_diff"]) == 2
     per_landmark = (pipeline / "plots" / "compare" / "per_landmark_maht_net.csv").read_text().splitlines()
     assert per_landmark[0].startswith("landmark,mre_a,mre_b") and len(per_landmark) == 20
+    assert set(compare["pairs"]) == {
+        "baseline_vs_baseline_coarse",
+        "maht_net_vs_maht_net_coarse",
+        "maht_net_coarse_vs_baseline_coarse",
+    }
+    assert 0.0 <= compare["pairs"]["maht_net_vs_maht_net_coarse"]["wilcoxon"]["p_holm_pairs"] <= 1.0
     report = (pipeline / "reports" / "report.md").read_text()
-    for heading in ("## Results", "## Statistical comparison", "## Clinical measurements", "## Training"):
+    headings = (
+        "## Results",
+        "## Decoding and refinement",
+        "## Statistical comparison",
+        "## Clinical measurements",
+    )
+    for heading in (*headings, "## Training"):
         assert heading in report
     for name in ("overlay_worst_maht_net", "sdr_curves", "per_landmark_mre", "paired_mre_maht_net"):
         assert f"figures/{name}.png" in report
@@ -104,6 +126,7 @@ def test_mlflow_has_one_run_per_stage(pipeline):
         metrics = {row[0] for row in con.execute("select key from metrics")}
     assert {"synthesize", "preprocess", "heatmaps", "train_baseline", "evaluate:baseline"} <= names
     assert {"train_stage1", "train_stage2", "train_stage3", "evaluate:maht_net", "compare"} <= names
+    assert {"train_refine_baseline", "train_refine_stage3", "prepare_fine", "shape_prior"} <= names
     assert {
         "train_loss",
         "val_mre_mm",
@@ -119,9 +142,11 @@ def test_evaluate_command_on_a_dataset_root(pipeline, tmp_path):
     out = tmp_path / "eval.json"
     args = [sys.executable, "stages/evaluate.py", "--checkpoint", "data/models/baseline.pt"]
     args += ["--data-root", "data/synthetic", "--split", "Test1Data", "--gt", "senior", "--out", str(out)]
+    args += ["--refiner", "data/models/refine_baseline.pt", "--shape-prior", "data/models/shape_prior.npz"]
     result = _run(args, pipeline)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(out.read_text())["images"] == 3
+    written = json.loads(out.read_text())
+    assert written["images"] == 3 and list(written["variants"]) == ["coarse", "shape", "refined"]
 
 
 def test_unknown_params_key_fails_with_its_name(pipeline, tmp_path):

@@ -87,8 +87,6 @@ def data() -> tuple[PreparedSet, PreparedSet]:
     return _prepared(8, 1), _prepared(4, 2)
 
 
-
-
 def run_stage(raw, stage, data, out_dir: Path, init=None):
     outs = StageOutputs(
         out_dir / f"{stage}.pt", out_dir / "runs" / stage, out_dir / f"{stage}.csv", out_dir / f"{stage}.png"
