@@ -6,9 +6,11 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -70,3 +72,28 @@ def load_torch(path: str | Path, what: str, error: type[Exception]) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged files
         raise error(f"corrupt or truncated {what} {path}: {err}") from None
+
+
+def save_npz(path: str | Path, arrays: dict[str, Any]) -> Path:
+    """Arrays as an uncompressed ``.npz``, written atomically."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+def load_npz(path: str | Path, keys: Sequence[str], what: str, stage: str) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` (no pickles); a missing file or key is an error naming
+    the file (``what``: what it should hold; ``stage``: the stage that writes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path} (run the {stage} stage)")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in keys if k not in z]
+        if missing:
+            raise KeyError(
+                f"{path} lacks {missing}: not {what}, or an older version; re-run the {stage} stage"
+            )
+        return {k: z[k] for k in keys}

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from mahtnet.codec import HeatmapCodec
 from mahtnet.data.isbi import Sample, read_image
-from mahtnet.io import atomic_write
+from mahtnet.io import load_npz, save_npz
 from mahtnet.losses import softmax_ce
 from mahtnet.models.unet import UNet
 
@@ -84,22 +84,12 @@ class FineSet:
         return FineSet(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
     def save(self, path: str | Path) -> Path:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **dataclasses.asdict(self))
-
-        return atomic_write(path, write)
+        return save_npz(path, dataclasses.asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> FineSet:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"fine-resolution data not found: {path} (run the stage that writes it)")
-        with np.load(path, allow_pickle=False) as z:
-            missing = [f.name for f in dataclasses.fields(cls) if f.name not in z]
-            if missing:
-                raise KeyError(f"{path} lacks {missing}: not a FineSet file or written by an older version")
-            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+        keys = [f.name for f in dataclasses.fields(cls)]
+        return cls(**load_npz(path, keys, "fine-resolution data", "prepare_fine"))
 
 
 def fine_scale(orig_spacing_mm: float, spacing_mm: float) -> float:

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from mahtnet.codec import HeatmapCodec
-from mahtnet.io import atomic_write
+from mahtnet.io import load_npz, save_npz
 
 if TYPE_CHECKING:
     from mahtnet.data.preprocess import PreparedSet
@@ -238,25 +238,12 @@ class ShapePrior:
 
     def save(self, path: str | Path) -> Path:
         """Write the prior as an ``.npz`` atomically."""
-        arrays = {key: np.asarray(getattr(self, key), dtype=np.float64) for key in _KEYS}
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        return atomic_write(path, write)
+        return save_npz(path, {key: np.asarray(getattr(self, key), dtype=np.float64) for key in _KEYS})
 
     @classmethod
     def load(cls, path: str | Path) -> ShapePrior:
         """Read a prior written by :meth:`save`; errors name the file."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"shape prior not found: {path}")
-        with np.load(path, allow_pickle=False) as z:
-            missing = [key for key in _KEYS if key not in z]
-            if missing:
-                raise KeyError(f"shape prior {path} lacks {missing}: not written by ShapePrior.save")
-            values = {key: z[key] for key in _KEYS}
+        values = load_npz(path, _KEYS, "a shape prior", "shape_prior")
         values["noise_var"] = float(values["noise_var"])
         return cls(**values)
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from mahtnet.data.isbi import Sample, read_image
-from mahtnet.io import atomic_write
+from mahtnet.io import load_npz, save_npz
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,24 +111,12 @@ class PreparedSet:
         return PreparedSet(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
     def save(self, path: str | Path) -> Path:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, **dataclasses.asdict(self))
-
-        return atomic_write(path, write)
+        return save_npz(path, dataclasses.asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> PreparedSet:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"prepared data not found: {path} (run the preprocess stage)")
-        with np.load(path, allow_pickle=False) as z:
-            missing = [f.name for f in dataclasses.fields(cls) if f.name not in z]
-            if missing:
-                raise KeyError(
-                    f"{path} lacks {missing}: written by an older version, re-run the preprocess stage"
-                )
-            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+        keys = [f.name for f in dataclasses.fields(cls)]
+        return cls(**load_npz(path, keys, "prepared data", "preprocess"))
 
 
 def prepare(samples: Sequence[Sample], height: int, width: int) -> PreparedSet:
