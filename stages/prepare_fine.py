@@ -9,10 +9,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mahtnet.config import load_params  # noqa: E402
+from mahtnet.config import load_params, to_dict  # noqa: E402
 from mahtnet.data.isbi import list_split  # noqa: E402
 from mahtnet.data.preprocess import split_train_val  # noqa: E402
 from mahtnet.refine import prepare_fine  # noqa: E402
+from mahtnet.tracking import start_run  # noqa: E402
 
 
 def main() -> None:
@@ -21,14 +22,17 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     d, spacing = params.data, params.refine.spacing_mm
-    t0 = time.perf_counter()
-    training = prepare_fine(list_split(d.root, d.train_split, d.gt, d.dataset), spacing)
-    train_idx, val_idx = split_train_val(len(training), d.val_fraction, params.seed)
-    test = prepare_fine(list_split(d.root, d.test_split, d.gt, d.dataset), spacing)
-    sets = {"train": training.subset(train_idx), "val": training.subset(val_idx), "test": test}
-    for name, data in sets.items():
-        data.save(args.out / f"{name}.npz")
-    sizes = {name: tuple(data.images.shape) for name, data in sets.items()}
+    logged = {"data": to_dict(d), "refine.spacing_mm": spacing, "seed": params.seed}
+    with start_run(params.tracking, "prepare_fine", logged) as run:
+        t0 = time.perf_counter()
+        training = prepare_fine(list_split(d.root, d.train_split, d.gt, d.dataset), spacing)
+        train_idx, val_idx = split_train_val(len(training), d.val_fraction, params.seed)
+        test = prepare_fine(list_split(d.root, d.test_split, d.gt, d.dataset), spacing)
+        sets = {"train": training.subset(train_idx), "val": training.subset(val_idx), "test": test}
+        for name, data in sets.items():
+            data.save(args.out / f"{name}.npz")
+        sizes = {name: tuple(data.images.shape) for name, data in sets.items()}
+        run.log_metrics({f"{name}_images": len(data) for name, data in sets.items()})
     print(f"fine images at {spacing} mm/px: {sizes} in {time.perf_counter() - t0:.1f} s -> {args.out}")
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from mahtnet.config import load_params  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.landmarks import LANDMARK_NAMES  # noqa: E402
 from mahtnet.shape_decode import fit_prior_from_prepared  # noqa: E402
+from mahtnet.tracking import start_run  # noqa: E402
 
 
 def main() -> None:
@@ -20,17 +22,21 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--metrics", required=True, type=Path)
     args = parser.parse_args()
-    t0 = time.perf_counter()
-    train = PreparedSet.load(args.prepared)
-    prior = fit_prior_from_prepared(train)
-    prior.save(args.out)
-    summary = {
-        "shapes": len(train),
-        "modes": int(prior.modes.shape[0]),
-        "residual_sd_mm": dict(zip(LANDMARK_NAMES, map(float, prior.residual_sd), strict=True)),
-        "seconds": time.perf_counter() - t0,
-    }
-    write_json(args.metrics, summary)
+    params = load_params()
+    with start_run(params.tracking, "shape_prior", {"prepared": str(args.prepared)}) as run:
+        t0 = time.perf_counter()
+        train = PreparedSet.load(args.prepared)
+        prior = fit_prior_from_prepared(train)
+        prior.save(args.out)
+        summary = {
+            "shapes": len(train),
+            "modes": int(prior.modes.shape[0]),
+            "residual_sd_mm": dict(zip(LANDMARK_NAMES, map(float, prior.residual_sd), strict=True)),
+            "seconds": time.perf_counter() - t0,
+        }
+        write_json(args.metrics, summary)
+        run.log_metrics({"shapes": summary["shapes"], "modes": summary["modes"]})
+        run.log_artifact(args.metrics)
     print(f"shape prior from {len(train)} training shapes: {summary['modes']} modes -> {args.out}")
 
 
