@@ -24,7 +24,8 @@ from mahtnet.io import write_json  # noqa: E402
 from mahtnet.refine import FineSet  # noqa: E402
 from mahtnet.refine_train import train_refiner  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
-from mahtnet.train import StageOutputs, stage_codec, train  # noqa: E402
+from mahtnet.train import stage_codec, train  # noqa: E402
+from mahtnet.trainer import StageOutputs  # noqa: E402
 
 
 def load_val_targets(folder: Path, codec: HeatmapCodec) -> np.ndarray:

@@ -15,7 +15,8 @@ from mahtnet.evaluate import Decoding, evaluate_variants
 from mahtnet.refine import FineSet
 from mahtnet.refine_train import load_refiner, train_refiner
 from mahtnet.shape_decode import fit_prior_from_prepared
-from mahtnet.train import Callback, SigmaCurriculum, StageOutputs, Trainer, TrainerSettings, stage_task
+from mahtnet.train import SigmaCurriculum, stage_task
+from mahtnet.trainer import Callback, StageOutputs, Trainer, TrainerSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -24,7 +24,8 @@ from mahtnet.checkpoint import CheckpointError, average_state_dicts, load_checkp
 from mahtnet.codec import HeatmapCodec, encode_set
 from mahtnet.config import EarlyStoppingParams, parse_params
 from mahtnet.data.preprocess import PreparedSet
-from mahtnet.train import EarlyStopping, StageOutputs, build_stage_model, configure_stage, train
+from mahtnet.train import build_stage_model, configure_stage, train
+from mahtnet.trainer import EarlyStopping, StageOutputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SIZE = 64
@@ -152,7 +153,8 @@ sys.path.insert(0, {src!r})
 import torch
 torch.set_num_threads(1)
 from mahtnet.config import parse_params
-from mahtnet.train import StageOutputs, train
+from mahtnet.train import train
+from mahtnet.trainer import StageOutputs
 from pathlib import Path
 raw, train_set, val_set, out = pickle.load(open(sys.argv[1], "rb"))
 out = Path(out)

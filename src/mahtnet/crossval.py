@@ -20,7 +20,8 @@ from mahtnet.codec import encode_set
 from mahtnet.config import Params
 from mahtnet.data.preprocess import PreparedSet, split_train_val
 from mahtnet.evaluate import evaluate
-from mahtnet.train import StageOutputs, stage_codec, train
+from mahtnet.train import stage_codec, train
+from mahtnet.trainer import StageOutputs
 
 STAGES_OF = {"baseline": ("baseline",), "maht_net": ("stage1", "stage2", "stage3")}
 

@@ -1,4 +1,4 @@
-"""The refinement stage as a :class:`~mahtnet.train.TrainTask`: a small U-Net trained on
+"""The refinement stage as a :class:`~mahtnet.trainer.TrainTask`: a small U-Net trained on
 fine-resolution patches around each landmark, with patch centres jittered by the coarse
 model's own validation errors, validated on patches centred on the coarse model's
 validation predictions (the situation it will meet at test time)."""
@@ -31,15 +31,8 @@ from mahtnet.refine import (
     refine_points,
 )
 from mahtnet.tracking import Run
-from mahtnet.train import (
-    StageOutputs,
-    Trainer,
-    TrainerSettings,
-    TrainResult,
-    TrainTask,
-    configure_stage,
-    seed_everything,
-)
+from mahtnet.train import configure_stage
+from mahtnet.trainer import StageOutputs, Trainer, TrainerSettings, TrainResult, TrainTask, seed_everything
 
 
 def coarse_predictions(
