@@ -188,8 +188,10 @@ class Decoding:
         return ["coarse"] + ["shape"] * (self.prior is not None) + ["refined"] * (self.refiner is not None)
 
 
-def _coarse(path, data: PreparedSet, dev, batch_size: int, how: Decoding, prior: ShapePrior | None):
-    """One checkpoint's landmarks (original px), confidences and landmark names."""
+def _coarse(path, data: PreparedSet, dev, batch_size: int, how: Decoding):
+    """One checkpoint's landmarks (original px) per coarse variant (``coarse``, and ``shape``
+    when ``how.prior`` is set: both decoded from the same forward passes), its confidences
+    and landmark names."""
     payload = load_checkpoint(path)
     model, codec, output_kind = model_from_checkpoint(payload)
     if tuple(data.images.shape[1:]) != codec.input_size:
@@ -198,15 +200,23 @@ def _coarse(path, data: PreparedSet, dev, batch_size: int, how: Decoding, prior:
             f"{codec.input_size}; re-run preprocess with the checkpoint's input size"
         )
     decode = None
-    if prior is not None:
-        decode = lambda logs, index: shape_consistent_decode(  # noqa: E731
-            logs, codec, prior, prepared_to_mm(data, index), k=how.candidates
-        )[0]
+    if how.prior is not None:
+
+        def decode(logs: np.ndarray, index: np.ndarray) -> np.ndarray:  # (B, 2, K, 2)
+            argmax = codec.decode(logs, is_log=True)[0]
+            to_mm = prepared_to_mm(data, index)
+            shape = shape_consistent_decode(logs, codec, how.prior, to_mm, k=how.candidates)[0]
+            return np.stack([argmax, shape], axis=1)
+
     transforms = how.transforms or [IDENTITY]
     coords, conf = predict_tta(
         model.to(dev), data.images, codec, output_kind, dev, transforms, batch_size, decode=decode
     )
-    return data.to_original(coords), conf, list(payload["meta"]["landmark_names"])
+    if decode is None:
+        coords = coords[:, None]  # (N, 1, K, 2): the arg-max only
+    variants = [v for v in how.variants() if v != "refined"]
+    preds = {v: data.to_original(coords[:, i]) for i, v in enumerate(variants)}
+    return preds, conf, list(payload["meta"]["landmark_names"])
 
 
 def evaluate_variants(
@@ -225,16 +235,15 @@ def evaluate_variants(
     if not paths:
         raise ValueError("no checkpoint to evaluate")
     dev = select_device(device)
+    runs = [_coarse(p, data, dev, batch_size, how) for p in paths]
+    names = runs[0][2]
+    for path, run in zip(paths, runs, strict=True):
+        if run[2] != names:
+            raise ValueError(f"checkpoint {path} predicts other landmarks than {paths[0]}")
+    conf = np.mean([r[1] for r in runs], axis=0)
     out: dict[str, Evaluation] = {}
-    for variant in [v for v in how.variants() if v != "refined"]:
-        runs = [
-            _coarse(p, data, dev, batch_size, how, how.prior if variant == "shape" else None) for p in paths
-        ]
-        names = runs[0][2]
-        for path, run in zip(paths, runs, strict=True):
-            if run[2] != names:
-                raise ValueError(f"checkpoint {path} predicts other landmarks than {paths[0]}")
-        pred, conf = np.mean([r[0] for r in runs], axis=0), np.mean([r[1] for r in runs], axis=0)
+    for variant in runs[0][0]:
+        pred = np.mean([r[0][variant] for r in runs], axis=0)
         out[variant] = make_evaluation(data, pred, conf, names, thresholds_mm)
     if how.refiner is not None:
         if how.fine is None or list(how.fine.ids) != list(data.ids):

@@ -47,9 +47,10 @@ def predict(
     """``images (N, H, W)`` uint8 -> landmarks ``(N, K, 2)`` prepared px and confidence
     ``(N, K)`` (peak probability of each heatmap).
 
-    ``decode(log_heatmaps (B, K, h, w), image_index (B,)) -> (B, K, 2)`` replaces the codec's
-    arg-max decoding of the landmarks (e.g. shape-consistent decoding); the confidence stays
-    the arg-max peak."""
+    ``decode(log_heatmaps (B, K, h, w), image_index (B,)) -> (B, ..., K, 2)`` replaces the
+    codec's arg-max decoding of the landmarks (e.g. shape-consistent decoding; extra leading
+    axes carry several decodings of the same forward pass, so the landmarks become
+    ``(N, ..., K, 2)``); the confidence stays the arg-max peak."""
     was_training = model.training
     model.eval()
     coords, conf = [], []
