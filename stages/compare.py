@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.multitest import multipletests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -22,7 +21,7 @@ from mahtnet.config import load_params, to_dict  # noqa: E402
 from mahtnet.evaluate import SDR_CURVE_MM, read_per_image, write_csv  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.plots import plot_paired_mre, plot_per_landmark_bars, plot_sdr_curves  # noqa: E402
-from mahtnet.stats import compare_many  # noqa: E402
+from mahtnet.stats import compare_many, holm_across  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
 
@@ -46,15 +45,18 @@ def compare_pairs(errors: dict, pairs: list[str], params, names) -> dict[str, di
             alpha=cp.alpha,
             landmark_names=names,
         )[b]
-        per_landmark = pd.DataFrame(res.pop("per_landmark"))
-        res["significant_landmarks"] = per_landmark.loc[per_landmark["reject"], "landmark"].tolist()
+        split_per_landmark(res)
         out[f"{b}_vs_{a}"] = res
-    if out:
-        p = [r["wilcoxon"]["p_value"] for r in out.values()]
-        reject, p_holm, _, _ = multipletests(p, alpha=params.compare.alpha, method="holm")
-        for r, ph, rj in zip(out.values(), p_holm, reject, strict=True):
-            r["wilcoxon"]["p_holm_pairs"], r["wilcoxon"]["reject_pairs"] = float(ph), bool(rj)
+    holm_across(out.values(), params.compare.alpha, "pairs")
     return out
+
+
+def split_per_landmark(res: dict) -> pd.DataFrame:
+    """Take a comparison's per-landmark tests out of it (a table of their own) and keep the
+    names of the landmarks that differ significantly after Holm correction."""
+    per_landmark = pd.DataFrame(res.pop("per_landmark"))
+    res["significant_landmarks"] = per_landmark.loc[per_landmark["reject"], "landmark"].tolist()
+    return per_landmark
 
 
 def main() -> None:
@@ -95,8 +97,7 @@ def main() -> None:
         )
         summary = {"reference": args.reference, "images": len(ids)}
         for model, res in results.items():
-            per_landmark = pd.DataFrame(res.pop("per_landmark"))
-            res["significant_landmarks"] = per_landmark.loc[per_landmark["reject"], "landmark"].tolist()
+            per_landmark = split_per_landmark(res)
             summary[model] = res
             write_csv(args.plots / f"per_landmark_{model}.csv", per_landmark, float_format="%.6g")
             plot_paired_mre(

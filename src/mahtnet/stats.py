@@ -237,11 +237,19 @@ def compare_many(errors: dict[str, np.ndarray], reference: str, holm: bool = Tru
             continue
         res = compare_paired(errors[reference], e, **kw)
         out[name] = {"reference": reference, "variant": name, **res}
-    if holm and out:
-        alpha = kw.get("alpha", 0.05)
-        p = np.array([r["wilcoxon"]["p_value"] for r in out.values()], dtype=np.float64)
-        reject, p_holm, _, _ = multipletests(p, alpha=alpha, method="holm")
-        for r, pj, rj in zip(out.values(), p_holm, reject, strict=True):
-            r["wilcoxon"]["p_holm_variants"] = float(pj)
-            r["wilcoxon"]["reject_variants"] = bool(rj)
+    if holm:
+        holm_across(out.values(), kw.get("alpha", 0.05), "variants")
     return out
+
+
+def holm_across(results, alpha: float, suffix: str) -> None:
+    """Holm-correct the image-level Wilcoxon p-values of several :func:`compare_paired`
+    results, in place: ``wilcoxon.p_holm_<suffix>`` and ``wilcoxon.reject_<suffix>``."""
+    results = list(results)
+    if not results:
+        return
+    p = np.array([r["wilcoxon"]["p_value"] for r in results], dtype=np.float64)
+    reject, p_holm, _, _ = multipletests(p, alpha=alpha, method="holm")
+    for r, pj, rj in zip(results, p_holm, reject, strict=True):
+        r["wilcoxon"][f"p_holm_{suffix}"] = float(pj)
+        r["wilcoxon"][f"reject_{suffix}"] = bool(rj)
