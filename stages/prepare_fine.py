@@ -1,6 +1,7 @@
 """Stage: the images of every split at the refinement resolution (``refine.spacing_mm``),
-with the same validation split as ``preprocess``: ``train.npz``, ``val.npz``, ``test.npz``
-(:class:`mahtnet.refine.FineSet`) under ``--out``, for the refinement stage and evaluation."""
+with the same validation split as ``preprocess`` (the same ``prepare_splits``): ``train.npz``,
+``val.npz``, ``test.npz`` (:class:`mahtnet.refine.FineSet`) under ``--out``, for the
+refinement stage and evaluation."""
 
 import argparse
 import sys
@@ -10,8 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.config import load_params, to_dict  # noqa: E402
-from mahtnet.data.isbi import list_split  # noqa: E402
-from mahtnet.data.preprocess import split_train_val  # noqa: E402
+from mahtnet.data.preprocess import prepare_splits  # noqa: E402
 from mahtnet.refine import prepare_fine  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
@@ -25,10 +25,7 @@ def main() -> None:
     logged = {"data": to_dict(d), "refine.spacing_mm": spacing, "seed": params.seed}
     with start_run(params.tracking, "prepare_fine", logged) as run:
         t0 = time.perf_counter()
-        training = prepare_fine(list_split(d.root, d.train_split, d.gt, d.dataset), spacing)
-        train_idx, val_idx = split_train_val(len(training), d.val_fraction, params.seed)
-        test = prepare_fine(list_split(d.root, d.test_split, d.gt, d.dataset), spacing)
-        sets = {"train": training.subset(train_idx), "val": training.subset(val_idx), "test": test}
+        sets = prepare_splits(d, params.seed, lambda samples: prepare_fine(samples, spacing))
         for name, data in sets.items():
             data.save(args.out / f"{name}.npz")
         sizes = {name: tuple(data.images.shape) for name, data in sets.items()}

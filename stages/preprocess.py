@@ -11,8 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.config import load_params, to_dict  # noqa: E402
-from mahtnet.data.isbi import list_split  # noqa: E402
-from mahtnet.data.preprocess import prepare, split_train_val  # noqa: E402
+from mahtnet.data.preprocess import prepare, prepare_splits  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
@@ -26,10 +25,7 @@ def main() -> None:
     logged = {"data": to_dict(d), "preprocess": to_dict(pp), "seed": params.seed}
     with start_run(params.tracking, "preprocess", logged) as run:
         t0 = time.perf_counter()
-        training = prepare(list_split(d.root, d.train_split, d.gt, d.dataset), pp.height, pp.width)
-        test = prepare(list_split(d.root, d.test_split, d.gt, d.dataset), pp.height, pp.width)
-        train_idx, val_idx = split_train_val(len(training), d.val_fraction, params.seed)
-        sets = {"train": training.subset(train_idx), "val": training.subset(val_idx), "test": test}
+        sets = prepare_splits(d, params.seed, lambda samples: prepare(samples, pp.height, pp.width))
         for name, data in sets.items():
             data.save(args.out / f"{name}.npz")
         summary = {f"{name}_images": len(data) for name, data in sets.items()}

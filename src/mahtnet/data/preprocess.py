@@ -8,13 +8,15 @@ is what ``cv2.resize`` does, so prepared <-> original coordinates map back exact
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from mahtnet.data.isbi import Sample, read_image
+from mahtnet.config import DataParams
+from mahtnet.data.isbi import Sample, list_split, read_image
 from mahtnet.io import load_npz, save_npz
 
 
@@ -152,3 +154,14 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
         raise ValueError(f"val_fraction {val_fraction} leaves no training images out of {n}")
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def prepare_splits(d: DataParams, seed: int, make: Callable[[list[Sample]], Any]) -> dict[str, Any]:
+    """``{"train", "val", "test"}``: the sets ``make`` builds from the samples of ``d``'s
+    training and test splits, the validation images carved from the training split by
+    :func:`split_train_val` (so every kind of set, e.g. prepared and fine-resolution, holds the
+    same images in each split)."""
+    training = make(list_split(d.root, d.train_split, d.gt, d.dataset))
+    test = make(list_split(d.root, d.test_split, d.gt, d.dataset))
+    train_idx, val_idx = split_train_val(len(training), d.val_fraction, seed)
+    return {"train": training.subset(train_idx), "val": training.subset(val_idx), "test": test}
