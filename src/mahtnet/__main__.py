@@ -1,0 +1,5 @@
+"""``python -m mahtnet``: the ``mahtnet`` command."""
+
+from mahtnet.cli import entry
+
+entry()
