@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet import metrics  # noqa: E402
 from mahtnet.config import load_params, to_dict  # noqa: E402
+from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.evaluate import SDR_CURVE_MM, read_per_image, write_csv  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.plots import plot_paired_mre, plot_per_landmark_bars, plot_sdr_curves  # noqa: E402
@@ -138,4 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

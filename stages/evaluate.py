@@ -33,6 +33,7 @@ from mahtnet.checkpoint import load_checkpoint  # noqa: E402
 from mahtnet.config import flatten, load_params, to_dict  # noqa: E402
 from mahtnet.data.isbi import list_split  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet, prepare  # noqa: E402
+from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.evaluate import Decoding, evaluate_variants, write_csv  # noqa: E402
 from mahtnet.refine import FineSet, prepare_fine  # noqa: E402
 from mahtnet.refine_train import load_refiner  # noqa: E402
@@ -148,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mahtnet.codec import HeatmapCodec, encode_set  # noqa: E402
 from mahtnet.config import load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.io import atomic_write, write_json  # noqa: E402
 from mahtnet.plots import plot_targets  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
@@ -81,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.config import load_params, to_dict  # noqa: E402
 from mahtnet.data.synthetic import generate_dataset  # noqa: E402
+from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
 
@@ -39,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -53,3 +54,25 @@ def edited(raw: dict, key: str, value=DELETE) -> dict:
     else:
         section[last] = value
     return out
+
+
+def write_dicom(path, raw: np.ndarray, photometric="MONOCHROME2", **tags) -> None:
+    """Uncompressed 16-bit single-frame DICOM; ``tags`` (e.g. PixelSpacing) are set as given."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = raw.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = raw.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)

@@ -10,6 +10,14 @@ with its pixel spacing), so one reader serves both datasets.
 
 Coordinates: ``(x, y)`` in original-image pixels, pixel centres at integer positions,
 origin at the top-left pixel centre.
+
+:func:`list_split` checks every annotation against its image's size (read from the header): a
+landmark may lie at most :data:`OUTSIDE_TOLERANCE` (2 %) of the image's larger side outside the
+box of pixel centres (48 px = 4.8 mm on the 1935x2400 ISBI images, whose 600 annotations all lie
+89 px or more inside it); a point farther out is an annotation error, e.g. a swapped or negated
+coordinate, and raises :class:`DataError` naming the file and line.
+
+Images are read by :func:`mahtnet.data.images.read_xray`, which refuses truncated files.
 """
 
 from __future__ import annotations
@@ -17,20 +25,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import cv2
 import numpy as np
 import yaml
 
-from mahtnet.landmarks import NUM_LANDMARKS
+from mahtnet.data.images import DataError, image_size, read_xray  # DataError: also imported from here
+from mahtnet.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
 
 ISBI_PIXEL_SPACING_MM = 0.1  # Wang et al. 2016, and the dataset README
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 GROUND_TRUTHS = ("mean", "senior", "junior")
 DATASETS = ("isbi2015", "synthetic")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file."""
+OUTSIDE_TOLERANCE = 0.02  # how far (fraction of the image's larger side) a landmark may lie outside
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,37 +48,58 @@ class Sample:
     junior: np.ndarray
 
 
-def read_annotation(path: str | Path) -> np.ndarray:
-    """Landmarks ``(K, 2)`` from one annotation file; lines after the K-th are ignored."""
-    path = Path(path)
+def _landmark_lines(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of an annotation file with their 1-based line numbers."""
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        raise FileNotFoundError(f"{path}: annotation file not found")
+    numbered = enumerate(path.read_text().splitlines(), start=1)
+    return [(n, line.strip()) for n, line in numbered if line.strip()]
+
+
+def read_annotation(path: str | Path) -> np.ndarray:
+    """Landmarks ``(K, 2)`` from one annotation file; blank lines and lines after the K-th are
+    ignored."""
+    path = Path(path)
+    lines = _landmark_lines(path)
     if len(lines) < NUM_LANDMARKS:
         raise DataError(f"{path}: has {len(lines)} landmark lines, expected {NUM_LANDMARKS} ('x,y' each)")
     points = np.empty((NUM_LANDMARKS, 2), dtype=np.float64)
-    for i, line in enumerate(lines[:NUM_LANDMARKS]):
+    for i, (n, line) in enumerate(lines[:NUM_LANDMARKS]):
         fields = line.replace(" ", "").split(",")
         try:
             if len(fields) != 2:
                 raise ValueError
             points[i] = [float(fields[0]), float(fields[1])]
         except ValueError:
-            raise DataError(f"{path}:{i + 1}: expected 'x,y', got {line!r}") from None
+            raise DataError(f"{path}:{n}: expected 'x,y', got {line!r}") from None
         if not np.all(np.isfinite(points[i])):
-            raise DataError(f"{path}:{i + 1}: non-finite coordinate {line!r}")
+            raise DataError(f"{path}:{n}: non-finite coordinate {line!r}")
     return points
 
 
+def check_inside(points: np.ndarray, ann_path: Path, image_path: Path) -> None:
+    """Raise :class:`DataError` naming ``ann_path`` and the line of the first landmark farther
+    than :data:`OUTSIDE_TOLERANCE` of the larger image side (Euclidean distance) outside the box of
+    pixel centres of ``image_path``, whose size is read from its header."""
+    width, height = image_size(image_path)
+    tolerance = OUTSIDE_TOLERANCE * max(width, height)
+    low, high = np.zeros(2), np.array([width - 1.0, height - 1.0])
+    outside = np.hypot(*np.maximum(np.maximum(low - points, points - high), 0.0).T)
+    far = np.flatnonzero(outside > tolerance)
+    if far.size:
+        k = int(far[0])
+        line = _landmark_lines(ann_path)[k][0]
+        x, y = points[k]
+        raise DataError(
+            f"{ann_path}:{line}: landmark {LANDMARK_NAMES[k]} at ({x:g}, {y:g}) lies outside the "
+            f"{width}x{height} image {image_path} (tolerance {tolerance:g} px)"
+        )
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Grayscale uint8 image ``(H, W)``; a clear error for a missing or unreadable file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None or image.size == 0:
-        raise DataError(f"unreadable or corrupt image: {path}")
-    return image
+    """Grayscale uint8 image ``(H, W)`` (:func:`mahtnet.data.images.read_xray`): a missing file
+    raises ``FileNotFoundError``, an unreadable or truncated one :class:`DataError`."""
+    return read_xray(path).pixels
 
 
 def pixel_spacing(root: str | Path, dataset: str) -> float:
@@ -84,7 +110,7 @@ def pixel_spacing(root: str | Path, dataset: str) -> float:
     if dataset == "synthetic":
         meta = root / "dataset.yaml"
         if not meta.is_file():
-            raise FileNotFoundError(f"synthetic dataset description not found: {meta}")
+            raise FileNotFoundError(f"{meta}: synthetic dataset description not found")
         return float(yaml.safe_load(meta.read_text())["pixel_spacing_mm"])
     raise KeyError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
 
@@ -108,10 +134,14 @@ def ground_truth(senior: np.ndarray, junior: np.ndarray, gt: str) -> np.ndarray:
     raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(GROUND_TRUTHS)}")
 
 
+def annotation_path(root: Path, who: str, image_id: str) -> Path:
+    """The annotation file of one doctor (``senior`` or ``junior``) for one image."""
+    return root / "AnnotationsByMD" / f"400_{who}" / f"{image_id}.txt"
+
+
 def load_doctors(root: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """Both doctors' annotations of one image: ``(senior, junior)``."""
-    ann = root / "AnnotationsByMD"
-    return tuple(read_annotation(ann / f"400_{who}" / f"{image_id}.txt") for who in ("senior", "junior"))
+    return tuple(read_annotation(annotation_path(root, who, image_id)) for who in ("senior", "junior"))
 
 
 def load_landmarks(root: Path, image_id: str, gt: str) -> np.ndarray:
@@ -122,10 +152,11 @@ def load_landmarks(root: Path, image_id: str, gt: str) -> np.ndarray:
 
 
 def list_split(root: str | Path, split: str, gt: str = "mean", dataset: str = "isbi2015") -> list[Sample]:
-    """All samples of one split, sorted by image id."""
+    """All samples of one split, sorted by image id; every annotation checked against its image's
+    size (:func:`check_inside`)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
+        raise FileNotFoundError(f"{root}: dataset root not found")
     split_dir = root / "RawImage" / split
     if not split_dir.is_dir():
         present = sorted(p.name for p in (root / "RawImage").glob("*") if p.is_dir())
@@ -141,7 +172,8 @@ def list_split(root: str | Path, split: str, gt: str = "mean", dataset: str = "i
     samples = []
     for i in ids:
         senior, junior = load_doctors(root, i)
-        samples.append(
-            Sample(i, _find_image(split_dir, i), ground_truth(senior, junior, gt), spacing, senior, junior)
-        )
+        image_path = _find_image(split_dir, i)
+        for who, points in (("senior", senior), ("junior", junior)):
+            check_inside(points, annotation_path(root, who, i), image_path)
+        samples.append(Sample(i, image_path, ground_truth(senior, junior, gt), spacing, senior, junior))
     return samples
