@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mahtnet.codec import HeatmapCodec  # noqa: E402
 from mahtnet.config import STAGES, load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
+from mahtnet.model_registry import log_stage_model  # noqa: E402
 from mahtnet.refine import FineSet  # noqa: E402
 from mahtnet.refine_train import train_refiner  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
@@ -52,6 +55,14 @@ def run_stage(params, args, train_set, val_set, outputs, run):
     return train(params, args.stage, train_set, val_set, outputs, args.init, run, val_targets)
 
 
+def log_model(run, args, result, images: str) -> None:
+    """The stage's network as a new version of its architecture's MLflow registered model."""
+    t0 = time.perf_counter()
+    tags = {"val_mre_mm": f"{result.output_val_mre_mm:.4f}", "training_images": images}
+    name, version = log_stage_model(run, args.checkpoint, args.coarse, tags)
+    print(f"registered as MLflow model {name} version {version} ({time.perf_counter() - t0:.1f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stage", required=True, choices=(*STAGES, "refine"))
@@ -79,6 +90,8 @@ def main() -> None:
             return
         summary = dataclasses.asdict(result)
         write_json(args.metrics, summary)
+        if params.tracking.log_models:  # first: MLflow links the summary metrics below to the model
+            log_model(run, args, result, f"{len(train_set)} train + {len(val_set)} validation")
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         run.set_tags({"checkpoint": args.checkpoint, "stop_reason": result.stop_reason or "-"})
         for path in (args.history, args.metrics, args.grad_flow):
@@ -91,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -224,6 +224,7 @@ class CrossvalParams:
 class TrackingParams:
     experiment: str  # MLflow experiment name
     uri: str | None  # MLflow tracking URI; null = sqlite file at the repo root
+    log_models: bool  # training stages log their network as an MLflow model (mahtnet.model_registry)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,17 +4,24 @@ The store defaults to ``sqlite:///<repo root>/mlflow.db`` with artifacts in
 ``<repo root>/mlartifacts``; the root is found even from a DVC experiment workspace, so
 queued ``dvc exp run`` experiments log to the same store. ``MLFLOW_TRACKING_URI`` or
 ``tracking.uri`` in ``params.yaml`` point it elsewhere (e.g. a team server).
+
+Models (:func:`log_torch_model`, :func:`log_onnx_model`) are logged into the run and
+registered as a new version of a registered model in the same store; a failed registration
+raises. What is logged under which name: :mod:`mahtnet.model_registry`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mahtnet.config import TrackingParams, flatten
 from mahtnet.paths import repo_root
@@ -56,6 +63,105 @@ class Run:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_torch_model(
+    run: Run,
+    net: Any,
+    example: np.ndarray,
+    registered_name: str,
+    tags: dict[str, Any] | None = None,
+    metadata: dict | None = None,
+) -> int:
+    """Log ``net`` (a module mapping one float32 tensor to one tensor) into ``run`` as an MLflow
+    PyTorch model in the ``pt2`` format (a ``torch.export`` program: loading needs torch, neither
+    this package nor pickle) and register it as a new version of ``registered_name`` with ``tags``
+    (version and logged-model tags) and ``metadata`` (in ``MLmodel``). ``example (B, C, H, W)``
+    float32 with B > 1 (a batch of 1 would fix the exported batch size): the traced input, saved
+    as the input example. Metrics the run logs afterwards at step 0 (a stage's summary) are
+    linked to the model. Returns the version number; a failed registration raises."""
+    import torch
+
+    _check_example(example)
+    net = net.eval()
+    with torch.no_grad():
+        output = net(torch.from_numpy(example[:1])).numpy()  # for the output signature
+    info = run._mlflow.pytorch.log_model(
+        net,
+        name="model",
+        serialization_format="pt2",
+        signature=_signature(example, output),
+        input_example=example,
+        pip_requirements=[_pinned("torch")],  # no dependency inference (a slow subprocess)
+        registered_model_name=registered_name,
+        tags=_strings({**(tags or {}), "model_format": "pytorch pt2"}),
+        metadata=metadata,
+        validate_serving_input=False,  # Model.log's reload + predict check: about 1 s, only warns
+    )
+    return _registered_version(info, registered_name)
+
+
+def log_onnx_model(
+    run: Run,
+    onnx_path: str | Path,
+    example: np.ndarray,
+    registered_name: str,
+    tags: dict[str, Any] | None = None,
+    metadata: dict | None = None,
+) -> int:
+    """Log the ONNX file ``onnx_path`` (one input, one output) into ``run`` as an MLflow ONNX
+    model and register it, like :func:`log_torch_model`; ``example (B, C, H, W)`` float32 (any
+    B the file accepts) is run through onnxruntime once for the output signature."""
+    import onnx
+    import onnxruntime
+
+    _check_example(example)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    output = session.run(None, {session.get_inputs()[0].name: example})[0]
+    info = run._mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)),
+        name="onnx_model",
+        signature=_signature(example, output),
+        input_example=example,
+        pip_requirements=[_pinned("onnx"), _pinned("onnxruntime")],
+        registered_model_name=registered_name,
+        tags=_strings({**(tags or {}), "model_format": "onnx"}),
+        metadata=metadata,
+        save_as_external_data=False,  # one self-contained model.onnx
+    )
+    return _registered_version(info, registered_name)
+
+
+def _check_example(example: np.ndarray) -> None:
+    if not isinstance(example, np.ndarray) or example.dtype != np.float32 or example.ndim != 4:
+        got = f"{example.dtype} {example.shape}" if isinstance(example, np.ndarray) else type(example)
+        raise ValueError(f"a model example must be float32 network input (B, C, H, W), got {got}")
+
+
+def _strings(tags: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in tags.items()}
+
+
+def _pinned(distribution: str) -> str:
+    """``name==installed version``, without a local build tag such as ``+cu130`` (not on PyPI)."""
+    return f"{distribution}=={importlib.metadata.version(distribution).split('+')[0]}"
+
+
+def _signature(example: np.ndarray, output: np.ndarray) -> Any:
+    """Tensor signature of one input and one output, with a variable batch size."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(a: np.ndarray) -> Schema:
+        return Schema([TensorSpec(a.dtype, (-1, *a.shape[1:]))])
+
+    return ModelSignature(inputs=spec(example), outputs=spec(output))
+
+
+def _registered_version(info: Any, name: str) -> int:
+    if info.registered_model_version is None:  # MLflow raises on a failed registration; be sure
+        raise RuntimeError(f"MLflow logged {info.model_uri} but registered no version of '{name}'")
+    return int(info.registered_model_version)
 
 
 @contextlib.contextmanager
