@@ -136,6 +136,35 @@ def test_mlflow_has_one_run_per_stage(pipeline):
         "peak_memory_mb",
     } <= metrics
     assert {"grad_norm_transformer", "act_std_head", "mre_mm", "train_softmax_ce"} <= metrics
+    assert {"export:maht_net", "export:baseline"} <= names
+    with sqlite3.connect(db) as con:
+        registered = {row[0] for row in con.execute("select name from registered_models")}
+        versions = {
+            row[0]: row[1]
+            for row in con.execute("select name, max(version) from model_versions group by name")
+        }
+    assert registered == {"unet", "maht_net", "refiner_unet", "refiner_maht_net"}
+    assert versions["maht_net"] == 4 and versions["unet"] == 2  # stages 1-3 + ONNX; baseline + ONNX
+
+
+def test_onnx_export_and_predict_on_a_test_image(pipeline, tmp_path):
+    export = json.loads((pipeline / "metrics" / "export.json").read_text())
+    for name in ("maht_net", "baseline"):
+        assert export[name]["max_diff_px"] <= 0.05  # PyTorch vs onnxruntime, original px
+        assert export[name]["mre_mm_onnx"] == pytest.approx(export[name]["mre_mm_pytorch"], abs=0.01)
+        assert (pipeline / "data" / "models" / f"{name}.onnx").is_file()
+    image = sorted((pipeline / "data" / "synthetic" / "RawImage" / "Test1Data").iterdir())[0]
+    for model in ("data/models/maht_net.onnx", "data/models/stage3.pt"):
+        out = tmp_path / Path(model).suffix[1:]
+        args = ["predict", str(image), "--model", model, "--out", str(out), "--pixel-spacing", "0.5"]
+        args += ["--shape-prior", "data/models/shape_prior.npz"]
+        if model.endswith(".pt"):
+            args += ["--refiner", "data/models/refine_maht_net.pt"]
+        result = _run([sys.executable, "-m", "mahtnet", *args], pipeline)
+        assert result.returncode == 0, result.stderr[-2000:]
+        doc = json.loads((out / f"{image.stem}.json").read_text())
+        assert doc["decoding"] == ("refined" if model.endswith(".pt") else "shape-consistent")
+        assert len(doc["landmarks"]) == 19 and doc["measurements"]["MW"]["value"] is not None
 
 
 def test_evaluate_command_on_a_dataset_root(pipeline, tmp_path):

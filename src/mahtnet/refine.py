@@ -114,22 +114,37 @@ def prepare_fine(samples: Sequence[Sample], spacing_mm: float) -> FineSet:
     dataset is coarser than that)."""
     if not samples:
         raise ValueError("prepare_fine needs at least one sample")
-    images, scales = [], []
-    for s in samples:
-        scale = fine_scale(s.pixel_spacing_mm, spacing_mm)
-        images.append(resample(read_image(s.image_path), scale))
-        scales.append(scale)
+    return fine_from_images(
+        [read_image(s.image_path) for s in samples],
+        [s.pixel_spacing_mm for s in samples],
+        spacing_mm,
+        np.stack([s.landmarks for s in samples]),
+        ids=[s.image_id for s in samples],
+    )
+
+
+def fine_from_images(
+    images: Sequence[np.ndarray],
+    spacings_mm: Sequence[float],
+    spacing_mm: float,
+    landmarks: np.ndarray,
+    ids: Sequence[str] | None = None,
+) -> FineSet:
+    """Images ``(H, W)`` of pixel spacings ``spacings_mm`` resampled to ``spacing_mm`` (never
+    upsampled), with their landmarks ``(N, K, 2)`` original px (zeros for new X-rays)."""
+    scales = [fine_scale(orig, spacing_mm) for orig in spacings_mm]
+    images = [resample(im, scale) for im, scale in zip(images, scales, strict=True)]
     sizes = np.array([im.shape[:2] for im in images], dtype=np.int64)
     canvas = np.zeros((len(images), *sizes.max(axis=0)), dtype=np.uint8)
     for i, im in enumerate(images):
         canvas[i, : im.shape[0], : im.shape[1]] = im
     return FineSet(
-        ids=np.array([s.image_id for s in samples]),
+        ids=np.array(ids if ids is not None else [str(i) for i in range(len(images))]),
         images=canvas,
         sizes=sizes,
         scales=np.array(scales, dtype=np.float64),
-        landmarks_orig=np.stack([s.landmarks for s in samples]).astype(np.float64),
-        spacing=np.array([s.pixel_spacing_mm for s in samples], dtype=np.float64),
+        landmarks_orig=np.asarray(landmarks, dtype=np.float64),
+        spacing=np.array(spacings_mm, dtype=np.float64),
     )
 
 

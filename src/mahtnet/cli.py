@@ -1,0 +1,109 @@
+"""The ``mahtnet`` command (also ``python -m mahtnet``).
+
+::
+
+    mahtnet predict IMAGE_OR_FOLDER... --model data/models/stage3.pt|data/models/maht_net.onnx
+        [--out DIR] [--pixel-spacing MM] [--device auto|cpu|cuda] [--batch-size N]
+        [--shape-prior data/models/shape_prior.npz] [--refiner data/models/refine_maht_net.pt]
+        [--isbi-txt] [--threads N]
+    mahtnet evaluate|export|benchmark ...   (the stage / benchmark scripts, same arguments)
+
+Errors end in one line, ``error: <file or key>: <reason>`` (``--debug`` or
+``MAHTNET_DEBUG=1``: the traceback). In a folder run, a bad file is reported and skipped,
+the others are processed, and the exit status is 1 at the end. See docs/predict.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+WRAPPED = {
+    "evaluate": "stages/evaluate.py",
+    "export": "stages/export.py",
+    "benchmark": "scripts/benchmark_speed.py",
+}
+
+
+def predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="landmarks of new X-rays (JPEG, PNG, BMP, TIFF, DICOM)")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (walked recursively)")
+    p.add_argument("--model", required=True, type=Path, help="a checkpoint (.pt) or an exported .onnx")
+    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    p.add_argument("--pixel-spacing", type=float, help="mm per pixel; wins over the file's own (DICOM)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
+    p.add_argument("--shape-prior", type=Path, help="shape_prior stage model: shape-consistent decoding")
+    p.add_argument("--refiner", type=Path, help="train_refine checkpoint: coarse-to-fine (PyTorch)")
+    p.add_argument("--isbi-txt", action="store_true", help="also <name>.txt, the ISBI 19-line 'x,y' format")
+    p.add_argument("--no-overlay", action="store_true", help="skip the <name>.png pictures")
+
+
+def iter_images(inputs: Sequence[Path]) -> Iterator[Path]:
+    """Files as given; folders walked recursively for X-ray suffixes (sorted). A missing
+    input or a folder without images is an error."""
+    from mahtnet.data.images import XRAY_SUFFIXES
+
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in XRAY_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{path}: no images in this folder ({', '.join(XRAY_SUFFIXES)})")
+            yield from found
+        elif path.exists():
+            yield path
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """One output name per input: its stem, made unique with ``-2``, ``-3``... on a clash."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        seen[p.stem] = seen.get(p.stem, 0) + 1
+        names.append(p.stem if seen[p.stem] == 1 else f"{p.stem}-{seen[p.stem]}")
+    return names
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from mahtnet.predict_run import PredictRun
+
+    files = list(iter_images(args.inputs))
+    return PredictRun(args).run(files, output_names(files))
+
+
+def run_wrapped(command: str, argv: Sequence[str]) -> int:
+    """``mahtnet evaluate|export|benchmark ARGS``: the repository's script with ``ARGS``."""
+    from mahtnet.paths import repo_root
+
+    script = repo_root() / WRAPPED[command]
+    if not script.is_file():
+        raise FileNotFoundError(
+            f"{script}: not found (mahtnet {command} runs from a clone of the repository)"
+        )
+    return subprocess.call([sys.executable, str(script), *argv])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mahtnet.errors import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in WRAPPED:
+        return run_cli(lambda: run_wrapped(argv[0], argv[1:]), argv)
+    parser = argparse.ArgumentParser(prog="mahtnet", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    predict_parser(sub)
+    for name, script in WRAPPED.items():
+        sub.add_parser(name, help=f"{script} (same arguments)", add_help=False)
+    return run_cli(lambda: run_predict(parser.parse_args([a for a in argv if a != "--debug"])), argv)
+
+
+def entry() -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""ONNX export of a trained model, and its parity and latency against PyTorch.
+
+The exported graph is :class:`mahtnet.deploy.HeatmapNet`: input ``images`` ``(batch, 1, H,
+W)`` float32 in [0, 1], output ``log_heatmaps`` ``(batch, K, h, w)``; the batch axis is
+dynamic. The model card (:func:`mahtnet.predict.card_meta`: architecture, input size,
+heatmap sigma and stride, landmark names, training data) is stored as the ONNX metadata
+entry ``mahtnet``, so ``mahtnet predict --model X.onnx`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mahtnet.card import card_meta, sha256
+from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.deploy import HeatmapNet
+from mahtnet.io import atomic_write
+from mahtnet.metrics import radial_errors_mm
+from mahtnet.predict import ONNX_META_KEY, OnnxBackend, TorchBackend
+
+OPSET = 17
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
+    """Write ``checkpoint``'s network as ONNX (atomically) with the model card as metadata."""
+    import onnx
+
+    payload = load_checkpoint(checkpoint)
+    model, _, output_kind = model_from_checkpoint(payload)
+    net = HeatmapNet(model, output_kind).eval()
+    example = torch.zeros(1, 1, *payload["meta"]["input_size"])
+    meta = card_meta(payload["meta"]) | {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256(checkpoint),
+    }
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():  # tracer notes on shape checks that are constant here
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net, (example,), str(tmp), dynamo=False, opset_version=opset,
+                input_names=["images"], output_names=["log_heatmaps"],
+                dynamic_axes={"images": {0: "batch"}, "log_heatmaps": {0: "batch"}},
+            )  # fmt: skip
+        graph = onnx.load(str(tmp))
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = ONNX_META_KEY, json.dumps(meta)
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(tmp))
+
+    return atomic_write(out, write)
+
+
+def decode_all(backend, data: PreparedSet, batch_size: int = 8) -> np.ndarray:
+    """Arg-max landmarks ``(N, K, 2)`` original px of every prepared image."""
+    codec = backend.card.codec()
+    coords = [
+        codec.decode(backend(data.images[s : s + batch_size]), is_log=True)[0]
+        for s in range(0, len(data.images), batch_size)
+    ]
+    return data.to_original(np.concatenate(coords))
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000.0)
+
+
+def latency_ms(checkpoint: Path, onnx_path: Path, image: np.ndarray, repeats: int) -> dict[str, float]:
+    """Network latency at batch 1 (one prepared image): PyTorch and onnxruntime, 1 and 2 threads."""
+    out = {}
+    threads_before = torch.get_num_threads()
+    batch = image[None]
+    torch_backend = TorchBackend(checkpoint, "cpu")
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        out[f"pytorch_{threads}_threads_ms"] = median_ms(lambda: torch_backend(batch), repeats)
+        ort_backend = OnnxBackend(onnx_path, threads)
+        out[f"onnxruntime_{threads}_threads_ms"] = median_ms(lambda b=ort_backend: b(batch), repeats)
+    torch.set_num_threads(threads_before)
+    return out
+
+
+def parity(checkpoint: Path, onnx_path: Path, data: PreparedSet, repeats: int = 10) -> dict[str, Any]:
+    """PyTorch vs onnxruntime on ``data``: the landmark difference (original px) and each MRE."""
+    ref = decode_all(TorchBackend(checkpoint, "cpu"), data)
+    got = decode_all(OnnxBackend(onnx_path), data)
+    diff = np.linalg.norm(got - ref, axis=-1)
+    return {
+        "onnx_file": str(onnx_path),
+        "onnx_mb": onnx_path.stat().st_size / 2**20,
+        "opset": OPSET,
+        "images": len(data.images),
+        "max_diff_px": float(diff.max()),
+        "mean_diff_px": float(diff.mean()),
+        "mre_mm_pytorch": float(radial_errors_mm(ref, data.landmarks_orig, data.spacing).mean()),
+        "mre_mm_onnx": float(radial_errors_mm(got, data.landmarks_orig, data.spacing).mean()),
+        "latency_batch1": latency_ms(checkpoint, onnx_path, data.images[0], repeats),
+    }

@@ -1,0 +1,66 @@
+"""Stage: export each trained model to ONNX (``<out-dir>/<name>.onnx``) and measure it against
+PyTorch on the prepared test split: the largest and mean landmark difference in original
+pixels, each MRE, and the network latency at batch 1 (1 and 2 threads)::
+
+    python stages/export.py --model maht_net=data/models/stage3.pt --model baseline=data/models/baseline.pt \\
+        --prepared data/prepared/test.npz --out-dir data/models --metrics metrics/export.json
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet.config import load_params  # noqa: E402
+from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.errors import run_cli  # noqa: E402
+from mahtnet.export import OPSET, export_onnx, parity  # noqa: E402
+from mahtnet.io import write_json  # noqa: E402
+from mahtnet.model_registry import log_onnx_export  # noqa: E402
+from mahtnet.tracking import start_run  # noqa: E402
+
+
+def model_arg(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {text!r}")
+    return name, Path(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, type=model_arg, action="append", help="NAME=CHECKPOINT")
+    parser.add_argument("--prepared", required=True, type=Path, help="the test split (test.npz)")
+    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path)
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure")
+    args = parser.parse_args()
+    params = load_params()
+    data = PreparedSet.load(args.prepared)
+    summary = {}
+    for name, checkpoint in args.model:
+        with start_run(
+            params.tracking, f"export:{name}", {"checkpoint": str(checkpoint), "opset": OPSET}
+        ) as run:
+            onnx_path = export_onnx(checkpoint, args.out_dir / f"{name}.onnx")
+            summary[name] = parity(checkpoint, onnx_path, data, args.repeats)
+            run.log_metrics({k: v for k, v in summary[name].items() if isinstance(v, float)})
+            if params.tracking.log_models:
+                log_onnx_export(run, checkpoint, onnx_path, tags={"opset": OPSET})
+        s = summary[name]
+        lat = s["latency_batch1"]
+        print(
+            f"{name}: {onnx_path} ({s['onnx_mb']:.1f} MB), max diff {s['max_diff_px']:.4f} px, MRE "
+            f"{s['mre_mm_pytorch']:.4f} (PyTorch) / {s['mre_mm_onnx']:.4f} mm (ONNX); batch-1 latency "
+            f"PyTorch {lat['pytorch_1_threads_ms']:.1f} / {lat['pytorch_2_threads_ms']:.1f} ms, onnxruntime "
+            f"{lat['onnxruntime_1_threads_ms']:.1f} / {lat['onnxruntime_2_threads_ms']:.1f} ms "
+            "(1 / 2 threads)"
+        )
+    write_json(args.metrics, summary)
+
+
+if __name__ == "__main__":
+    run_cli(main)
