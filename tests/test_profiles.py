@@ -25,7 +25,7 @@ def test_profiles_choose_the_ground_truth_and_the_readme_names_them(params_raw):
     assert with_settings(params_raw, PROFILES["isbi-mean"]["set"]).data.gt == "mean"
     readme = (REPO / "README.md").read_text()
     for name in PROFILES:
-        assert f"scripts/profile.py {name}" in readme
+        assert f"scripts/run_profile.py {name}" in readme
 
 
 def test_unknown_keys_are_named(params_raw):
@@ -37,7 +37,7 @@ def test_unknown_keys_are_named(params_raw):
 
 def test_profile_script_prints_the_dvc_command_with_extra_settings_last():
     result = subprocess.run(
-        [sys.executable, "scripts/profile.py", "isbi-senior", "--print", "-S", "seed=7"],
+        [sys.executable, "scripts/run_profile.py", "isbi-senior", "--print", "-S", "seed=7"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -1,10 +1,10 @@
 """Run a named parameter profile (``profiles.yaml``) as a DVC experiment: one word instead
 of a dozen ``-S`` flags.
 
-    python scripts/profile.py                         # list the profiles
-    python scripts/profile.py isbi-senior             # dvc exp run -n isbi-senior -S ...
-    python scripts/profile.py isbi-senior --print     # print the command only
-    python scripts/profile.py isbi-senior --queue -S seed=1 -n isbi-senior-seed1
+    python scripts/run_profile.py                         # list the profiles
+    python scripts/run_profile.py isbi-senior             # dvc exp run -n isbi-senior -S ...
+    python scripts/run_profile.py isbi-senior --print     # print the command only
+    python scripts/run_profile.py isbi-senior --queue -S seed=1 -n isbi-senior-seed1
 
 Extra ``-S key=value`` settings follow the profile's, so they win.
 """
