@@ -166,3 +166,7 @@ def test_empty_folder_and_missing_model(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path / "missing.onnx")])
     assert "missing.onnx" in capsys.readouterr().err
+
+
+def test_wrapped_commands_run_the_scripts(capsys):
+    assert main(["export", "--help"]) == 0  # stages/export.py's own help, through a subprocess

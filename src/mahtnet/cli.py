@@ -25,7 +25,7 @@ from pathlib import Path
 WRAPPED = {
     "evaluate": "stages/evaluate.py",
     "export": "stages/export.py",
-    "benchmark": "scripts/benchmark_speed.py",
+    "benchmark": "scripts/benchmark_predict.py",
 }
 
 
