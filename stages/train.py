@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.codec import HeatmapCodec  # noqa: E402
-from mahtnet.config import STAGES, load_params, to_dict  # noqa: E402
+from mahtnet.config import STAGES, STUDENT_STAGES, load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
@@ -52,7 +52,7 @@ def run_stage(params, args, train_set, val_set, outputs, run):
     if args.targets is None:
         raise SystemExit(f"--stage {args.stage} needs --targets")
     val_targets = load_val_targets(args.targets, stage_codec(params, args.stage))
-    return train(params, args.stage, train_set, val_set, outputs, args.init, run, val_targets)
+    return train(params, args.stage, train_set, val_set, outputs, args.init, run, val_targets, args.teacher)
 
 
 def log_model(run, args, result, images: str) -> None:
@@ -65,12 +65,13 @@ def log_model(run, args, result, images: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stage", required=True, choices=(*STAGES, "refine"))
+    parser.add_argument("--stage", required=True, choices=(*STAGES, *STUDENT_STAGES, "refine"))
     parser.add_argument("--prepared", required=True, type=Path)
     parser.add_argument("--targets", type=Path, help="folder of the heatmap stage (heatmap models)")
     parser.add_argument("--coarse", type=Path, help="refine: the coarse model's checkpoint")
     parser.add_argument("--fine", type=Path, help="refine: folder of the prepare_fine stage")
     parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
+    parser.add_argument("--teacher", type=Path, help="distill: the teacher's checkpoint")
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--state-dir", required=True, type=Path, help="resume state (persisted)")
     parser.add_argument("--history", required=True, type=Path, help="per-epoch CSV (DVC plot)")

@@ -28,6 +28,7 @@ def _tiny_params(tmp: Path) -> dict:
         p[stage].update(epochs=1, warmup_epochs=1)
     p["refine"].update(patch_size=16, channels=4, depth=2, batch_size=16)
     p["refine"]["train"].update(epochs=1, warmup_epochs=1)
+    p["distill"]["student_channels"] = 2
     p["data"]["val_fraction"] = 0.2
     p["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     return p
@@ -153,6 +154,13 @@ def test_onnx_export_and_predict_on_a_test_image(pipeline, tmp_path):
         assert export[name]["max_diff_px"] <= 0.05  # PyTorch vs onnxruntime, original px
         assert export[name]["mre_mm_onnx"] == pytest.approx(export[name]["mre_mm_pytorch"], abs=0.01)
         assert (pipeline / "data" / "models" / f"{name}.onnx").is_file()
+    quantize = json.loads((pipeline / "metrics" / "quantize.json").read_text())
+    assert quantize["int8"]["file_mb"] < quantize["fp32"]["file_mb"]
+    table = json.loads((pipeline / "metrics" / "optimise.json").read_text())
+    assert list(table) == ["maht_net", "unet", "student", "distilled", "maht_net_int8"]
+    assert table["student"]["parameters"] < table["unet"]["parameters"]
+    assert all(0 <= r["wilcoxon_p"] <= 1 for n, r in table.items() if n != "maht_net")
+    assert (pipeline / "plots" / "optimise" / "mre_vs_latency.png").stat().st_size > 1000
     image = sorted((pipeline / "data" / "synthetic" / "RawImage" / "Test1Data").iterdir())[0]
     for model in ("data/models/maht_net.onnx", "data/models/stage3.pt"):
         out = tmp_path / Path(model).suffix[1:]

@@ -199,6 +199,17 @@ class RefineParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillParams:
+    """Knowledge distillation (stages ``student`` and ``distill``): a U-Net of
+    ``student_channels`` trained without and with the teacher's heatmaps as soft targets."""
+
+    student_channels: int  # the student U-Net's first-block width (the baseline's is model.unet_channels)
+    weight: float  # loss = (1 - weight) * ground-truth loss + weight * T^2 * KL(teacher || student)
+    temperature: float  # T: both spatial softmaxes are taken of logits / T
+    train: StageParams  # the students' schedule (both); epochs null = the baseline's budget
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     sdr_thresholds_mm: list[float]
     batch_size: int
@@ -228,6 +239,15 @@ class TrackingParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class QuantizeParams:
+    calibration_images: int  # training images (real preprocessing) the activation ranges come from
+    calibrate_method: str  # minmax | percentile | entropy (onnxruntime CalibrationMethod)
+    per_channel: bool  # per-output-channel weight scales
+    op_types: list[str]  # ONNX op types quantised (Conv, MatMul)
+    exclude: list[str]  # node-name substrings kept in float (chosen on validation images)
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     seed: int
     data: DataParams
@@ -242,9 +262,11 @@ class Params:
     stage2: StageParams
     stage3: StageParams
     refine: RefineParams
+    distill: DistillParams
     evaluate: EvaluateParams
     compare: CompareParams
     crossval: CrossvalParams
+    quantize: QuantizeParams
     tracking: TrackingParams
 
 
@@ -318,9 +340,20 @@ STAGES = ("baseline", "stage1", "stage2", "stage3")
 MAHT_NET_STAGES = STAGES[1:]
 
 
+STUDENT_STAGES = ("student", "distill")  # the small U-Net without / with the teacher (p.distill)
+
+
+def stage_params(p: Params, stage: str) -> StageParams:
+    """The schedule block of a training stage (the students share ``distill.train``)."""
+    return p.distill.train if stage in STUDENT_STAGES else getattr(p, stage)
+
+
 def stage_epochs(p: Params, stage: str) -> int:
-    """Epoch budget of ``stage``; the baseline's null means the three MAHT-Net stages' total."""
-    epochs = getattr(p, stage).epochs
+    """Epoch budget of ``stage``; the baseline's null means the three MAHT-Net stages' total,
+    the students' null the baseline's."""
+    epochs = stage_params(p, stage).epochs
+    if epochs is None and stage in STUDENT_STAGES:
+        return stage_epochs(p, "baseline")
     if epochs is None:
         return sum(stage_epochs(p, s) for s in MAHT_NET_STAGES)
     return epochs
@@ -358,6 +391,12 @@ def _check_choices(p: Params) -> None:
     for stage in STAGES:
         _check_stage(getattr(p, stage), stage, p.loss.output)
     _check_refine(p.refine)
+    _check_stage(p.distill.train, "distill.train", p.loss.output)
+    if p.distill.student_channels < 1 or not 0 <= p.distill.weight <= 1 or p.distill.temperature <= 0:
+        raise ParamsError(
+            "params keys 'distill.student_channels' (>= 1), 'distill.weight' (0..1) and "
+            "'distill.temperature' (> 0) are out of range"
+        )
     if p.evaluate.shape_candidates < 1:
         raise ParamsError("params key 'evaluate.shape_candidates' must be >= 1")
     for key in ("preprocess.height", "preprocess.width"):
@@ -375,8 +414,10 @@ def _check_stage(s: StageParams, name: str, output: str) -> None:
     _choice(f"{name}.select", s.select, ("val_mre_mm", "val_sdr_2mm", "val_loss"))
     _choice(f"{name}.average", s.average, ("none", "last", "best"))
     _choice(f"{name}.early_stopping.mode", s.early_stopping.mode, ("all", "any"))
-    if s.epochs is None and name != "baseline":
-        raise ParamsError(f"params key '{name}.epochs' must be an integer (null only for the baseline)")
+    if s.epochs is None and name not in ("baseline", "distill.train"):
+        raise ParamsError(
+            f"params key '{name}.epochs' must be an integer (null only for the baseline and distill.train)"
+        )
     if s.epochs is not None and s.epochs < 1:
         raise ParamsError(f"params key '{name}.epochs' must be >= 1, got {s.epochs}")
     for key in ("lr", "encoder_lr", "transformer_lr"):

@@ -301,6 +301,21 @@ class CompositeLoss(nn.Module):
         return total, log
 
 
+def heatmap_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Knowledge distillation between heatmap logits ``(B, K, h, w)`` (Hinton et al. 2015, per
+    landmark over space): ``T^2 * mean_k KL(softmax(teacher / T) || softmax(student / T))``;
+    zero when the two agree up to a constant per heatmap. The teacher gets no gradient."""
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student heatmaps {tuple(student.shape)} and teacher's {tuple(teacher.shape)} differ in shape"
+        )
+    b, k = student.shape[:2]
+    log_s = F.log_softmax(student.float().reshape(b, k, -1) / temperature, dim=-1)
+    log_t = F.log_softmax(teacher.detach().float().reshape(b, k, -1) / temperature, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)
+    return temperature**2 * kl.mean()
+
+
 def log_heatmaps(output: torch.Tensor, kind: str) -> torch.Tensor:
     """Network output -> log-heatmaps ``(B, K, h, w)`` for :meth:`HeatmapCodec.decode`."""
     if kind == "logits":

@@ -161,3 +161,17 @@ def plot_per_landmark_bars(names: Sequence[str], values: dict[str, np.ndarray], 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_tradeoff(rows: dict[str, dict], path: str | Path) -> Path:
+    """MRE against onnxruntime batch-1 latency (2 threads), one labelled point per variant."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, r in rows.items():
+        x, y = r["onnxruntime_2_threads_ms"], r["mre_mm"]
+        ax.scatter([x], [y], s=30)
+        ax.annotate(name, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("onnxruntime latency, batch 1, 2 threads (ms)")
+    ax.set_ylabel("test MRE (mm)")
+    ax.set_title("accuracy against speed", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

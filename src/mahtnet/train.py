@@ -27,13 +27,22 @@ from mahtnet.checkpoint import (
     load_checkpoint,
 )
 from mahtnet.codec import HeatmapCodec
-from mahtnet.config import Params, StageParams, stage_epochs, to_dict
+from mahtnet.config import (
+    STUDENT_STAGES,
+    DistillParams,
+    ModelParams,
+    Params,
+    StageParams,
+    stage_epochs,
+    stage_params,
+    to_dict,
+)
 from mahtnet.data.dataset import LandmarkDataset, build_augmentation
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.distributed import init_distributed, shutdown
 from mahtnet.inference import autocast
 from mahtnet.landmarks import LANDMARK_NAMES
-from mahtnet.losses import CompositeLoss, log_heatmaps
+from mahtnet.losses import CompositeLoss, heatmap_distillation, log_heatmaps
 from mahtnet.models.factory import MAHT_NET_KEYS, build_model
 from mahtnet.monitor import component_of, named_components
 from mahtnet.tracking import Run
@@ -47,14 +56,28 @@ from mahtnet.trainer import (
     seed_everything,
 )
 
-MODEL_OF_STAGE = {"baseline": "unet", "stage1": "maht_net", "stage2": "maht_net", "stage3": "maht_net"}
+MODEL_OF_STAGE = {
+    "baseline": "unet",
+    "stage1": "maht_net",
+    "stage2": "maht_net",
+    "stage3": "maht_net",
+    "student": "unet",
+    "distill": "unet",
+}
+
+
+def stage_model_params(params: Params, stage: str) -> ModelParams:
+    """The model block of ``stage``: the students are U-Nets of ``distill.student_channels``."""
+    if stage in STUDENT_STAGES:
+        return dataclasses.replace(params.model, unet_channels=params.distill.student_channels)
+    return params.model
 
 
 def build_stage_model(params: Params, stage: str, init: str | Path | None) -> nn.Module:
     """The stage's model: the U-Net for the baseline, MAHT-Net for stages 1-3, starting from
     the ``init`` checkpoint (the previous stage's) when given."""
     name = MODEL_OF_STAGE[stage]
-    model_params = params.model
+    model_params = stage_model_params(params, stage)
     if init is None:
         return build_model(name, model_params)
     payload = load_checkpoint(init)
@@ -156,6 +179,34 @@ def validate(model, loader, data: PreparedSet, codec, loss_fn: CompositeLoss, de
     }
 
 
+def load_teacher(path: str | Path | None, device: torch.device) -> nn.Module:
+    """The distillation teacher (a checkpoint, frozen, eval mode): images -> log-heatmaps."""
+    from mahtnet.checkpoint import model_from_checkpoint
+    from mahtnet.deploy import HeatmapNet
+
+    if path is None:
+        raise ValueError("stage distill needs --teacher (a checkpoint, e.g. data/models/stage3.pt)")
+    model, _, kind = model_from_checkpoint(load_checkpoint(path))
+    teacher = HeatmapNet(model, kind).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def distill_loss(gt_loss, teacher: nn.Module, d: DistillParams, device: torch.device):
+    """``(1 - weight) * gt_loss + weight * T^2 * KL(teacher || student)`` on each batch (the
+    teacher sees the same augmented images); the KL term is logged as ``distill_kl``."""
+
+    def loss(out, batch):
+        total, terms = gt_loss(out, batch)
+        with torch.no_grad():
+            target = teacher(batch["image"].to(device))
+        kd = heatmap_distillation(out.heatmaps, target, d.temperature)
+        return (1 - d.weight) * total + d.weight * kd, {**terms, "distill_kl": kd.detach()}
+
+    return loss
+
+
 class SigmaCurriculum(Callback):
     """Heatmap sigma annealed from ``start`` to the codec's sigma over the first ``fraction``
     of the epochs (linear in the epoch; the validation targets keep the final sigma)."""
@@ -181,9 +232,11 @@ def stage_task(
     val_targets: np.ndarray | None,
     device: torch.device,
     world_size: int,
+    teacher: str | Path | None = None,
 ) -> TrainTask:
-    """The task of a heatmap-model stage: the U-Net baseline or a MAHT-Net stage."""
-    s: StageParams = getattr(params, stage)
+    """The task of a heatmap-model stage: the U-Net baseline, a MAHT-Net stage, or a student
+    (``distill``: with the ``teacher`` checkpoint's heatmaps as soft targets)."""
+    s: StageParams = stage_params(params, stage)
     seed_everything(params.seed)
     model = build_stage_model(params, stage, init)
     codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, model.output_stride)
@@ -194,6 +247,9 @@ def stage_task(
     val_loader = DataLoader(val_ds, batch_size=params.evaluate.batch_size)
     probe = next(iter(DataLoader(val_ds, batch_size=min(2, len(val_ds)))))["image"].to(device)
     tp = params.train
+    loss = lambda out, batch: batch_loss(loss_fn, out, batch, device)
+    if stage == "distill":
+        loss = distill_loss(loss, load_teacher(teacher, device), params.distill, device)
     return TrainTask(
         name=stage,
         model=model,
@@ -201,11 +257,11 @@ def stage_task(
         groups=groups,
         frozen_bn=frozen_bn,
         train_ds=train_ds,
-        loss=lambda out, batch: batch_loss(loss_fn, out, batch, device),
+        loss=loss,
         validate=lambda m: validate(m, val_loader, val_set, codec, loss_fn, device, tp),
         probe=probe,
         meta={
-            "model": {"name": MODEL_OF_STAGE[stage], **to_dict(params.model)},
+            "model": {"name": MODEL_OF_STAGE[stage], **to_dict(stage_model_params(params, stage))},
             "input_size": [params.preprocess.height, params.preprocess.width],
             "heatmap": {"sigma": codec.sigma, "stride": codec.stride},
             "output_kind": loss_fn.output,
@@ -214,7 +270,7 @@ def stage_task(
             "bypass_transformer": bool(getattr(getattr(model, "bottleneck", None), "bypass", False)),
             "params": to_dict(params),
         },
-        fingerprint=fingerprint(params, stage, [train_set, val_set], init, world_size),
+        fingerprint=fingerprint(params, stage, [train_set, val_set], teacher or init, world_size),
     )
 
 
@@ -237,6 +293,7 @@ def train(
     init: str | Path | None = None,
     run: Run | None = None,
     val_targets: np.ndarray | None = None,
+    teacher: str | Path | None = None,
 ) -> TrainResult:
     """Train ``stage`` (``"baseline"``, ``"stage1"``, ``"stage2"``, ``"stage3"``) and write its
     checkpoint. ``val_targets (N, K, h, w)``: validation heatmaps from the heatmap stage."""
@@ -244,10 +301,12 @@ def train(
     try:
         if params.train.threads > 0:
             torch.set_num_threads(params.train.threads)
-        task = stage_task(params, stage, train_set, val_set, init, val_targets, device, info.world_size)
+        task = stage_task(
+            params, stage, train_set, val_set, init, val_targets, device, info.world_size, teacher
+        )
         trainer = Trainer(
             task,
-            getattr(params, stage),
+            stage_params(params, stage),
             params.train,
             TrainerSettings(stage_epochs(params, stage), params.train.batch_size, params.seed),
             out,

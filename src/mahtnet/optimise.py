@@ -1,0 +1,82 @@
+"""The accuracy / speed / size trade-off of the deployment variants of a model: the full model,
+its INT8 ONNX file and smaller networks (the students of knowledge distillation), each scored
+on the same test images with arg-max decoding through onnxruntime and compared with the full
+model by the paired Wilcoxon test."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.export import decode_all, export_onnx, latency_ms, median_ms
+from mahtnet.metrics import radial_errors_mm, summarize
+from mahtnet.predict import OnnxBackend
+from mahtnet.stats import compare_paired
+
+
+def parameters(checkpoint: str | Path) -> int:
+    from mahtnet.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)["model_state"]
+    return int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
+
+
+def score_onnx(path: Path, data: PreparedSet, thresholds: Sequence[float]) -> tuple[dict, np.ndarray]:
+    """Summary (MRE, SD, median, SDR) and errors ``(N, K)`` mm of an ONNX model on ``data``."""
+    pred = decode_all(OnnxBackend(path), data)
+    errors = radial_errors_mm(pred, data.landmarks_orig, data.spacing)
+    return summarize(errors, thresholds), errors
+
+
+def variant_row(
+    checkpoint: Path | None, onnx: Path, data: PreparedSet, thresholds: Sequence[float], repeats: int
+) -> tuple[dict, np.ndarray]:
+    """One row of the table: scores, size, parameters and batch-1 latency (onnxruntime, and
+    PyTorch when there is a checkpoint), and the errors for the paired test."""
+    row, errors = score_onnx(onnx, data, thresholds)
+    row["onnx_mb"] = onnx.stat().st_size / 2**20
+    image = data.images[:1]
+    if checkpoint is not None:
+        row["parameters"] = parameters(checkpoint)
+        row |= latency_ms(checkpoint, onnx, data.images[0], repeats)
+    else:
+        for threads in (1, 2):
+            backend = OnnxBackend(onnx, threads)
+            row[f"onnxruntime_{threads}_threads_ms"] = median_ms(lambda b=backend: b(image), repeats)
+    return row, errors
+
+
+def tradeoff(
+    full: tuple[str, Path],
+    int8: Path | None,
+    models: dict[str, Path],
+    data: PreparedSet,
+    thresholds: Sequence[float],
+    n_boot: int,
+    repeats: int = 20,
+) -> dict[str, dict]:
+    """``{variant: row}``: the full model first, then its INT8 file, then each other checkpoint;
+    every row but the first with ``mre_diff_mm`` and ``wilcoxon_p`` against the full model."""
+    rows, errors = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, ckpt in [full, *models.items()]:
+            onnx = export_onnx(ckpt, Path(tmp) / f"{name}.onnx")
+            rows[name], errors[name] = variant_row(ckpt, onnx, data, thresholds, repeats)
+            rows[name]["checkpoint_mb"] = ckpt.stat().st_size / 2**20
+        if int8 is not None:
+            key = f"{full[0]}_int8"
+            rows[key], errors[key] = variant_row(None, int8, data, thresholds, repeats)
+            rows[key]["parameters"] = rows[full[0]]["parameters"]
+    for name in rows:
+        if name != full[0]:
+            test = compare_paired(errors[full[0]], errors[name], thresholds, n_boot=n_boot)
+            rows[name]["mre_diff_mm"] = rows[name]["mre_mm"] - rows[full[0]]["mre_mm"]
+            rows[name]["wilcoxon_p"] = test["wilcoxon"]["p_value"]
+            for t in (1, 2):
+                key = f"onnxruntime_{t}_threads_ms"
+                rows[name][f"latency_ratio_{t}_threads"] = rows[name][key] / rows[full[0]][key]
+    return rows

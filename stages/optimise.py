@@ -1,0 +1,66 @@
+"""Stage: the deployment trade-off table (``metrics/optimise.json``) and its plot, MRE against
+onnxruntime latency: the full MAHT-Net, its INT8 file, and smaller models (the U-Net, the
+students with and without the teacher), all on the same test images::
+
+    python stages/optimise.py --full maht_net=data/models/stage3.pt --int8 data/models/maht_net.int8.onnx \\
+        --model student=data/models/student.pt --model distilled=data/models/distill.pt \\
+        --prepared data/prepared/test.npz --out metrics/optimise.json --plot plots/optimise/mre_vs_latency.png
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet.config import load_params  # noqa: E402
+from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.errors import run_cli  # noqa: E402
+from mahtnet.io import write_json  # noqa: E402
+from mahtnet.optimise import tradeoff  # noqa: E402
+from mahtnet.plots import plot_tradeoff  # noqa: E402
+from mahtnet.tracking import start_run  # noqa: E402
+
+
+def named(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {text!r}")
+    return name, Path(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--full", required=True, type=named, help="NAME=CHECKPOINT of the full model")
+    parser.add_argument("--int8", type=Path, help="the full model's INT8 ONNX file (quantize stage)")
+    parser.add_argument("--model", type=named, action="append", default=[], help="NAME=CHECKPOINT")
+    parser.add_argument("--prepared", required=True, type=Path, help="test split (test.npz)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--plot", required=True, type=Path)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    params = load_params()
+    data = PreparedSet.load(args.prepared)
+    with start_run(params.tracking, "optimise", {"full": str(args.full[1]), "int8": str(args.int8)}) as run:
+        rows = tradeoff(
+            args.full, args.int8, dict(args.model), data, params.evaluate.sdr_thresholds_mm,
+            params.compare.bootstrap_samples, args.repeats,
+        )  # fmt: skip
+        write_json(args.out, rows)
+        plot_tradeoff(rows, args.plot)
+        for name, row in rows.items():
+            run.log_metrics({f"{name}_{k}": v for k, v in row.items() if isinstance(v, float)})
+        run.log_artifact(args.plot)
+    for name, r in rows.items():
+        diff = f", {r['mre_diff_mm']:+.3f} mm (p {r['wilcoxon_p']:.3g})" if "mre_diff_mm" in r else ""
+        ort = f"{r['onnxruntime_1_threads_ms']:.1f} / {r['onnxruntime_2_threads_ms']:.1f} ms"
+        print(
+            f"{name:16s} MRE {r['mre_mm']:.3f} mm{diff}, SDR 2 mm {r['sdr_2mm']:.1f} %, "
+            f"{r['parameters'] / 1e6:.2f} M params, {r['onnx_mb']:.1f} MB, onnxruntime {ort} (1 / 2 threads)"
+        )
+
+
+if __name__ == "__main__":
+    run_cli(main)
