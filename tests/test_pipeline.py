@@ -145,7 +145,8 @@ def test_mlflow_has_one_run_per_stage(pipeline):
             for row in con.execute("select name, max(version) from model_versions group by name")
         }
     assert registered == {"unet", "maht_net", "refiner_unet", "refiner_maht_net"}
-    assert versions["maht_net"] == 4 and versions["unet"] == 2  # stages 1-3 + ONNX; baseline + ONNX
+    assert versions["maht_net"] == 5  # stages 1-3, the ONNX export and its INT8 version
+    assert versions["unet"] == 4  # baseline, the two students, the ONNX export
 
 
 def test_onnx_export_and_predict_on_a_test_image(pipeline, tmp_path):
