@@ -15,24 +15,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mahtnet.config import load_params  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.export import OPSET, export_onnx, parity  # noqa: E402
+from mahtnet.export import OPSET, export_onnx, named_path, parity  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.model_registry import log_onnx_export  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
-
-
-def model_arg(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {text!r}")
-    return name, Path(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, type=model_arg, action="append", help="NAME=CHECKPOINT")
+    parser.add_argument("--model", required=True, type=named_path, action="append", help="NAME=CHECKPOINT")
     parser.add_argument("--prepared", required=True, type=Path, help="the test split (test.npz)")
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--metrics", required=True, type=Path)

@@ -16,26 +16,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mahtnet.config import load_params  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
+from mahtnet.export import named_path  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.optimise import tradeoff  # noqa: E402
 from mahtnet.plots import plot_tradeoff  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
 
-def named(text: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {text!r}")
-    return name, Path(path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--full", required=True, type=named, help="NAME=CHECKPOINT of the full model")
+    parser.add_argument("--full", required=True, type=named_path, help="NAME=CHECKPOINT of the full model")
     parser.add_argument("--int8", type=Path, help="the full model's INT8 ONNX file (quantize stage)")
-    parser.add_argument("--model", type=named, action="append", default=[], help="NAME=CHECKPOINT")
+    parser.add_argument("--model", type=named_path, action="append", default=[], help="NAME=CHECKPOINT")
     parser.add_argument("--prepared", required=True, type=Path, help="test split (test.npz)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--plot", required=True, type=Path)

@@ -76,3 +76,24 @@ def write_dicom(path, raw: np.ndarray, photometric="MONOCHROME2", **tags) -> Non
         setattr(ds, keyword, value)
     ds.PixelData = raw.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+def tiny_unet_checkpoint(path, input_size=(32, 32), params=None):
+    """A saved, untrained 4-channel U-Net checkpoint with the 19 ISBI landmarks."""
+    import torch
+
+    from mahtnet.checkpoint import save_checkpoint
+    from mahtnet.landmarks import LANDMARK_NAMES
+    from mahtnet.models.unet import UNet
+
+    torch.manual_seed(0)
+    meta = {
+        "model": {"name": "unet", "unet_channels": 4, "unet_depth": 2},
+        "input_size": list(input_size),
+        "heatmap": {"sigma": 2.0, "stride": 1},
+        "output_kind": "logits",
+        "landmark_names": list(LANDMARK_NAMES),
+    }
+    if params is not None:
+        meta["params"] = params
+    return save_checkpoint(path, UNet(1, len(LANDMARK_NAMES), channels=4, depth=2), meta)

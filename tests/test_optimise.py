@@ -6,13 +6,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import tiny_unet_checkpoint
 
-from mahtnet.checkpoint import save_checkpoint
 from mahtnet.config import ParamsError, parse_params
 from mahtnet.export import export_onnx
 from mahtnet.landmarks import LANDMARK_NAMES
 from mahtnet.losses import heatmap_distillation
-from mahtnet.models.unet import UNet
 from mahtnet.predict import OnnxBackend
 from mahtnet.quantize import excluded_nodes, quantize_int8
 
@@ -21,17 +20,8 @@ K = len(LANDMARK_NAMES)
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
-    torch.manual_seed(0)
-    model = UNet(1, K, channels=4, depth=2)
-    meta = {
-        "model": {"name": "unet", "unet_channels": 4, "unet_depth": 2},
-        "input_size": [32, 32],
-        "heatmap": {"sigma": 2.0, "stride": 1},
-        "output_kind": "logits",
-        "landmark_names": list(LANDMARK_NAMES),
-    }
     tmp = tmp_path_factory.mktemp("q")
-    return export_onnx(save_checkpoint(tmp / "m.pt", model, meta), tmp / "m.onnx")
+    return export_onnx(tiny_unet_checkpoint(tmp / "m.pt"), tmp / "m.onnx")
 
 
 def images(n: int, seed: int) -> np.ndarray:

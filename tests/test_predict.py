@@ -9,15 +9,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import write_dicom
+from conftest import tiny_unet_checkpoint, write_dicom
 
-from mahtnet.checkpoint import save_checkpoint
 from mahtnet.cli import main
 from mahtnet.data.preprocess import Letterbox, letterbox_image
 from mahtnet.export import export_onnx
 from mahtnet.landmarks import LANDMARK_NAMES
-from mahtnet.models.unet import UNet
 from mahtnet.predict import OnnxBackend, TorchBackend
 
 K = len(LANDMARK_NAMES)
@@ -25,25 +22,14 @@ K = len(LANDMARK_NAMES)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = UNet(1, K, channels=4, depth=2)
-    meta = {
-        "model": {"name": "unet", "unet_channels": 4, "unet_depth": 2},
-        "input_size": [64, 48],
-        "heatmap": {"sigma": 2.0, "stride": 1},
-        "output_kind": "logits",
-        "landmark_names": list(LANDMARK_NAMES),
-        "params": {
-            "data": {
-                "dataset": "synthetic",
-                "root": "data/synthetic",
-                "train_split": "T",
-                "gt": "mean",
-                "val_fraction": 0.1,
-            }
-        },
+    data = {
+        "dataset": "synthetic",
+        "root": "data/synthetic",
+        "train_split": "T",
+        "gt": "mean",
+        "val_fraction": 0.1,
     }
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "unet.pt", model, meta)
+    return tiny_unet_checkpoint(tmp_path_factory.mktemp("model") / "unet.pt", (64, 48), {"data": data})
 
 
 @pytest.fixture(scope="module")

@@ -112,3 +112,12 @@ def parity(checkpoint: Path, onnx_path: Path, data: PreparedSet, repeats: int = 
         "mre_mm_onnx": float(radial_errors_mm(got, data.landmarks_orig, data.spacing).mean()),
         "latency_batch1": latency_ms(checkpoint, onnx_path, data.images[0], repeats),
     }
+
+
+def named_path(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` (a command-line argument of the export and optimise stages) ->
+    ``(name, Path)``; ``ValueError`` otherwise (argparse makes it a usage error)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
