@@ -25,6 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM  # noqa: E402
 from mahtnet.evaluate import read_per_image  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.stats import compare_paired  # noqa: E402
@@ -80,7 +81,7 @@ def averaged(runs: dict[str, Path], gt_run: Path) -> dict:
         mean_xy = np.mean([f[["x", "y"]].to_numpy() for f in frames], axis=0)
         gt = pd.read_csv(gt_run / "data" / "eval" / f"{model}_predictions.csv", dtype={"image_id": str})
         truth = ground_truth(gt_run, gt)
-        err = np.linalg.norm(mean_xy - truth, axis=1) * 0.1  # ISBI: 0.1 mm per pixel
+        err = np.linalg.norm(mean_xy - truth, axis=1) * ISBI_PIXEL_SPACING_MM
         errors[model] = err.reshape(-1, frames[0]["landmark"].nunique())
     res = compare_paired(errors["baseline"], errors["maht_net"], n_boot=2000)
     return {

@@ -18,11 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mahtnet.config import load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.export import decode_all, median_ms  # noqa: E402
+from mahtnet.export import onnx_latency_ms  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
-from mahtnet.metrics import radial_errors_mm, summarize  # noqa: E402
 from mahtnet.model_registry import log_onnx_export  # noqa: E402
-from mahtnet.predict import OnnxBackend  # noqa: E402
+from mahtnet.optimise import score_onnx  # noqa: E402
 from mahtnet.quantize import quantize_int8  # noqa: E402
 from mahtnet.stats import compare_paired  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
@@ -30,12 +29,9 @@ from mahtnet.tracking import start_run  # noqa: E402
 
 def score(path: Path, data: PreparedSet, thresholds, repeats: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """Summary (MRE, SDR, size, latency), errors ``(N, K)`` mm and landmarks of one ONNX file."""
-    pred = decode_all(OnnxBackend(path), data)
-    errors = radial_errors_mm(pred, data.landmarks_orig, data.spacing)
-    out = summarize(errors, thresholds) | {"file_mb": path.stat().st_size / 2**20}
-    for threads in (1, 2):
-        backend = OnnxBackend(path, threads)
-        out[f"latency_{threads}_threads_ms"] = median_ms(lambda b=backend: b(data.images[:1]), repeats)
+    out, errors, pred = score_onnx(path, data, thresholds)
+    out["file_mb"] = path.stat().st_size / 2**20
+    out |= onnx_latency_ms(path, data.images[0], repeats, key="latency_{}_threads_ms")
     return out, errors, pred
 
 

@@ -28,6 +28,7 @@ from mahtnet.metrics import radial_errors_mm
 from mahtnet.predict import ONNX_META_KEY, OnnxBackend, TorchBackend
 
 OPSET = 17
+THREADS = (1, 2)  # CPU threads of the latency figures
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
@@ -81,19 +82,28 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
     return float(np.median(times) * 1000.0)
 
 
+def onnx_latency_ms(
+    onnx_path: Path, image: np.ndarray, repeats: int, key: str = "onnxruntime_{}_threads_ms"
+) -> dict[str, float]:
+    """onnxruntime latency at batch 1 (one prepared image ``(H, W)``) with 1 and 2 threads,
+    under ``key.format(threads)``."""
+    out = {}
+    for threads in THREADS:
+        backend = OnnxBackend(onnx_path, threads)
+        out[key.format(threads)] = median_ms(lambda b=backend: b(image[None]), repeats)
+    return out
+
+
 def latency_ms(checkpoint: Path, onnx_path: Path, image: np.ndarray, repeats: int) -> dict[str, float]:
     """Network latency at batch 1 (one prepared image): PyTorch and onnxruntime, 1 and 2 threads."""
     out = {}
     threads_before = torch.get_num_threads()
-    batch = image[None]
     torch_backend = TorchBackend(checkpoint, "cpu")
-    for threads in (1, 2):
+    for threads in THREADS:
         torch.set_num_threads(threads)
-        out[f"pytorch_{threads}_threads_ms"] = median_ms(lambda: torch_backend(batch), repeats)
-        ort_backend = OnnxBackend(onnx_path, threads)
-        out[f"onnxruntime_{threads}_threads_ms"] = median_ms(lambda b=ort_backend: b(batch), repeats)
+        out[f"pytorch_{threads}_threads_ms"] = median_ms(lambda: torch_backend(image[None]), repeats)
     torch.set_num_threads(threads_before)
-    return out
+    return out | onnx_latency_ms(onnx_path, image, repeats)
 
 
 def parity(checkpoint: Path, onnx_path: Path, data: PreparedSet, repeats: int = 10) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mahtnet.data.preprocess import PreparedSet
-from mahtnet.export import decode_all, export_onnx, latency_ms, median_ms
+from mahtnet.export import decode_all, export_onnx, latency_ms, onnx_latency_ms
 from mahtnet.metrics import radial_errors_mm, summarize
 from mahtnet.predict import OnnxBackend
 from mahtnet.stats import compare_paired
@@ -25,11 +25,14 @@ def parameters(checkpoint: str | Path) -> int:
     return int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))
 
 
-def score_onnx(path: Path, data: PreparedSet, thresholds: Sequence[float]) -> tuple[dict, np.ndarray]:
-    """Summary (MRE, SD, median, SDR) and errors ``(N, K)`` mm of an ONNX model on ``data``."""
+def score_onnx(
+    path: Path, data: PreparedSet, thresholds: Sequence[float]
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Summary (MRE, SD, median, SDR), errors ``(N, K)`` mm and arg-max landmarks ``(N, K, 2)``
+    original px of an ONNX model on ``data``."""
     pred = decode_all(OnnxBackend(path), data)
     errors = radial_errors_mm(pred, data.landmarks_orig, data.spacing)
-    return summarize(errors, thresholds), errors
+    return summarize(errors, thresholds), errors, pred
 
 
 def variant_row(
@@ -37,16 +40,13 @@ def variant_row(
 ) -> tuple[dict, np.ndarray]:
     """One row of the table: scores, size, parameters and batch-1 latency (onnxruntime, and
     PyTorch when there is a checkpoint), and the errors for the paired test."""
-    row, errors = score_onnx(onnx, data, thresholds)
+    row, errors, _ = score_onnx(onnx, data, thresholds)
     row["onnx_mb"] = onnx.stat().st_size / 2**20
-    image = data.images[:1]
     if checkpoint is not None:
         row["parameters"] = parameters(checkpoint)
         row |= latency_ms(checkpoint, onnx, data.images[0], repeats)
     else:
-        for threads in (1, 2):
-            backend = OnnxBackend(onnx, threads)
-            row[f"onnxruntime_{threads}_threads_ms"] = median_ms(lambda b=backend: b(image), repeats)
+        row |= onnx_latency_ms(onnx, data.images[0], repeats)
     return row, errors
 
 

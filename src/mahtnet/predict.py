@@ -38,6 +38,12 @@ LOW_CONFIDENCE = 0.4  # about the 1st-5th percentile on the ISBI validation imag
 ONNX_META_KEY = "mahtnet"
 
 
+def network_input(images: np.ndarray) -> np.ndarray:
+    """Letterboxed uint8 images ``(B, H, W)`` -> the network input ``(B, 1, H, W)`` float32 in
+    [0, 1] (NumPy's twin of :func:`mahtnet.data.dataset.image_to_tensor`, bit-equal)."""
+    return (np.ascontiguousarray(images, dtype=np.float32) / np.float32(255.0))[:, None]
+
+
 def ideal_peak(sigma: float) -> float:
     """Peak probability of a unit-mass Gaussian of ``sigma`` px: the target's sharpness."""
     return 1.0 / (2.0 * math.pi * sigma**2)
@@ -68,8 +74,7 @@ class OnnxBackend:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = (np.ascontiguousarray(images, dtype=np.float32) / np.float32(255.0))[:, None]
-        return self.session.run(None, {self.input_name: x})[0]
+        return self.session.run(None, {self.input_name: network_input(images)})[0]
 
 
 def onnx_providers(device: str) -> list[str]:
@@ -91,6 +96,7 @@ class TorchBackend:
         import torch
 
         from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
+        from mahtnet.data.dataset import image_to_tensor
         from mahtnet.deploy import HeatmapNet
         from mahtnet.inference import select_device
 
@@ -99,13 +105,11 @@ class TorchBackend:
         self.device = select_device(device)
         self.net = HeatmapNet(model, output_kind).to(self.device).eval()
         self.card = ModelCard.from_meta(path, "pytorch", card_meta(payload["meta"]))
-        self._torch = torch
+        self._torch, self._to_tensor = torch, image_to_tensor  # imported here: not on the ONNX path
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
-        with torch.no_grad():
-            return self.net(x.to(self.device)).float().cpu().numpy()
+        with self._torch.no_grad():
+            return self.net(self._to_tensor(images).to(self.device)).float().cpu().numpy()
 
 
 def load_backend(path: str | Path, device: str = "auto", threads: int = 0) -> OnnxBackend | TorchBackend:

@@ -17,6 +17,7 @@ import onnx
 
 from mahtnet.config import ParamsError, QuantizeParams
 from mahtnet.io import atomic_write
+from mahtnet.predict import network_input
 
 METHODS = ("minmax", "percentile", "entropy")
 
@@ -33,7 +34,7 @@ class CalibrationImages:
         image = next(self._images, None)
         if image is None:
             return None
-        return {self.input_name: (image.astype(np.float32) / np.float32(255.0))[None, None]}
+        return {self.input_name: network_input(image[None])}
 
 
 def excluded_nodes(model: onnx.ModelProto, q: QuantizeParams) -> list[str]:
