@@ -1,10 +1,11 @@
 """Stage: the deployment trade-off table (``metrics/optimise.json``) and its plot, MRE against
 onnxruntime latency: the full MAHT-Net, its INT8 file, and smaller models (the U-Net, the
-students with and without the teacher), all on the same test images::
+students with and without the teacher, the pruned MAHT-Nets), all on the same test images::
 
     python stages/optimise.py --full maht_net=data/models/stage3.pt --int8 data/models/maht_net.int8.onnx \\
         --model student=data/models/student.pt --model distilled=data/models/distill.pt \\
-        --prepared data/prepared/test.npz --out metrics/optimise.json --plot plots/optimise/mre_vs_latency.png
+        --pruned data/models/pruned --prepared data/prepared/test.npz --out metrics/optimise.json \\
+        --plot plots/optimise/mre_vs_latency.png
 """
 
 import argparse
@@ -18,7 +19,7 @@ from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.export import named_path  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
-from mahtnet.optimise import tradeoff  # noqa: E402
+from mahtnet.optimise import pruned_models, tradeoff  # noqa: E402
 from mahtnet.plots import plot_tradeoff  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--full", required=True, type=named_path, help="NAME=CHECKPOINT of the full model")
     parser.add_argument("--int8", type=Path, help="the full model's INT8 ONNX file (quantize stage)")
     parser.add_argument("--model", type=named_path, action="append", default=[], help="NAME=CHECKPOINT")
+    parser.add_argument("--pruned", type=Path, help="folder of the train_prune stages (sparsity_<pct>.pt)")
     parser.add_argument("--prepared", required=True, type=Path, help="test split (test.npz)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--plot", required=True, type=Path)
@@ -38,8 +40,9 @@ def main() -> None:
     params = load_params()
     data = PreparedSet.load(args.prepared)
     with start_run(params.tracking, "optimise", {"full": str(args.full[1]), "int8": str(args.int8)}) as run:
+        models = dict(args.model) | pruned_models(args.pruned)
         rows = tradeoff(
-            args.full, args.int8, dict(args.model), data, params.evaluate.sdr_thresholds_mm,
+            args.full, args.int8, models, data, params.evaluate.sdr_thresholds_mm,
             params.compare.bootstrap_samples, args.repeats,
         )  # fmt: skip
         write_json(args.out, rows)
@@ -52,7 +55,8 @@ def main() -> None:
         ort = f"{r['onnxruntime_1_threads_ms']:.1f} / {r['onnxruntime_2_threads_ms']:.1f} ms"
         print(
             f"{name:16s} MRE {r['mre_mm']:.3f} mm{diff}, SDR 2 mm {r['sdr_2mm']:.1f} %, "
-            f"{r['parameters'] / 1e6:.2f} M params, {r['onnx_mb']:.1f} MB, onnxruntime {ort} (1 / 2 threads)"
+            f"{r['parameters'] / 1e6:.2f} M params, {r['onnx_mb']:.1f} MB, onnxruntime {ort} "
+            f"(1 / 2 threads), peak RSS {r['onnxruntime_peak_rss_mb']:.0f} MB"
         )
 
 

@@ -1,5 +1,7 @@
 """Stage: train one stage of the schedule (``--stage baseline | stage1 | stage2 | stage3``),
-or the refinement network of a coarse model (``--stage refine --coarse CKPT --fine DIR``),
+the refinement network of a coarse model (``--stage refine --coarse CKPT --fine DIR``), a
+distillation student (``--stage student | distill [--teacher CKPT]``) or a channel-pruned
+MAHT-Net (``--stage prune --init CKPT --sparsity-pct N``),
 and write its best (or averaged) checkpoint, per-epoch history, gradient-flow plot and
 summary metrics. A rerun after a kill resumes from ``--state-dir``.
 
@@ -19,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.codec import HeatmapCodec  # noqa: E402
-from mahtnet.config import STAGES, STUDENT_STAGES, load_params, to_dict  # noqa: E402
+from mahtnet.config import PRUNE_STAGE, STAGES, STUDENT_STAGES, load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
@@ -52,7 +54,10 @@ def run_stage(params, args, train_set, val_set, outputs, run):
     if args.targets is None:
         raise SystemExit(f"--stage {args.stage} needs --targets")
     val_targets = load_val_targets(args.targets, stage_codec(params, args.stage))
-    return train(params, args.stage, train_set, val_set, outputs, args.init, run, val_targets, args.teacher)
+    sparsity = None if args.sparsity_pct is None else args.sparsity_pct / 100
+    return train(
+        params, args.stage, train_set, val_set, outputs, args.init, run, val_targets, args.teacher, sparsity
+    )
 
 
 def log_model(run, args, result, images: str) -> None:
@@ -65,13 +70,14 @@ def log_model(run, args, result, images: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stage", required=True, choices=(*STAGES, *STUDENT_STAGES, "refine"))
+    parser.add_argument("--stage", required=True, choices=(*STAGES, *STUDENT_STAGES, PRUNE_STAGE, "refine"))
     parser.add_argument("--prepared", required=True, type=Path)
     parser.add_argument("--targets", type=Path, help="folder of the heatmap stage (heatmap models)")
     parser.add_argument("--coarse", type=Path, help="refine: the coarse model's checkpoint")
     parser.add_argument("--fine", type=Path, help="refine: folder of the prepare_fine stage")
     parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
     parser.add_argument("--teacher", type=Path, help="distill: the teacher's checkpoint")
+    parser.add_argument("--sparsity-pct", type=int, help="prune: %% of the channels removed")
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--state-dir", required=True, type=Path, help="resume state (persisted)")
     parser.add_argument("--history", required=True, type=Path, help="per-epoch CSV (DVC plot)")
@@ -84,6 +90,7 @@ def main() -> None:
     outputs = StageOutputs(args.checkpoint, args.state_dir, args.history, args.grad_flow)
     main_process = int(os.environ.get("RANK", "0")) == 0
     name = f"train_{args.stage}" + (f"_{args.coarse.stem}" if args.stage == "refine" else "")
+    name += f"_{args.sparsity_pct}" if args.stage == PRUNE_STAGE else ""
     tracking = start_run(params.tracking, name, to_dict(params)) if main_process else None
     with tracking or contextlib.nullcontext() as run:
         result = run_stage(params, args, train_set, val_set, outputs, run)

@@ -1,4 +1,5 @@
-"""Deployment optimisations: INT8 quantisation of an exported model, knowledge distillation."""
+"""Deployment optimisations: INT8 quantisation of an exported model, knowledge distillation,
+structured pruning."""
 
 import dataclasses
 
@@ -76,3 +77,63 @@ def test_distillation_pulls_the_student_towards_the_teacher():
     assert heatmap_distillation(student, teacher, 1.0).item() < 0.1 * first
     assert divmod(int(student.detach().argmax()), 9) == (6, 2)
     assert teacher.grad is None
+
+
+def tiny_maht_net_checkpoint(tmp_path, sparsity=None, params_raw=None):
+    """A saved tiny MAHT-Net (random weights), channel-pruned to ``sparsity`` when given."""
+    from test_models import TINY
+
+    from mahtnet.checkpoint import save_checkpoint
+    from mahtnet.config import ModelParams
+    from mahtnet.models.factory import build_model
+    from mahtnet.prune import prune_model
+
+    torch.manual_seed(0)
+    p = ModelParams(unet_channels=4, unet_depth=2, **TINY)
+    model = build_model("maht_net", p, 1, K).eval()
+    meta = {
+        "model": {"name": "maht_net"} | dataclasses.asdict(p),
+        "input_size": [64, 64],
+        "heatmap": {"sigma": 2.0, "stride": 1},
+        "output_kind": "logits",
+        "landmark_names": list(LANDMARK_NAMES),
+    }
+    if sparsity is not None:
+        info = prune_model(model, sparsity, parse_params(params_raw).prune, torch.zeros(1, 1, 64, 64))
+        meta["pruned"] = info
+    return model, save_checkpoint(tmp_path / f"m{sparsity}.pt", model, meta)
+
+
+def test_pruning_shrinks_the_network_which_still_loads_exports_and_predicts(tmp_path, params_raw):
+    from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
+    from mahtnet.prune import count_parameters
+
+    full, _ = tiny_maht_net_checkpoint(tmp_path)
+    pruned, path = tiny_maht_net_checkpoint(tmp_path, 0.5, params_raw)
+    before, after = count_parameters(full), count_parameters(pruned)
+    assert after < 0.5 * before  # channels halve: most layers shrink in both dimensions
+    assert load_checkpoint(path)["meta"]["pruned"]["parameters_after"] == after
+    assert pruned.head.conv.out_channels == K  # one heatmap per landmark (prune.ignore: head.)
+    for a, b in zip(full.bottleneck.parameters(), pruned.bottleneck.parameters(), strict=True):
+        if a.dim() != 4:  # the transformer keeps its width (only its 1x1 input projection narrows)
+            assert a.shape == b.shape
+    narrower = [m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert narrower and all(m.groups == m.in_channels == m.out_channels for m in narrower)  # depthwise
+    rebuilt, _, _ = model_from_checkpoint(load_checkpoint(path))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x).heatmaps, pruned(x).heatmaps)
+    onnx_path = export_onnx(path, tmp_path / "pruned.onnx")
+    heatmaps = OnnxBackend(onnx_path)(np.random.default_rng(0).integers(0, 256, (2, 64, 64), dtype=np.uint8))
+    assert heatmaps.shape == (2, K, 64, 64) and np.isfinite(heatmaps).all()
+
+
+def test_prune_params_name_their_key(params_raw):
+    raw = params_raw
+    raw["prune"]["sparsities_pct"] = [50, 100]
+    with pytest.raises(ParamsError, match=r"prune.sparsities_pct\[1\]"):
+        parse_params(raw)
+    raw["prune"]["sparsities_pct"] = [50]
+    raw["prune"]["importance"] = "taylor"
+    with pytest.raises(ParamsError, match="prune.importance"):
+        parse_params(raw)

@@ -29,6 +29,8 @@ def _tiny_params(tmp: Path) -> dict:
     p["refine"].update(patch_size=16, channels=4, depth=2, batch_size=16)
     p["refine"]["train"].update(epochs=1, warmup_epochs=1)
     p["distill"]["student_channels"] = 2
+    p["prune"]["sparsities_pct"] = [25, 50]
+    p["prune"]["train"].update(epochs=1, warmup_epochs=1)
     p["data"]["val_fraction"] = 0.2
     p["tracking"]["uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     return p
@@ -144,9 +146,10 @@ def test_mlflow_has_one_run_per_stage(pipeline):
             row[0]: row[1]
             for row in con.execute("select name, max(version) from model_versions group by name")
         }
-    assert registered == {"unet", "maht_net", "refiner_unet", "refiner_maht_net"}
+    assert registered == {"unet", "maht_net", "refiner_unet", "refiner_maht_net", "maht_net_pruned"}
     assert versions["maht_net"] == 5  # stages 1-3, the ONNX export and its INT8 version
     assert versions["unet"] == 4  # baseline, the two students, the ONNX export
+    assert versions["maht_net_pruned"] == 2  # train_prune@25 and @50
 
 
 def test_onnx_export_and_predict_on_a_test_image(pipeline, tmp_path):
@@ -158,8 +161,13 @@ def test_onnx_export_and_predict_on_a_test_image(pipeline, tmp_path):
     quantize = json.loads((pipeline / "metrics" / "quantize.json").read_text())
     assert quantize["int8"]["file_mb"] < quantize["fp32"]["file_mb"]
     table = json.loads((pipeline / "metrics" / "optimise.json").read_text())
-    assert list(table) == ["maht_net", "unet", "student", "distilled", "maht_net_int8"]
+    variants = ["maht_net", "unet", "student", "distilled", "pruned_25", "pruned_50", "maht_net_int8"]
+    assert list(table) == variants
     assert table["student"]["parameters"] < table["unet"]["parameters"]
+    sizes = [table[n]["parameters"] for n in ("maht_net", "pruned_25", "pruned_50")]
+    assert sizes == sorted(sizes, reverse=True) and sizes[2] < 0.6 * sizes[0]
+    assert all(r["onnxruntime_peak_rss_mb"] >= r["onnxruntime_model_mb"] > 0 for r in table.values())
+    assert all(r["pytorch_peak_rss_mb"] > 0 for n, r in table.items() if n != "maht_net_int8")
     assert all(0 <= r["wilcoxon_p"] <= 1 for n, r in table.items() if n != "maht_net")
     assert (pipeline / "plots" / "optimise" / "mre_vs_latency.png").stat().st_size > 1000
     image = sorted((pipeline / "data" / "synthetic" / "RawImage" / "Test1Data").iterdir())[0]

@@ -80,8 +80,9 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
 def model_from_checkpoint(payload: dict[str, Any]) -> tuple[nn.Module, HeatmapCodec, str]:
     """Rebuild ``(model, codec, output_kind)`` from a loaded checkpoint.
 
-    The encoder's initial weights file is not read (the checkpoint holds all weights), and
-    U-Net checkpoints written before MAHT-Net existed (without its ``model`` keys) still load.
+    The encoder's initial weights file is not read (the checkpoint holds all weights), a
+    channel-pruned network (``meta["pruned"]``) is narrowed to its weights' shapes, and U-Net
+    checkpoints written before MAHT-Net existed (without its ``model`` keys) still load.
     """
     meta = payload["meta"]
     block = dict(meta["model"])
@@ -92,7 +93,12 @@ def model_from_checkpoint(payload: dict[str, Any]) -> tuple[nn.Module, HeatmapCo
     block = {k: v for k, v in block.items() if k in {f.name for f in dataclasses.fields(ModelParams)}}
     model_params = ModelParams(**(dict.fromkeys(missing) | block | {"encoder_weights": None}))
     model = build_model(name, model_params, num_landmarks=len(meta["landmark_names"]))
-    model.load_state_dict(payload["model_state"])
+    if meta.get("pruned"):  # narrower layers than the model block builds (mahtnet.prune)
+        from mahtnet.prune import shrink_to
+
+        shrink_to(model, payload["model_state"])
+    else:
+        model.load_state_dict(payload["model_state"])
     if meta.get("bypass_transformer"):
         model.bottleneck.bypass = True
     model.eval()

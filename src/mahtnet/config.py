@@ -210,6 +210,18 @@ class DistillParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class PruneParams:
+    """Structured (channel) pruning of the full MAHT-Net (stages ``train_prune@<sparsity>``):
+    torch-pruning removes the least important channel groups, then ``train`` fine-tunes."""
+
+    sparsities_pct: list[int]  # channel sparsities tried, % of each prunable layer's output channels
+    importance: str  # l1 | l2: norm of each coupled channel group's weights (torch-pruning)
+    round_to: int  # kept channels a multiple of this (SIMD-friendly widths)
+    ignore: list[str]  # module-name prefixes whose output channels are kept
+    train: StageParams  # the fine-tuning schedule after pruning (a stage block like stage 3)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     sdr_thresholds_mm: list[float]
     batch_size: int
@@ -263,6 +275,7 @@ class Params:
     stage3: StageParams
     refine: RefineParams
     distill: DistillParams
+    prune: PruneParams
     evaluate: EvaluateParams
     compare: CompareParams
     crossval: CrossvalParams
@@ -341,10 +354,14 @@ MAHT_NET_STAGES = STAGES[1:]
 
 
 STUDENT_STAGES = ("student", "distill")  # the small U-Net without / with the teacher (p.distill)
+PRUNE_STAGE = "prune"  # fine-tuning of a pruned MAHT-Net (p.prune)
 
 
 def stage_params(p: Params, stage: str) -> StageParams:
-    """The schedule block of a training stage (the students share ``distill.train``)."""
+    """The schedule block of a training stage (the students share ``distill.train``, the
+    pruned models ``prune.train``)."""
+    if stage == PRUNE_STAGE:
+        return p.prune.train
     return p.distill.train if stage in STUDENT_STAGES else getattr(p, stage)
 
 
@@ -397,6 +414,7 @@ def _check_choices(p: Params) -> None:
             "params keys 'distill.student_channels' (>= 1), 'distill.weight' (0..1) and "
             "'distill.temperature' (> 0) are out of range"
         )
+    _check_prune(p.prune, p.loss.output)
     if p.evaluate.shape_candidates < 1:
         raise ParamsError("params key 'evaluate.shape_candidates' must be >= 1")
     for key in ("preprocess.height", "preprocess.width"):
@@ -455,6 +473,16 @@ def _check_refine(r: RefineParams) -> None:
         raise ParamsError("params key 'refine.train.loss_weights': the refiner trains with softmax_ce only")
     if r.batch_size < 1:
         raise ParamsError("params key 'refine.batch_size' must be >= 1")
+
+
+def _check_prune(r: PruneParams, output: str) -> None:
+    _check_stage(r.train, "prune.train", output)
+    _choice("prune.importance", r.importance, ("l1", "l2"))
+    for i, pct in enumerate(r.sparsities_pct):
+        if not 0 < pct < 100:
+            raise ParamsError(f"params key 'prune.sparsities_pct[{i}]' must be in 1..99 (%), got {pct}")
+    if r.round_to < 1:
+        raise ParamsError(f"params key 'prune.round_to' must be >= 1, got {r.round_to}")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

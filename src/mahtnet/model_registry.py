@@ -4,7 +4,8 @@ store, each training stage (``tracking.log_models``) and each ONNX export a new 
 Registered names: ``unet`` (``train_baseline``), ``maht_net`` (``train_stage1``-``3``; the
 ``stage`` tag tells the versions apart), ``refiner_unet`` / ``refiner_maht_net``
 (``train_refine@baseline`` / ``@maht_net``: a refiner is trained on its coarse model's errors,
-so the refiners of different coarse architectures are different models, not versions of one).
+so the refiners of different coarse architectures are different models, not versions of one),
+``maht_net_pruned`` (``train_prune@<pct>``: the ``pruned_sparsity`` tag tells them apart).
 
 What is logged is :class:`~mahtnet.deploy.HeatmapNet`: images ``(B, 1, H, W)`` float32 in
 [0, 1] -> log-heatmaps ``(B, K, h, w)``; for a refiner the images are patches ``(B, 1, P, P)``
@@ -57,7 +58,10 @@ def _heatmap_model(payload: dict) -> tuple[str, HeatmapNet, tuple[int, int], dic
         "heatmap_stride": codec.stride,
         "output_kind": output_kind,
     }
-    return meta["model"]["name"], HeatmapNet(model, output_kind), codec.input_size, info
+    name = meta["model"]["name"]
+    if meta.get("pruned"):
+        name, info["pruned_sparsity"] = f"{name}_pruned", meta["pruned"]["sparsity"]
+    return name, HeatmapNet(model, output_kind), codec.input_size, info
 
 
 def _refiner(path: Path, coarse: str | Path | None) -> tuple[str, HeatmapNet, tuple[int, int], dict]:

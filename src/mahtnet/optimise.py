@@ -13,6 +13,7 @@ import numpy as np
 
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.export import decode_all, export_onnx, latency_ms, onnx_latency_ms
+from mahtnet.memory import memory_columns
 from mahtnet.metrics import radial_errors_mm, summarize
 from mahtnet.predict import OnnxBackend
 from mahtnet.stats import compare_paired
@@ -38,8 +39,8 @@ def score_onnx(
 def variant_row(
     checkpoint: Path | None, onnx: Path, data: PreparedSet, thresholds: Sequence[float], repeats: int
 ) -> tuple[dict, np.ndarray]:
-    """One row of the table: scores, size, parameters and batch-1 latency (onnxruntime, and
-    PyTorch when there is a checkpoint), and the errors for the paired test."""
+    """One row of the table: scores, size, parameters, batch-1 latency and peak memory
+    (onnxruntime, and PyTorch when there is a checkpoint), and the errors for the paired test."""
     row, errors, _ = score_onnx(onnx, data, thresholds)
     row["onnx_mb"] = onnx.stat().st_size / 2**20
     if checkpoint is not None:
@@ -47,7 +48,17 @@ def variant_row(
         row |= latency_ms(checkpoint, onnx, data.images[0], repeats)
     else:
         row |= onnx_latency_ms(onnx, data.images[0], repeats)
-    return row, errors
+    return row | memory_columns(checkpoint, onnx), errors
+
+
+def pruned_models(folder: Path | None) -> dict[str, Path]:
+    """``{"pruned_<pct>": checkpoint}`` of the ``train_prune@<pct>`` stages' folder, by sparsity."""
+    if folder is None:
+        return {}
+    found = {int(p.stem.removeprefix("sparsity_")): p for p in folder.glob("sparsity_*.pt")}
+    if not found:
+        raise FileNotFoundError(f"no pruned checkpoints (sparsity_<pct>.pt) in {folder}")
+    return {f"pruned_{pct}": found[pct] for pct in sorted(found)}
 
 
 def tradeoff(

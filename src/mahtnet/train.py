@@ -7,6 +7,8 @@
 - :func:`stage_task`: the model, its augmented training data, the composite loss and the
   validation (MRE / SDR at the original resolution) of a stage; :func:`train` runs it.
 - :class:`SigmaCurriculum`: the heatmap sigma annealed over a stage (``heatmap.sigma_start``).
+- The optimisation stages: the students of knowledge distillation (``student``, ``distill``)
+  and the fine-tuning of a channel-pruned stage-3 MAHT-Net (``prune``, :mod:`mahtnet.prune`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mahtnet.checkpoint import (
 )
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import (
+    PRUNE_STAGE,
     STUDENT_STAGES,
     DistillParams,
     ModelParams,
@@ -63,6 +66,7 @@ MODEL_OF_STAGE = {
     "stage3": "maht_net",
     "student": "unet",
     "distill": "unet",
+    PRUNE_STAGE: "maht_net",
 }
 
 
@@ -75,8 +79,10 @@ def stage_model_params(params: Params, stage: str) -> ModelParams:
 
 def build_stage_model(params: Params, stage: str, init: str | Path | None) -> nn.Module:
     """The stage's model: the U-Net for the baseline, MAHT-Net for stages 1-3, starting from
-    the ``init`` checkpoint (the previous stage's) when given."""
+    the ``init`` checkpoint (the previous stage's) when given; stage ``prune`` needs it."""
     name = MODEL_OF_STAGE[stage]
+    if stage == PRUNE_STAGE and init is None:
+        raise ValueError("stage prune needs --init (the full model, e.g. data/models/stage3.pt)")
     model_params = stage_model_params(params, stage)
     if init is None:
         return build_model(name, model_params)
@@ -92,6 +98,22 @@ def build_stage_model(params: Params, stage: str, init: str | Path | None) -> nn
     model = build_model(name, dataclasses.replace(model_params, encoder_weights=None))
     model.load_state_dict(payload["model_state"])
     return model
+
+
+def prune_stage_model(params: Params, model: nn.Module, sparsity: float | None) -> dict:
+    """Stage ``prune``: remove ``sparsity`` of the channels of the full ``model`` in place
+    before fine-tuning; returns what the checkpoint records of it."""
+    from mahtnet.prune import prune_model
+
+    if sparsity is None:
+        raise ValueError("stage prune needs a sparsity (--sparsity-pct)")
+    example = torch.zeros(1, 1, params.preprocess.height, params.preprocess.width)
+    info = prune_model(model, sparsity, params.prune, example)
+    print(
+        f"pruned {sparsity:.0%} of the channels: {info['parameters_before'] / 1e6:.2f} M -> "
+        f"{info['parameters_after'] / 1e6:.2f} M parameters"
+    )
+    return info | {"importance": params.prune.importance, "ignore": list(params.prune.ignore)}
 
 
 def configure_stage(model: nn.Module, s: StageParams) -> tuple[list[dict], list[nn.Module]]:
@@ -233,12 +255,16 @@ def stage_task(
     device: torch.device,
     world_size: int,
     teacher: str | Path | None = None,
+    sparsity: float | None = None,
 ) -> TrainTask:
-    """The task of a heatmap-model stage: the U-Net baseline, a MAHT-Net stage, or a student
-    (``distill``: with the ``teacher`` checkpoint's heatmaps as soft targets)."""
+    """The task of a heatmap-model stage: the U-Net baseline, a MAHT-Net stage, a student
+    (``distill``: with the ``teacher`` checkpoint's heatmaps as soft targets) or the
+    fine-tuning of the ``init`` MAHT-Net pruned to ``sparsity`` (``prune``)."""
     s: StageParams = stage_params(params, stage)
     seed_everything(params.seed)
     model = build_stage_model(params, stage, init)
+    pruned = prune_stage_model(params, model, sparsity) if stage == PRUNE_STAGE else None
+    name = stage if pruned is None else f"{stage}_{sparsity:g}"
     codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, model.output_stride)
     loss_fn = CompositeLoss.from_params(params.loss, to_dict(s.loss_weights), s.uncertainty_weighting)
     groups, frozen_bn = configure_stage(model, s)
@@ -251,7 +277,7 @@ def stage_task(
     if stage == "distill":
         loss = distill_loss(loss, load_teacher(teacher, device), params.distill, device)
     return TrainTask(
-        name=stage,
+        name=name,
         model=model,
         loss_fn=loss_fn,
         groups=groups,
@@ -269,8 +295,9 @@ def stage_task(
             "stage": stage,
             "bypass_transformer": bool(getattr(getattr(model, "bottleneck", None), "bypass", False)),
             "params": to_dict(params),
+            **({"pruned": pruned} if pruned else {}),
         },
-        fingerprint=fingerprint(params, stage, [train_set, val_set], teacher or init, world_size),
+        fingerprint=fingerprint(params, name, [train_set, val_set], teacher or init, world_size),
     )
 
 
@@ -294,6 +321,7 @@ def train(
     run: Run | None = None,
     val_targets: np.ndarray | None = None,
     teacher: str | Path | None = None,
+    sparsity: float | None = None,
 ) -> TrainResult:
     """Train ``stage`` (``"baseline"``, ``"stage1"``, ``"stage2"``, ``"stage3"``) and write its
     checkpoint. ``val_targets (N, K, h, w)``: validation heatmaps from the heatmap stage."""
@@ -302,7 +330,7 @@ def train(
         if params.train.threads > 0:
             torch.set_num_threads(params.train.threads)
         task = stage_task(
-            params, stage, train_set, val_set, init, val_targets, device, info.world_size, teacher
+            params, stage, train_set, val_set, init, val_targets, device, info.world_size, teacher, sparsity
         )
         trainer = Trainer(
             task,
