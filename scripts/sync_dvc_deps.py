@@ -1,4 +1,4 @@
-"""Rewrite the ``src/mahtnet`` deps of every stage in dvc.yaml (and crossval/dvc.yaml) to
+"""Rewrite the ``src/mahtnet`` deps of every stage in dvc.yaml (and crossval/, search/dvc.yaml) to
 exactly the library modules its script imports, directly or transitively (what
 tests/test_dvc_deps.py checks). Other deps are kept as they are.
 
@@ -45,5 +45,5 @@ def sync(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    for f in (ROOT / "dvc.yaml", ROOT / "crossval" / "dvc.yaml"):
+    for f in (ROOT / "dvc.yaml", ROOT / "crossval" / "dvc.yaml", ROOT / "search" / "dvc.yaml"):
         sync(f)

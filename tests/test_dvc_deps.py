@@ -34,7 +34,7 @@ def imported_modules(script: Path) -> set[str]:
 
 def _stages() -> list[tuple[str, dict]]:
     out = []
-    for path in (REPO / "dvc.yaml", REPO / "crossval" / "dvc.yaml"):
+    for path in (REPO / "dvc.yaml", REPO / "crossval" / "dvc.yaml", REPO / "search" / "dvc.yaml"):
         stages = yaml.safe_load(path.read_text())["stages"]
         out += [(name, s.get("do", s)) for name, s in stages.items()]
     return out

@@ -260,6 +260,70 @@ class QuantizeParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchParams:
+    """Hyper-parameter and architecture search with Optuna (``search/dvc.yaml``,
+    :mod:`mahtnet.search`): each trial trains ``stage`` for ``epochs`` on the training images
+    and is scored on validation images only (never the test split)."""
+
+    study: str  # Optuna study name (workers with the same name and storage cooperate)
+    storage: str | None  # SQLAlchemy URL of the study; null = sqlite:///<repo>/data/search/optuna.db
+    trials: int  # complete + pruned trials of the study, all workers together
+    stage: str  # the schedule and model a trial trains: stage1 (MAHT-Net) | baseline (U-Net)
+    epochs: int  # epochs of a trial (its stage's epochs)
+    objective: str  # val: best validation MRE | crossval: mean over crossval.folds folds
+    sampler: str  # tpe | random | grid (every space key a list of choices)
+    pruner: str  # median | hyperband | none: stops trials whose validation MRE lags
+    startup_trials: int  # trials before TPE models the space and the pruner prunes
+    warmup_epochs: int  # epochs of a trial before it can be pruned
+    seed: int  # sampler seed
+    fixed: list[str]  # "key=value" settings of every trial, e.g. stage1.bypass_transformer=false
+    space: dict  # {params key: {low, high[, log, step]} or {choices: [...]}}
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchDim:
+    """One dimension of ``search.space``: a numeric range (``low``..``high``, ``log`` scale, an
+    integer range when both ends are integers, ``step``) or categorical ``choices``."""
+
+    key: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+    choices: tuple | None = None
+
+
+def parse_space(space: dict, known: Sequence[str]) -> list[SearchDim]:
+    """The dimensions of ``search.space``; an unknown params key or a bad range raises a
+    :class:`ParamsError` naming ``search.space.<key>``."""
+    dims = []
+    for key, spec in space.items():
+        where = f"search.space.{key}"
+        if key not in known:
+            raise ParamsError(f"params key '{where}': '{key}' is not a params key")
+        if not isinstance(spec, dict) or not (set(spec) <= {"low", "high", "log", "step", "choices"}):
+            raise ParamsError(
+                f"params key '{where}' must be {{low, high[, log, step]}} or {{choices: [...]}}"
+            )
+        if "choices" in spec:
+            if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+                raise ParamsError(f"params key '{where}.choices' must be a non-empty list (and alone)")
+            dims.append(SearchDim(key, choices=tuple(spec["choices"])))
+            continue
+        low, high, log = spec.get("low"), spec.get("high"), spec.get("log", False)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+        bad_log = not isinstance(log, bool) or (log and (low <= 0 or spec.get("step") is not None))
+        if not numbers or not low < high or bad_log:
+            raise ParamsError(
+                f"params key '{where}' needs numbers low < high (log: low > 0, no step), got {spec}"
+            )
+        integer = isinstance(low, int) and isinstance(high, int)
+        dims.append(SearchDim(key, float(low), float(high), log, spec.get("step"), integer))
+    return dims
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     seed: int
     data: DataParams
@@ -280,6 +344,7 @@ class Params:
     compare: CompareParams
     crossval: CrossvalParams
     quantize: QuantizeParams
+    search: SearchParams
     tracking: TrackingParams
 
 
@@ -310,6 +375,10 @@ def _check_scalar(value: Any, tp: Any, key: str) -> Any:
         if not math.isfinite(value):
             raise ParamsError(f"params key '{key}' must be finite, got {value!r}")
         return float(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"params key '{key}' must be a mapping, got {value!r}")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ParamsError(f"params key '{key}' must be a string, got {value!r}")
@@ -415,6 +484,8 @@ def _check_choices(p: Params) -> None:
             "'distill.temperature' (> 0) are out of range"
         )
     _check_prune(p.prune, p.loss.output)
+    _check_search(p.search)
+    parse_space(p.search.space, list(flatten(to_dict(p))))
     if p.evaluate.shape_candidates < 1:
         raise ParamsError("params key 'evaluate.shape_candidates' must be >= 1")
     for key in ("preprocess.height", "preprocess.width"):
@@ -483,6 +554,19 @@ def _check_prune(r: PruneParams, output: str) -> None:
             raise ParamsError(f"params key 'prune.sparsities_pct[{i}]' must be in 1..99 (%), got {pct}")
     if r.round_to < 1:
         raise ParamsError(f"params key 'prune.round_to' must be >= 1, got {r.round_to}")
+
+
+def _check_search(s: SearchParams) -> None:
+    _choice("search.stage", s.stage, ("stage1", "baseline"))
+    _choice("search.objective", s.objective, ("val", "crossval"))
+    _choice("search.sampler", s.sampler, ("tpe", "random", "grid"))
+    _choice("search.pruner", s.pruner, ("median", "hyperband", "none"))
+    for key in ("trials", "epochs"):
+        if getattr(s, key) < 1:
+            raise ParamsError(f"params key 'search.{key}' must be >= 1")
+    for i, item in enumerate(s.fixed):
+        if "=" not in item:
+            raise ParamsError(f"params key 'search.fixed[{i}]' must be key=value, got {item!r}")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -61,6 +61,13 @@ class Run:
         if Path(path).exists():
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    @contextlib.contextmanager
+    def nested(self, name: str, params: dict[str, Any]) -> Iterator[Run]:
+        """A child run (e.g. one trial of a search) with ``params``, active inside the block."""
+        with self._mlflow.start_run(run_name=name, nested=True):
+            self._mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            yield Run(self._mlflow)
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -322,9 +323,12 @@ def train(
     val_targets: np.ndarray | None = None,
     teacher: str | Path | None = None,
     sparsity: float | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
-    """Train ``stage`` (``"baseline"``, ``"stage1"``, ``"stage2"``, ``"stage3"``) and write its
-    checkpoint. ``val_targets (N, K, h, w)``: validation heatmaps from the heatmap stage."""
+    """Train ``stage`` (``"baseline"``, ``"stage1"``-``"stage3"``, a student, ``"prune"``) and
+    write its checkpoint. ``val_targets (N, K, h, w)``: validation heatmaps from the heatmap
+    stage (None: made from the landmarks); ``callbacks``: extra per-epoch hooks (a search's
+    pruning report), after the stage's own."""
     info, device = init_distributed(params.train.device)
     try:
         if params.train.threads > 0:
@@ -341,7 +345,7 @@ def train(
             info,
             device,
             run,
-            stage_callbacks(params, stage, task),
+            [*stage_callbacks(params, stage, task), *callbacks],
         )
         return trainer.fit()
     finally:
