@@ -137,3 +137,12 @@ def test_prune_params_name_their_key(params_raw):
     raw["prune"]["importance"] = "taylor"
     with pytest.raises(ParamsError, match="prune.importance"):
         parse_params(raw)
+
+
+def test_peak_memory_is_the_childs_own_not_the_callers(onnx_model):
+    from mahtnet.memory import peak_memory_mb
+
+    ballast = np.ones(2**27)  # 1 GiB resident in this (the calling) process
+    got = peak_memory_mb("onnx", onnx_model)
+    assert ballast[-1] == 1.0
+    assert 0 < got["model_mb"] <= got["peak_rss_mb"] < 700  # the child's, not inherited through fork

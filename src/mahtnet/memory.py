@@ -2,8 +2,8 @@
 model's allocations do not hide another's.
 
 The child imports the backend's libraries, reads its resident set size (RSS), loads the
-model, runs a few batch-1 forward passes and reports its peak RSS (``ru_maxrss``, the
-kernel's high-water mark). ``model_mb`` is the growth from loading and running the model;
+model, runs a few batch-1 forward passes and reports its peak RSS (the kernel's high-water
+mark, ``VmHWM``). ``model_mb`` is the growth from loading and running the model;
 ``peak_rss_mb`` the whole process, interpreter and libraries included::
 
     python -m mahtnet.memory onnx|pytorch MODEL THREADS   # prints one JSON line
@@ -21,15 +21,28 @@ from pathlib import Path
 RUNS = 5
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def _status_mb(field: str) -> float | None:
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    return float("nan")  # no /proc (not Linux): only the peak is known
+    return None
+
+
+def _rss_mb() -> float:
+    rss = _status_mb("VmRSS")
+    return float("nan") if rss is None else rss  # no /proc (not Linux): only the peak is known
 
 
 def _peak_rss_mb() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    """This process's high-water resident set. Linux: ``VmHWM`` (``ru_maxrss`` would carry over
+    the parent's high-water mark through fork and exec)."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
