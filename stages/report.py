@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument(
         "--stages", required=True, nargs="+", help="training stages: metrics/train_<stage>.json"
     )
+    parser.add_argument("--optimise", type=Path, help="the optimise stage's metrics/optimise.json")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"), help="(outside the pipeline)")
     parser.add_argument("--plots-dir", type=Path, default=Path("plots"), help="(outside the pipeline)")
@@ -44,6 +45,9 @@ def main() -> None:
     for m in args.models:
         for name in ("confidence", "overlay_best", "overlay_worst"):
             figures[f"{name}_{m}"] = plots_dir / m / f"{name}.png"
+    optimise = read_json(args.optimise) if args.optimise else None
+    if optimise:
+        figures["mre_vs_latency"] = plots_dir / "optimise" / "mre_vs_latency.png"
     missing = [str(p) for p in figures.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"report figures not found: {missing}")
@@ -56,7 +60,7 @@ def main() -> None:
         "seed": params.seed,
         "thresholds_mm": params.evaluate.sdr_thresholds_mm,
     }
-    path = build_report(models, compare, training, per_landmark, figures, args.out, context)
+    path = build_report(models, compare, training, per_landmark, figures, args.out, context, optimise)
     print(f"report: {path} ({len(figures)} figures)")
 
 

@@ -108,10 +108,19 @@ def test_compare_and_report(pipeline):
         "## Decoding and refinement",
         "## Statistical comparison",
         "## Clinical measurements",
+        "## Deployment trade-off",
     )
     for heading in (*headings, "## Training"):
         assert heading in report
-    for name in ("overlay_worst_maht_net", "sdr_curves", "per_landmark_mre", "paired_mre_maht_net"):
+    assert "| pruned_50 |" in report and "| maht_net_int8 |" in report
+    figures = (
+        "overlay_worst_maht_net",
+        "sdr_curves",
+        "per_landmark_mre",
+        "paired_mre_maht_net",
+        "mre_vs_latency",
+    )
+    for name in figures:
         assert f"figures/{name}.png" in report
         assert (pipeline / "reports" / "figures" / f"{name}.png").stat().st_size > 1000
 

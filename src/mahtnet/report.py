@@ -94,6 +94,34 @@ def decoding_section(models: dict[str, dict], pairs: dict[str, dict], thresholds
     return md
 
 
+def tradeoff_section(rows: dict[str, dict]) -> list[str]:
+    """The deployment trade-off table of the optimise stage (first row: the full model)."""
+    lines = [
+        "## Deployment trade-off",
+        "",
+        "The full model, its INT8 file, pruned and smaller models on the same test images (arg-max "
+        "decoding through onnxruntime; latency of the network at batch 1; peak memory of a fresh "
+        "onnxruntime process). Settings: `docs/optimise.md`.",
+        "",
+    ]
+    body = [
+        [
+            name,
+            r["mre_mm"],
+            None if "mre_diff_mm" not in r else f"{r['mre_diff_mm']:+.3f} ({_p(r['wilcoxon_p'])})",
+            r["sdr_2mm"],
+            r["parameters"] / 1e6,
+            r["onnx_mb"],
+            f"{r['onnxruntime_1_threads_ms']:.1f} / {r['onnxruntime_2_threads_ms']:.1f}",
+            r.get("onnxruntime_peak_rss_mb"),
+        ]
+        for name, r in rows.items()
+    ]
+    head = ["variant", "MRE (mm)", "vs full (p)", "SDR 2 mm (%)", "params (M)", "ONNX MB"]
+    lines += [table([*head, "onnxruntime 1 / 2 threads (ms)", "peak memory (MB)"], body), ""]
+    return lines
+
+
 def build_report(
     models: dict[str, dict],
     compare: dict,
@@ -102,11 +130,13 @@ def build_report(
     figures: dict[str, Path],
     out: Path,
     context: dict,
+    optimise: dict[str, dict] | None = None,
 ) -> Path:
     """Write ``out`` (Markdown) and copy ``figures`` (``{name: png}``) into ``out``'s
     ``figures/`` folder. ``models``: evaluate-stage metrics per model (reference first);
     ``compare``: the compare stage's JSON; ``training``: train-stage metrics per stage;
-    ``per_landmark``: the compare stage's per-landmark table per compared model."""
+    ``per_landmark``: the compare stage's per-landmark table per compared model;
+    ``optimise``: the optimise stage's trade-off rows, if any."""
     fig_dir = out.parent / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for name, src in figures.items():
@@ -242,6 +272,10 @@ def build_report(
                     f"overlay_{which}_{m}", f"{m}: {which} test image (green: ground truth, red: prediction)"
                 )
             )
+
+    if optimise:
+        md += tradeoff_section(optimise)
+        md.append(figure("mre_vs_latency", "Test MRE against onnxruntime latency (1 thread)"))
 
     md += ["## Training", ""]
     rows = [
