@@ -167,6 +167,10 @@ def test_onnx_export_and_predict_on_a_test_image(pipeline, tmp_path):
         assert export[name]["max_diff_px"] <= 0.05  # PyTorch vs onnxruntime, original px
         assert export[name]["mre_mm_onnx"] == pytest.approx(export[name]["mre_mm_pytorch"], abs=0.01)
         assert (pipeline / "data" / "models" / f"{name}.onnx").is_file()
+    for model in ("baseline", "maht_net"):
+        cal = json.loads((pipeline / "metrics" / f"calibration_{model}.json").read_text())
+        assert cal["calibration_error_mm"] >= 0 and len(cal["per_landmark_spearman"]) == 19
+        assert (pipeline / "data" / "models" / f"calibration_{model}.json").is_file()
     quantize = json.loads((pipeline / "metrics" / "quantize.json").read_text())
     assert quantize["int8"]["file_mb"] < quantize["fp32"]["file_mb"]
     table = json.loads((pipeline / "metrics" / "optimise.json").read_text())

@@ -40,6 +40,9 @@ def predict_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
     p.add_argument("--shape-prior", type=Path, help="shape_prior stage model: shape-consistent decoding")
     p.add_argument("--refiner", type=Path, help="train_refine checkpoint: coarse-to-fine (PyTorch)")
+    p.add_argument(
+        "--calibration", type=Path, help="calibrate stage file: each landmark's expected error (mm)"
+    )
     p.add_argument("--isbi-txt", action="store_true", help="also <name>.txt, the ISBI 19-line 'x,y' format")
     p.add_argument("--no-overlay", action="store_true", help="skip the <name>.png pictures")
 

@@ -25,7 +25,7 @@ from mahtnet.data.preprocess import PreparedSet
 from mahtnet.deploy import HeatmapNet
 from mahtnet.io import atomic_write
 from mahtnet.metrics import radial_errors_mm
-from mahtnet.predict import ONNX_META_KEY, OnnxBackend, TorchBackend
+from mahtnet.predict import ONNX_META_KEY, OnnxBackend, TorchBackend, ideal_peak
 
 OPSET = 17
 THREADS = (1, 2)  # CPU threads of the latency figures
@@ -63,12 +63,20 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> 
 
 def decode_all(backend, data: PreparedSet, batch_size: int = 8) -> np.ndarray:
     """Arg-max landmarks ``(N, K, 2)`` original px of every prepared image."""
+    return decode_with_confidence(backend, data, batch_size)[0]
+
+
+def decode_with_confidence(backend, data: PreparedSet, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Arg-max landmarks ``(N, K, 2)`` original px and their confidence ``(N, K)`` (heatmap
+    peak / the target's peak, as ``mahtnet predict`` reports it)."""
     codec = backend.card.codec()
-    coords = [
-        codec.decode(backend(data.images[s : s + batch_size]), is_log=True)[0]
+    decoded = [
+        codec.decode(backend(data.images[s : s + batch_size]), is_log=True)
         for s in range(0, len(data.images), batch_size)
     ]
-    return data.to_original(np.concatenate(coords))
+    coords = np.concatenate([c for c, _ in decoded])
+    confidence = np.exp(np.concatenate([p for _, p in decoded])) / ideal_peak(codec.sigma)
+    return data.to_original(coords), confidence
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

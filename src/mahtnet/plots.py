@@ -116,6 +116,24 @@ def plot_confidence(confidence: np.ndarray, errors_mm: np.ndarray, path: str | P
     return _save(fig, path)
 
 
+def plot_reliability(rel: dict, path: str | Path, title: str = "") -> Path:
+    """Reliability of the expected error: mean observed against mean expected error per bin
+    (on the diagonal: calibrated)."""
+    x = [b["expected_mm"] for b in rel["bins"]]
+    y = [b["observed_mm"] for b in rel["bins"]]
+    top = max(max(x), max(y)) * 1.1
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="calibrated")
+    ax.plot(x, y, "o-", label=f"test bins (error {rel['calibration_error_mm']:.2f} mm)")
+    ax.set_xlabel("expected error (mm), fitted on validation")
+    ax.set_ylabel("observed error (mm), test")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_paired_mre(mre_a: np.ndarray, mre_b: np.ndarray, name_a: str, name_b: str, path: str | Path) -> Path:
     """Per-image MRE of model B against model A (points below the diagonal: B better), and the
     histogram of the per-image differences B - A."""

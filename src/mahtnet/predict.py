@@ -234,11 +234,15 @@ def measurement_report(landmarks: np.ndarray, spacing_mm: float | None) -> dict[
     return out
 
 
-def to_json(p: Prediction, card: ModelCard, threshold: float = LOW_CONFIDENCE) -> dict[str, Any]:
-    """The per-image result document (``<name>.json``)."""
+def to_json(
+    p: Prediction, card: ModelCard, threshold: float = LOW_CONFIDENCE, calibration=None
+) -> dict[str, Any]:
+    """The per-image result document (``<name>.json``); with an
+    :class:`~mahtnet.calibration.ErrorCalibration`, each landmark's expected error (mm)."""
     h, w = p.xray.pixels.shape
     rows = []
-    for name, (x, y), c in zip(card.landmark_names, p.landmarks, p.confidence, strict=True):
+    expected = None if calibration is None else calibration.expected_error(p.confidence)
+    for k, (name, (x, y), c) in enumerate(zip(card.landmark_names, p.landmarks, p.confidence, strict=True)):
         mm = None if p.spacing_mm is None else (float(x * p.spacing_mm), float(y * p.spacing_mm))
         rows.append(
             {
@@ -249,6 +253,7 @@ def to_json(p: Prediction, card: ModelCard, threshold: float = LOW_CONFIDENCE) -
                 "y_mm": None if mm is None else mm[1],
                 "confidence": float(c),
                 "low_confidence": bool(c < threshold),
+                **({} if expected is None else {"expected_error_mm": float(expected[k])}),
             }
         )
     return {

@@ -18,12 +18,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from mahtnet.calibration import ErrorCalibration
 from mahtnet.data.images import XRay, read_xray
 from mahtnet.io import write_text
 from mahtnet.predict import Prediction, Refinement, isbi_text, load_backend, predict_xrays, to_json
 from mahtnet.shape_decode import ShapePrior
 
 CSV_COLUMNS = ["image", "landmark", "x_px", "y_px", "x_mm", "y_mm", "confidence", "low_confidence"]
+CALIBRATED = "expected_error_mm"  # a column and JSON field with --calibration
 
 
 class PredictRun:
@@ -34,6 +36,7 @@ class PredictRun:
         self.backend = load_backend(args.model, args.device, args.threads)
         self.prior = ShapePrior.load(args.shape_prior) if args.shape_prior else None
         self.refiner = Refinement(args.refiner, args.device) if args.refiner else None
+        self.calibration = self._calibration(args.calibration)
         self.failed: list[tuple[Path, str]] = []
         self.rows: list[dict] = []
 
@@ -45,13 +48,22 @@ class PredictRun:
                 self._batch(files[start : start + bs], names[start : start + bs])
                 bar.update(len(files[start : start + bs]))
         if self.rows:
-            csv = pd.DataFrame(self.rows, columns=CSV_COLUMNS).to_csv(index=False, float_format="%.3f")
+            columns = CSV_COLUMNS + ([CALIBRATED] if self.calibration else [])
+            csv = pd.DataFrame(self.rows, columns=columns).to_csv(index=False, float_format="%.3f")
             write_text(self.args.out / "landmarks.csv", csv)
         done = len(files) - len(self.failed)
         print(f"{done} of {len(files)} images predicted -> {self.args.out}", file=sys.stderr)
         if self.failed:
             print(f"error: {len(self.failed)} of {len(files)} images failed (see above)", file=sys.stderr)
         return 1 if self.failed else 0
+
+    def _calibration(self, path: Path | None) -> ErrorCalibration | None:
+        """The calibrate stage's map for this model (refused when fitted for another model)."""
+        if path is None:
+            return None
+        cal = ErrorCalibration.load(path)
+        cal.check_model(self.backend.card.to_dict(), path)
+        return cal
 
     def _fail(self, path: Path, err: Exception) -> None:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
@@ -89,7 +101,7 @@ class PredictRun:
 
     def _write(self, p: Prediction, name: str) -> None:
         out: Path = self.args.out
-        doc = to_json(p, self.backend.card)
+        doc = to_json(p, self.backend.card, calibration=self.calibration)
         write_text(out / f"{name}.json", json.dumps(doc, indent=2) + "\n")
         if self.args.isbi_txt:
             write_text(out / f"{name}.txt", isbi_text(p))

@@ -1,0 +1,87 @@
+"""Stage: calibrate a model's confidence into an expected radial error (mm): an isotonic map
+fitted on the validation images, checked on the test images (reliability, calibration error,
+per-landmark correlation, the low-confidence flag)::
+
+    python stages/calibrate.py --checkpoint data/models/stage3.pt --val data/prepared/val.npz \\
+        --test data/prepared/test.npz --out data/models/calibration_maht_net.json \\
+        --metrics metrics/calibration_maht_net.json --plot plots/calibration/maht_net.png
+
+``mahtnet predict --calibration data/models/calibration_maht_net.json`` then reports the
+expected error of every landmark.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet.calibration import ErrorCalibration, flagged, per_landmark_spearman, reliability  # noqa: E402
+from mahtnet.config import load_params  # noqa: E402
+from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.errors import run_cli  # noqa: E402
+from mahtnet.export import decode_with_confidence  # noqa: E402
+from mahtnet.io import write_json  # noqa: E402
+from mahtnet.metrics import radial_errors_mm  # noqa: E402
+from mahtnet.plots import plot_reliability  # noqa: E402
+from mahtnet.predict import LOW_CONFIDENCE, TorchBackend  # noqa: E402
+from mahtnet.tracking import start_run  # noqa: E402
+
+
+def errors_and_confidence(backend, path: Path):
+    data = PreparedSet.load(path)
+    pred, conf = decode_with_confidence(backend, data)
+    return radial_errors_mm(pred, data.landmarks_orig, data.spacing), conf
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--val", required=True, type=Path, help="validation split: the fit")
+    parser.add_argument("--test", required=True, type=Path, help="test split: the check")
+    parser.add_argument("--out", required=True, type=Path, help="the calibration (JSON)")
+    parser.add_argument("--metrics", required=True, type=Path)
+    parser.add_argument("--plot", required=True, type=Path)
+    args = parser.parse_args()
+    params = load_params()
+    backend = TorchBackend(args.checkpoint, params.train.device)
+    card = backend.card.to_dict()
+    model = {
+        k: card[k]
+        for k in ("architecture", "input_size", "sigma", "stride", "landmark_names", "training_data")
+    }
+    val_err, val_conf = errors_and_confidence(backend, args.val)
+    test_err, test_conf = errors_and_confidence(backend, args.test)
+    cal = ErrorCalibration.fit(val_conf, val_err, model | {"checkpoint": str(args.checkpoint)})
+    write_json(args.out, cal.to_dict())
+    expected = cal.expected_error(test_conf)
+    rel = reliability(expected, test_err)
+    summary = {
+        "fitted_on": f"{val_err.size} validation landmarks ({val_err.shape[0]} images)",
+        "test_landmarks": int(test_err.size),
+        "calibration_error_mm": rel["calibration_error_mm"],
+        # per landmark: |expected - observed|, against a constant guess (the validation MRE)
+        "expected_error_mae_mm": float(abs(expected - test_err).mean()),
+        "constant_guess_mae_mm": float(abs(val_err.mean() - test_err).mean()),
+        "reliability": rel["bins"],
+        "per_landmark_spearman": per_landmark_spearman(test_conf, test_err, card["landmark_names"]),
+        "low_confidence": flagged(test_conf, test_err, LOW_CONFIDENCE),
+    }
+    write_json(args.metrics, summary)
+    plot_reliability(rel, args.plot, f"{args.checkpoint.name}: expected vs observed error")
+    with start_run(
+        params.tracking, f"calibrate_{args.out.stem}", {"checkpoint": str(args.checkpoint)}
+    ) as run:
+        run.log_metrics({"calibration_error_mm": rel["calibration_error_mm"]})
+        run.log_artifact(args.plot)
+    low = summary["low_confidence"]
+    print(
+        f"{args.checkpoint}: calibration error {rel['calibration_error_mm']:.3f} mm on {test_err.size} test "
+        f"landmarks; flagged {low['share']:.1%} (MRE {low['mre_flagged_mm']} vs {low['mre_other_mm']:.3f} mm)"
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
