@@ -35,6 +35,7 @@ from mahtnet.data.isbi import list_split  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet, prepare  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.evaluate import Decoding, evaluate_variants, write_csv  # noqa: E402
+from mahtnet.explain import attention_figures  # noqa: E402
 from mahtnet.refine import FineSet, prepare_fine  # noqa: E402
 from mahtnet.refine_train import load_refiner  # noqa: E402
 from mahtnet.shape_decode import ShapePrior  # noqa: E402
@@ -122,6 +123,8 @@ def main() -> None:
         result = results[how.variants()[-1]]
         extra = {"variants": variant_summaries(results), "seconds": time.perf_counter() - t0}
         result.write(args.out, args.plots, args.per_image, extra=extra)
+        if args.plots and len(args.checkpoint) == 1:
+            attention_figures(args.checkpoint[0], result, args.plots)  # MAHT-Net only
         if args.coarse_per_image:
             write_csv(args.coarse_per_image, results["coarse"].per_image())
         summary = result.summary()

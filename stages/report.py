@@ -45,6 +45,10 @@ def main() -> None:
     for m in args.models:
         for name in ("confidence", "overlay_best", "overlay_worst"):
             figures[f"{name}_{m}"] = plots_dir / m / f"{name}.png"
+    for m in args.models:  # written by the evaluate stage for MAHT-Net only
+        for which in ("best", "worst"):
+            if (plots_dir / m / f"attention_{which}.png").is_file():
+                figures[f"attention_{which}_{m}"] = plots_dir / m / f"attention_{which}.png"
     optimise = read_json(args.optimise) if args.optimise else None
     if optimise:
         figures["mre_vs_latency"] = plots_dir / "optimise" / "mre_vs_latency.png"

@@ -347,3 +347,17 @@ def test_converted_lite0_weights_recognise_an_imagenet_photo():
     with torch.no_grad():
         top = classifier(x[None]).softmax(-1)[0].topk(3).indices.tolist()
     assert top[0] == 652, f"ImageNet top-3 {top}: expected 652 (military uniform) first"
+
+
+def test_landmark_attention_rows_are_distributions_over_the_token_grid():
+    from mahtnet.models.maht_net import landmark_attention
+
+    model = tiny(transformer_layers=2)
+    x = torch.randn(2, 1, 64, 96)
+    points = torch.tensor([[[5.0, 5.0], [90.0, 60.0]], [[40.0, 30.0], [0.0, 63.0]]])
+    rows = landmark_attention(model, x, points)
+    assert rows.shape == (2, 2, 2, 3)  # (B, P, H/32, W/32)
+    torch.testing.assert_close(rows.sum(dim=(2, 3)), torch.ones(2, 2))
+    assert model.training  # restored
+    with pytest.raises(NotImplementedError):
+        landmark_attention(tiny(transformer_layers=1, attention_window=2), x, points)

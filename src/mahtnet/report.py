@@ -272,6 +272,19 @@ def build_report(
                     f"overlay_{which}_{m}", f"{m}: {which} test image (green: ground truth, red: prediction)"
                 )
             )
+    attention = [
+        f"attention_{w}_{m}" for m in names for w in ("best", "worst") if f"attention_{w}_{m}" in figures
+    ]
+    if attention:
+        md += [
+            "## Where MAHT-Net looks",
+            "",
+            "On the same images: the attention each stride-32 token receives in the last transformer "
+            "block, the decoder's attention gates, and the last block's attention from the token under "
+            "a few landmarks (at their ground-truth position). `src/mahtnet/explain.py`.",
+            "",
+        ]
+        md += [figure(name, name.replace("_", " ")) for name in attention]
 
     if optimise:
         md += tradeoff_section(optimise)

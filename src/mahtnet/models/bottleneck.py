@@ -80,6 +80,15 @@ class Attention(nn.Module):
         return window_reverse(x, info, self.window) if self.window else x
 
     @torch.no_grad()
+    def attention_matrix(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """Attention weights ``(B, N, N)`` (query rows, key columns), mean over heads; global
+        attention only (a windowed layer attends within its window)."""
+        if self.window:
+            raise NotImplementedError("attention_matrix: windowed attention has no N x N matrix")
+        q, k, _ = self._qkv(x)
+        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1).mean(dim=1)
+
+    @torch.no_grad()
     def attention_received(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Mean attention each token receives (over heads and queries): ``(B, N)``; for
         visualisation (it materialises the attention matrix)."""

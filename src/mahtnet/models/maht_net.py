@@ -111,3 +111,23 @@ def attention_maps(model: MAHTNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
         hooks.append((gate.psi, keep_gate))
     forward_with_hooks(model, x, hooks)
     return maps
+
+
+@torch.no_grad()
+def landmark_attention(model: MAHTNet, x: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Where the last transformer block looks from each landmark: for ``points (B, P, 2)``
+    (x, y in input px), the attention row of the stride-32 token under each point, mean over
+    heads, as maps ``(B, P, H/32, W/32)``. Global attention only; the model is run in eval mode."""
+    rows: dict[str, torch.Tensor] = {}
+    block = model.bottleneck.blocks[-1]
+
+    def keep(module, args, _out):
+        tokens, (h, w) = args
+        rows["attn"], rows["hw"] = module.attention_matrix(tokens, (h, w)), (h, w)
+
+    forward_with_hooks(model, x, [(block.attn, keep)])
+    (h, w), attn = rows["hw"], rows["attn"]  # (B, N, N)
+    col = (points[..., 0] / model.stride).long().clamp(0, w - 1)
+    row = (points[..., 1] / model.stride).long().clamp(0, h - 1)
+    index = (row * w + col)[..., None].expand(-1, -1, attn.shape[-1])  # (B, P, N)
+    return torch.gather(attn, 1, index).reshape(*points.shape[:2], h, w)
