@@ -109,6 +109,7 @@ def test_compare_and_report(pipeline):
         "## Statistical comparison",
         "## Clinical measurements",
         "## Deployment trade-off",
+        "## Where MAHT-Net looks",
     )
     for heading in (*headings, "## Training"):
         assert heading in report
