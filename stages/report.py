@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument(
         "--stages", required=True, nargs="+", help="training stages: metrics/train_<stage>.json"
     )
+    parser.add_argument("--robustness", type=Path, help="the robustness stage's metrics/robustness.json")
     parser.add_argument("--optimise", type=Path, help="the optimise stage's metrics/optimise.json")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--metrics-dir", type=Path, default=Path("metrics"), help="(outside the pipeline)")
@@ -49,6 +50,9 @@ def main() -> None:
         for which in ("best", "worst"):
             if (plots_dir / m / f"attention_{which}.png").is_file():
                 figures[f"attention_{which}_{m}"] = plots_dir / m / f"attention_{which}.png"
+    robust = read_json(args.robustness) if args.robustness else None
+    if robust:
+        figures["mre_vs_severity"] = plots_dir / "robustness" / "mre_vs_severity.png"
     optimise = read_json(args.optimise) if args.optimise else None
     if optimise:
         figures["mre_vs_latency"] = plots_dir / "optimise" / "mre_vs_latency.png"
@@ -64,7 +68,7 @@ def main() -> None:
         "seed": params.seed,
         "thresholds_mm": params.evaluate.sdr_thresholds_mm,
     }
-    path = build_report(models, compare, training, per_landmark, figures, args.out, context, optimise)
+    path = build_report(models, compare, training, per_landmark, figures, args.out, context, optimise, robust)
     print(f"report: {path} ({len(figures)} figures)")
 
 

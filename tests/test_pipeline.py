@@ -110,6 +110,7 @@ def test_compare_and_report(pipeline):
         "## Clinical measurements",
         "## Deployment trade-off",
         "## Where MAHT-Net looks",
+        "## Robustness",
     )
     for heading in (*headings, "## Training"):
         assert heading in report
@@ -168,6 +169,9 @@ def test_onnx_export_and_predict_on_a_test_image(pipeline, tmp_path):
         assert export[name]["max_diff_px"] <= 0.05  # PyTorch vs onnxruntime, original px
         assert export[name]["mre_mm_onnx"] == pytest.approx(export[name]["mre_mm_pytorch"], abs=0.01)
         assert (pipeline / "data" / "models" / f"{name}.onnx").is_file()
+    robust = json.loads((pipeline / "metrics" / "robustness.json").read_text())
+    assert set(robust) == {"baseline", "maht_net"} and len(robust["maht_net"]["perturbations"]) == 8
+    assert robust["maht_net"]["perturbations"]["rotate"]["rows"][-1]["mre_mm"] > 0
     for model in ("baseline", "maht_net"):
         cal = json.loads((pipeline / "metrics" / f"calibration_{model}.json").read_text())
         assert cal["calibration_error_mm"] >= 0 and len(cal["per_landmark_spearman"]) == 19

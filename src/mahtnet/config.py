@@ -244,6 +244,21 @@ class CrossvalParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class RobustnessParams:
+    """Perturbations of the original test images (stage robustness): severities of each."""
+
+    noise_sd: list[float]  # Gaussian noise sd, grey levels of 255
+    gamma: list[float]  # output = input ** gamma (on [0, 1])
+    contrast: list[float]  # factor about the image mean
+    blur_mm: list[float]  # Gaussian blur sd in mm
+    jpeg_quality: list[int]  # JPEG re-compression quality (1-100)
+    rotate_deg: list[float]  # rotation about the image centre
+    scale: list[float]  # zoom about the image centre (the pixel spacing follows)
+    crop_fraction: list[float]  # share of the height / width cut off every border (< 0.5)
+    seed: int  # noise generator seed
+
+
+@dataclasses.dataclass(frozen=True)
 class TrackingParams:
     experiment: str  # MLflow experiment name
     uri: str | None  # MLflow tracking URI; null = sqlite file at the repo root
@@ -345,6 +360,7 @@ class Params:
     crossval: CrossvalParams
     quantize: QuantizeParams
     search: SearchParams
+    robustness: RobustnessParams
     tracking: TrackingParams
 
 
@@ -485,6 +501,7 @@ def _check_choices(p: Params) -> None:
         )
     _check_prune(p.prune, p.loss.output)
     _check_search(p.search)
+    _check_robustness(p.robustness)
     parse_space(p.search.space, list(flatten(to_dict(p))))
     if p.evaluate.shape_candidates < 1:
         raise ParamsError("params key 'evaluate.shape_candidates' must be >= 1")
@@ -567,6 +584,23 @@ def _check_search(s: SearchParams) -> None:
     for i, item in enumerate(s.fixed):
         if "=" not in item:
             raise ParamsError(f"params key 'search.fixed[{i}]' must be key=value, got {item!r}")
+
+
+def _check_robustness(r: RobustnessParams) -> None:
+    checks = {
+        "noise_sd": lambda v: v >= 0,
+        "gamma": lambda v: v > 0,
+        "contrast": lambda v: v >= 0,
+        "blur_mm": lambda v: v > 0,
+        "jpeg_quality": lambda v: 1 <= v <= 100,
+        "rotate_deg": lambda v: abs(v) <= 90,
+        "scale": lambda v: v > 0,
+        "crop_fraction": lambda v: 0 <= v < 0.5,
+    }
+    for key, ok in checks.items():
+        for i, v in enumerate(getattr(r, key)):
+            if not ok(v):
+                raise ParamsError(f"params key 'robustness.{key}[{i}]' is out of range: {v}")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

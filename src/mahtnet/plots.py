@@ -181,6 +181,30 @@ def plot_per_landmark_bars(names: Sequence[str], values: dict[str, np.ndarray], 
     return _save(fig, path)
 
 
+def plot_robustness(results: dict[str, dict], path: str | Path) -> Path:
+    """MRE against severity, one panel per perturbation, one line per model (``results``:
+    ``{model: robustness output}``); the clean MRE is severity index 0."""
+    first = next(iter(results.values()))["perturbations"]
+    fig, axes = plt.subplots(
+        2, (len(first) + 1) // 2, figsize=(2.6 * ((len(first) + 1) // 2), 5.4), squeeze=False
+    )
+    for ax, name in zip(axes.flat, first, strict=False):
+        for model, r in results.items():
+            rows = r["perturbations"][name]["rows"]
+            ax.plot(
+                range(len(rows) + 1), [r["clean"]["mre_mm"], *(x["mre_mm"] for x in rows)], "o-", label=model
+            )
+            ax.set_xticks(range(len(rows) + 1), ["clean", *(f"{x['severity']:g}" for x in rows)], fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes.flat[0].set_ylabel("test MRE (mm)")
+    axes.flat[0].legend(fontsize=7)
+    for ax in list(axes.flat)[len(first) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_tradeoff(rows: dict[str, dict], path: str | Path) -> Path:
     """MRE against onnxruntime batch-1 latency (1 thread: the steadier figure on a shared
     2-core CPU), one labelled point per variant; the

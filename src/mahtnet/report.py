@@ -122,6 +122,31 @@ def tradeoff_section(rows: dict[str, dict]) -> list[str]:
     return lines
 
 
+def robustness_section(results: dict[str, dict]) -> list[str]:
+    """Clean MRE and the MRE at each perturbation's strongest severity, per model."""
+    names = list(results)
+    first = results[names[0]]["perturbations"]
+    rows = [["clean", "", *(results[m]["clean"]["mre_mm"] for m in names)]]
+    for p, v in first.items():
+        last = v["rows"][-1]["severity"]
+        rows.append(
+            [p, f"{last:g} ({v['meaning']})", *(
+                f"{results[m]['perturbations'][p]['rows'][-1]['mre_mm']:.3f} "
+                f"(p {_p(results[m]['perturbations'][p]['rows'][-1]['wilcoxon_p'])})" for m in names
+            )]
+        )  # fmt: skip
+    return [
+        "## Robustness",
+        "",
+        "Test MRE (mm) with the original images perturbed before preprocessing, at the strongest "
+        "severity of each perturbation (all severities: `metrics/robustness.json`); p: paired "
+        "Wilcoxon against the clean images.",
+        "",
+        table(["perturbation", "severity", *names], rows),
+        "",
+    ]
+
+
 def build_report(
     models: dict[str, dict],
     compare: dict,
@@ -131,12 +156,14 @@ def build_report(
     out: Path,
     context: dict,
     optimise: dict[str, dict] | None = None,
+    robust: dict[str, dict] | None = None,
 ) -> Path:
     """Write ``out`` (Markdown) and copy ``figures`` (``{name: png}``) into ``out``'s
     ``figures/`` folder. ``models``: evaluate-stage metrics per model (reference first);
     ``compare``: the compare stage's JSON; ``training``: train-stage metrics per stage;
     ``per_landmark``: the compare stage's per-landmark table per compared model;
-    ``optimise``: the optimise stage's trade-off rows, if any."""
+    ``optimise``: the optimise stage's trade-off rows, if any; ``robust``: the robustness
+    stage's results, if any."""
     fig_dir = out.parent / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for name, src in figures.items():
@@ -286,6 +313,9 @@ def build_report(
         ]
         md += [figure(name, name.replace("_", " ")) for name in attention]
 
+    if robust:
+        md += robustness_section(robust)
+        md.append(figure("mre_vs_severity", "Test MRE against perturbation severity"))
     if optimise:
         md += tradeoff_section(optimise)
         md.append(figure("mre_vs_latency", "Test MRE against onnxruntime latency (1 thread)"))

@@ -123,25 +123,44 @@ class PreparedSet:
 
 def prepare(samples: Sequence[Sample], height: int, width: int) -> PreparedSet:
     """Load, letterbox and record the mapping of every sample."""
-    images, lms, lms_orig, boxes = [], [], [], []
-    doctors: dict[str, list] = {"senior": [], "junior": []}
-    for s in samples:
-        doctors["senior"].append(s.senior)
-        doctors["junior"].append(s.junior)
-        image, box = letterbox_image(read_image(s.image_path), height, width)
-        images.append(image)
-        lms.append(box.to_prepared(s.landmarks))
-        lms_orig.append(s.landmarks)
+    return prepare_images(
+        [s.image_id for s in samples],
+        [read_image(s.image_path) for s in samples],
+        [s.landmarks for s in samples],
+        [s.pixel_spacing_mm for s in samples],
+        height,
+        width,
+        doctors=([s.senior for s in samples], [s.junior for s in samples]),
+    )
+
+
+def prepare_images(
+    ids: Sequence[str],
+    images: Sequence[np.ndarray],
+    landmarks: Sequence[np.ndarray],
+    spacing: Sequence[float],
+    height: int,
+    width: int,
+    doctors: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+) -> PreparedSet:
+    """Letterbox original images ``(H, W)`` with their landmarks ``(K, 2)`` (original px) and
+    spacing (mm/px); ``doctors``: each one's annotation (default: the landmarks)."""
+    senior, junior = doctors or (landmarks, landmarks)
+    prepared, lms, boxes = [], [], []
+    for image, points in zip(images, landmarks, strict=True):
+        small, box = letterbox_image(image, height, width)
+        prepared.append(small)
+        lms.append(box.to_prepared(points))
         boxes.append(box.as_array())
     return PreparedSet(
-        ids=np.array([s.image_id for s in samples]),
-        images=np.stack(images),
+        ids=np.array(list(ids)),
+        images=np.stack(prepared),
         landmarks=np.stack(lms).astype(np.float64),
-        landmarks_orig=np.stack(lms_orig).astype(np.float64),
+        landmarks_orig=np.stack(landmarks).astype(np.float64),
         boxes=np.stack(boxes),
-        spacing=np.array([s.pixel_spacing_mm for s in samples], dtype=np.float64),
-        senior_orig=np.stack(doctors["senior"]).astype(np.float64),
-        junior_orig=np.stack(doctors["junior"]).astype(np.float64),
+        spacing=np.array(spacing, dtype=np.float64),
+        senior_orig=np.stack(senior).astype(np.float64),
+        junior_orig=np.stack(junior).astype(np.float64),
     )
 
 
