@@ -128,7 +128,7 @@ def main() -> None:
         if args.coarse_per_image:
             write_csv(args.coarse_per_image, results["coarse"].per_image())
         summary = result.summary()
-        run.log_metrics(flatten(json.loads(args.out.read_text())))
+        run.log_metrics({f"test/{k}": v for k, v in flatten(json.loads(args.out.read_text())).items()})
         for path in (args.out, args.per_image):
             if path:
                 run.log_artifact(path)

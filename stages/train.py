@@ -68,6 +68,17 @@ def log_model(run, args, result, images: str) -> None:
     print(f"registered as MLflow model {name} version {version} ({time.perf_counter() - t0:.1f} s)")
 
 
+def log_datasets(run, params, folder: Path, sets: dict) -> None:
+    """The stage's training and validation images as MLflow inputs (name, source, digest of
+    their landmarks and image ids; not their pixels)."""
+    d = params.data
+    for context, data in sets.items():
+        split = "train" if context == "training" else "val"
+        features = np.concatenate([data.landmarks.reshape(len(data), -1), data.boxes], axis=1)
+        name = f"{d.dataset}/{d.train_split}/{split} (gt {d.gt}, {len(data)} images)"
+        run.log_dataset(features, name, str(folder / f"{split}.npz"), context)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stage", required=True, choices=(*STAGES, *STUDENT_STAGES, PRUNE_STAGE, "refine"))
@@ -93,6 +104,8 @@ def main() -> None:
     name += f"_{args.sparsity_pct}" if args.stage == PRUNE_STAGE else ""
     tracking = start_run(params.tracking, name, to_dict(params)) if main_process else None
     with tracking or contextlib.nullcontext() as run:
+        if run is not None:
+            log_datasets(run, params, args.prepared, {"training": train_set, "validation": val_set})
         result = run_stage(params, args, train_set, val_set, outputs, run)
         if not main_process:
             return

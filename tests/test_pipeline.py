@@ -142,14 +142,26 @@ def test_mlflow_has_one_run_per_stage(pipeline):
     assert {"train_stage1", "train_stage2", "train_stage3", "evaluate:maht_net", "compare"} <= names
     assert {"train_refine_baseline", "train_refine_stage3", "prepare_fine", "shape_prior"} <= names
     assert {
-        "train_loss",
-        "val_mre_mm",
-        "lr_decoder",
-        "lr_encoder",
-        "epoch_time_s",
-        "peak_memory_mb",
+        "train/loss",
+        "val/mre_mm",
+        "train/lr_decoder",
+        "train/lr_encoder",
+        "monitor/epoch_time_s",
+        "monitor/peak_memory_mb",
     } <= metrics
-    assert {"grad_norm_transformer", "act_std_head", "mre_mm", "train_softmax_ce"} <= metrics
+    assert {
+        "monitor/grad_norm_transformer",
+        "monitor/act_std_head",
+        "test/mre_mm",
+        "train/softmax_ce",
+    } <= metrics
+    with sqlite3.connect(db) as con:
+        kind = con.execute("select value from experiment_tags where key = 'mlflow.experimentKind'").fetchall()
+        inputs = con.execute("select count(*) from inputs").fetchone()[0]
+        groups = {row[0] for row in con.execute("select value from tags where key = 'pipeline'")}
+    assert kind and all(v == "custom_model_development" for (v,) in kind)
+    assert inputs >= 2 * 4  # training and validation images of every heatmap-model stage
+    assert len(groups) == 1  # one pipeline execution
     assert {"export:maht_net", "export:baseline"} <= names
     with sqlite3.connect(db) as con:
         registered = {row[0] for row in con.execute("select name from registered_models")}

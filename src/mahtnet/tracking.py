@@ -1,5 +1,10 @@
 """MLflow tracking: one run per pipeline stage.
 
+Runs of one pipeline execution share the tag ``pipeline`` (``<DVC experiment or workspace>@<git
+commit>``) and, inside a DVC experiment, a run name prefixed with the experiment's; per-epoch
+metrics are grouped as ``train/``, ``val/`` and ``monitor/`` (:func:`metric_group`) and the
+evaluation's as ``test/``; the experiment is tagged for the model-training view of the UI.
+
 The store defaults to ``sqlite:///<repo root>/mlflow.db`` with artifacts in
 ``<repo root>/mlartifacts``; the root is found even from a DVC experiment workspace, so
 queued ``dvc exp run`` experiments log to the same store. ``MLFLOW_TRACKING_URI`` or
@@ -27,6 +32,7 @@ from mahtnet.config import TrackingParams, flatten
 from mahtnet.paths import repo_root
 
 log = logging.getLogger(__name__)
+EXPERIMENT_KIND = "mlflow.experimentKind"  # the MLflow UI opens an experiment in this kind's view
 
 
 def tracking_uri(p: TrackingParams) -> str:
@@ -45,6 +51,21 @@ def _git_commit() -> str | None:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+MONITOR = ("grad_norm_", "act_", "epoch_time_s", "images_per_s", "peak_memory_mb")
+
+
+def metric_group(key: str) -> str:
+    """A per-epoch metric's name in MLflow, prefixed so the UI groups the charts: ``train/``
+    (losses, learning rates), ``val/`` and ``monitor/`` (gradients, activations, speed)."""
+    if key.startswith(MONITOR):
+        return f"monitor/{key}"
+    if key.startswith("val_"):
+        return f"val/{key.removeprefix('val_')}"
+    if key.startswith("train_"):
+        return f"train/{key.removeprefix('train_')}"
+    return f"train/{key}"  # lr_<group>, the learned loss weights
 
 
 class Run:
@@ -67,6 +88,18 @@ class Run:
         with self._mlflow.start_run(run_name=name, nested=True):
             self._mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
             yield Run(self._mlflow)
+
+    def log_dataset(self, features: np.ndarray, name: str, source: str, context: str) -> None:
+        """A dataset as an MLflow input of the run (the UI's Dataset column): its name, source
+        and digest, not its content."""
+        import warnings
+
+        import mlflow.data
+
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": a local path
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(np.ascontiguousarray(features), source=source, name=name)
+        self._mlflow.log_input(dataset, context=context)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
@@ -187,11 +220,12 @@ def start_run(p: TrackingParams, run_name: str, params: dict[str, Any]) -> Itera
             artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
         mlflow.create_experiment(p.experiment, artifact_location=artifacts)
     mlflow.set_experiment(p.experiment)
-    with mlflow.start_run(run_name=run_name):
+    mlflow.set_experiment_tag(EXPERIMENT_KIND, "custom_model_development")  # the UI's model-training view
+    commit, exp = _git_commit(), os.environ.get("DVC_EXP_NAME")
+    group = f"{exp or 'workspace'}@{(commit or 'no-git')[:8]}"  # one pipeline execution's runs
+    with mlflow.start_run(run_name=f"{exp}/{run_name}" if exp else run_name):
         run = Run(mlflow)
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
-        tags = {"stage": run_name, "git_commit": _git_commit()}
-        if os.environ.get("DVC_EXP_NAME"):
-            tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+        tags = {"stage": run_name, "git_commit": commit, "dvc_exp_name": exp, "pipeline": group}
         run.set_tags({k: v for k, v in tags.items() if v})
         yield run

@@ -52,7 +52,7 @@ from mahtnet.inference import autocast
 from mahtnet.io import atomic_write, load_torch
 from mahtnet.monitor import GradientMonitor, activation_stats, component_of
 from mahtnet.plots import plot_grad_flow
-from mahtnet.tracking import Run
+from mahtnet.tracking import Run, metric_group
 
 HIGHER_IS_BETTER = {"val_mre_mm": False, "val_sdr_2mm": True, "val_loss": False}
 
@@ -453,7 +453,7 @@ class Trainer:
         write_history(out.history, self.history)
         save_train_state(self.state_path, self._state(epoch))
         if self.run is not None:
-            self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            self.run.log_metrics({metric_group(k): v for k, v in row.items() if k != "epoch"}, step=epoch)
         print(
             f"{self.task.name} epoch {epoch:3d} loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
             f"val MRE {row['val_mre_mm']:.3f} mm SDR2 {row['val_sdr_2mm']:.1f}% "
