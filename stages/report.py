@@ -64,6 +64,7 @@ def main() -> None:
         "dataset": d.dataset,
         "root": d.root,
         "test_split": d.test_split,
+        "gt": d.gt,
         "input": f"{params.preprocess.height}x{params.preprocess.width}",
         "seed": params.seed,
         "thresholds_mm": params.evaluate.sdr_thresholds_mm,

@@ -147,6 +147,37 @@ def robustness_section(results: dict[str, dict]) -> list[str]:
     ]
 
 
+def literature_section(models: dict[str, dict], context: dict) -> list[str]:
+    """Published ISBI 2015 results beside this run's models (only where the protocol matches:
+    ISBI data, senior ground truth, Test1)."""
+    from mahtnet.literature import HEADER, comparison_rows
+
+    if (context["dataset"], context.get("gt"), context["test_split"]) != ("isbi2015", "senior", "Test1Data"):
+        return []
+    ours = [
+        {
+            "name": f"this run: {m}",
+            "input": context["input"],
+            "hardware": context.get("hardware", "this machine"),
+            "test1": {
+                "mre_mm": r["mre_mm"],
+                "sdr": [r[k] for k in ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")],
+            },
+            "note": f"seed {context['seed']}, one run",
+        }
+        for m, r in models.items()
+    ]
+    return [
+        "## Published results (same protocol)",
+        "",
+        "Figures as published (`src/mahtnet/data/literature.yaml`, with citations and where each was "
+        "read); this run's models at the bottom.",
+        "",
+        table(HEADER, comparison_rows(ours)),
+        "",
+    ]
+
+
 def build_report(
     models: dict[str, dict],
     compare: dict,
@@ -207,6 +238,7 @@ def build_report(
     sdr_head = "SDR " + " / ".join(f"{t:g}" for t in thresholds) + " mm (%)"
     md += [table(["model", "ground truth", "MRE (mm)", "SD", "median", sdr_head], rows), ""]
 
+    md += literature_section(models, context)
     md += decoding_section(models, compare.get("pairs", {}), thresholds)
     md += ["## Statistical comparison", ""]
     for model, c in ((k, v) for k, v in compare.items() if isinstance(v, dict) and k != "pairs"):

@@ -1,0 +1,40 @@
+"""Print the Markdown table of published ISBI 2015 results (src/mahtnet/data/literature.yaml)
+with this project's evaluated models beside them (the README's literature table)::
+
+    python scripts/literature_table.py --ours "MAHT-Net (refined)=docs/isbi2015-senior/maht_net.json" \\
+        --input 320x256 --hardware "2-core CPU"
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mahtnet.literature import HEADER, comparison_rows  # noqa: E402
+from mahtnet.report import table  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ours", action="append", default=[], help="NAME=evaluate-stage metrics JSON (Test1)"
+    )
+    parser.add_argument("--input", default="320x256")
+    parser.add_argument("--hardware", default="2-core CPU")
+    args = parser.parse_args()
+    ours = []
+    for item in args.ours:
+        name, _, path = item.partition("=")
+        m = json.loads(Path(path).read_text())
+        sdr = [m[k] for k in ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")]
+        ours.append({"name": name, "input": args.input, "hardware": args.hardware,
+                     "test1": {"mre_mm": m["mre_mm"], "sdr": sdr}, "note": str(path)})  # fmt: skip
+    print(table(HEADER, comparison_rows(ours)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The published-results table is data: complete entries, and the rows it makes."""
+
+from mahtnet.literature import HEADER, comparison_rows, load_literature
+from mahtnet.report import literature_section
+
+
+def test_every_published_entry_is_complete_and_sourced():
+    methods = load_literature()["methods"]
+    assert len(methods) >= 5
+    assert all(m["citation"] and m["source"] and isinstance(m["verified"], bool) for m in methods)
+    assert all(0 < m["test1"]["mre_mm"] < 3 and len(m["test1"]["sdr"]) == 4 for m in methods)
+
+
+def test_our_rows_sit_below_the_published_ones():
+    ours = [
+        {
+            "name": "ours",
+            "input": "320x256",
+            "hardware": "CPU",
+            "test1": {"mre_mm": 1.6, "sdr": [75, 81, 85, 90]},
+        }
+    ]
+    rows = comparison_rows(ours)
+    assert len(rows[0]) == len(HEADER) and rows[-1][:4] == ["ours", "320x256", "CPU", "1.60"]
+    assert rows[-1][5] == "-"  # no Test2 for us
+
+
+def test_the_report_section_only_for_the_same_protocol():
+    m = {"maht_net": {"mre_mm": 1.6, "sdr_2mm": 75.0, "sdr_2.5mm": 81.0, "sdr_3mm": 85.0, "sdr_4mm": 90.0}}
+    context = {
+        "dataset": "isbi2015",
+        "gt": "senior",
+        "test_split": "Test1Data",
+        "input": "320x256",
+        "seed": 42,
+    }
+    assert "## Published results (same protocol)" in literature_section(m, context)
+    assert literature_section(m, context | {"gt": "mean"}) == []
+    assert literature_section(m, context | {"dataset": "synthetic"}) == []
