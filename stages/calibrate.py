@@ -77,11 +77,11 @@ def main() -> None:
         run.log_metrics({"calibration_error_mm": rel["calibration_error_mm"]})
         run.log_artifact(args.plot)
     low = summary["low_confidence"]
+    mm = lambda v: "-" if v is None else f"{v:.3f}"  # no landmark on one side of the threshold
     print(
         f"{args.checkpoint}: calibration error {rel['calibration_error_mm']:.3f} mm on {test_err.size} test "
-        f"landmarks; flagged {low['share']:.1%} (MRE {low['mre_flagged_mm']} vs {low['mre_other_mm']:.3f} mm)"
+        f"landmarks; flagged {low['share']:.1%} (MRE {mm(low['mre_flagged_mm'])} vs {mm(low['mre_other_mm'])} mm)"
     )
-
 
 if __name__ == "__main__":
     run_cli(main)
