@@ -80,7 +80,8 @@ def main() -> None:
     mm = lambda v: "-" if v is None else f"{v:.3f}"  # no landmark on one side of the threshold
     print(
         f"{args.checkpoint}: calibration error {rel['calibration_error_mm']:.3f} mm on {test_err.size} test "
-        f"landmarks; flagged {low['share']:.1%} (MRE {mm(low['mre_flagged_mm'])} vs {mm(low['mre_other_mm'])} mm)"
+        f"landmarks; flagged {low['share']:.1%} "
+        f"(MRE {mm(low['mre_flagged_mm'])} vs {mm(low['mre_other_mm'])} mm)"
     )
 
 if __name__ == "__main__":
