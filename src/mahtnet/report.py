@@ -139,7 +139,7 @@ def robustness_section(results: dict[str, dict]) -> list[str]:
         "## Robustness",
         "",
         "Test MRE (mm) with the original images perturbed before preprocessing, at the strongest "
-        "severity of each perturbation (all severities: `metrics/robustness.json`); p: paired "
+        "(last listed) severity of each perturbation (all: `metrics/robustness.json`); p: paired "
         "Wilcoxon against the clean images.",
         "",
         table(["perturbation", "severity", *names], rows),
