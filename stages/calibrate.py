@@ -84,5 +84,6 @@ def main() -> None:
         f"(MRE {mm(low['mre_flagged_mm'])} vs {mm(low['mre_other_mm'])} mm)"
     )
 
+
 if __name__ == "__main__":
     run_cli(main)
