@@ -40,7 +40,7 @@ def main() -> None:
     val_set = PreparedSet.load(args.prepared / "val.npz")
     name = f"search_{params.search.study}" + ("_worker" if args.worker else "")
     with start_run(params.tracking, name, to_dict(params.search)) as run:
-        study, summary = search(raw, params, train_set, val_set, args.work, run)
+        study, summary = search(raw, params, train_set, val_set, args.work, run, args.worker)
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         if args.worker:
             return

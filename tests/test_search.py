@@ -99,7 +99,7 @@ WORKER = textwrap.dedent(
         time.sleep(0.3)
         return (x - 0.002) ** 2
 
-    print(run_worker(create_study(params), objective, params.search.trials))
+    print(run_worker(create_study(params, worker=True), objective, params.search.trials))
     """
 )
 
@@ -122,6 +122,8 @@ def test_two_workers_share_one_study_without_losing_or_repeating_trials(tmp_path
     assert 10 <= len(trials) <= 11  # the target, plus at most one trial the other worker had running
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+    values = [t.params["stage1.lr"] for t in trials]
+    assert len(set(values)) == len(values)  # the workers' samplers differ: no setting drawn twice
 
 
 def test_a_tiny_study_trains_reads_no_test_image_and_reports(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ validation MRE feeds the pruner, which stops trials that lag. The test split is 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 import warnings
@@ -150,8 +151,12 @@ def nested_run(parent, name: str, drawn: dict[str, Any]):
         yield child
 
 
-def create_study(params: Params, url: str | None = None):
-    """The study of ``params.search`` in its storage (created, or loaded when it exists)."""
+def create_study(params: Params, url: str | None = None, worker: bool = False):
+    """The study of ``params.search`` in its storage (created, or loaded when it exists).
+
+    Its sampler's seed is ``search.seed`` plus the number of trials already stored (and, for a
+    ``worker``, its process id): a fresh study is reproducible, while a resumed study or a
+    second worker does not draw again the values the first draws already tried."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -164,7 +169,7 @@ def create_study(params: Params, url: str | None = None):
             grace_period=4 * HEARTBEAT_S,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=s.study,
         storage=storage,
         sampler=make_sampler(params),
@@ -172,23 +177,28 @@ def create_study(params: Params, url: str | None = None):
         direction="minimize",
         load_if_exists=True,
     )
+    offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if worker else 0)
+    if offset:
+        study.sampler = make_sampler(params, s.seed + offset)
+    return study
 
 
-def make_sampler(params: Params):
+def make_sampler(params: Params, seed: int | None = None):
     """TPE (Bayesian), random, or a grid over the ``choices`` of every dimension."""
     import optuna
 
     s = params.search
+    seed = s.seed if seed is None else seed
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials)
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     ranges = [d.key for d in dims(params) if d.choices is None]
     if ranges:
         raise ParamsError(
             f"params key 'search.sampler' grid needs choices for every key, not ranges: {ranges}"
         )
-    return optuna.samplers.GridSampler({d.key: list(d.choices) for d in dims(params)}, seed=s.seed)
+    return optuna.samplers.GridSampler({d.key: list(d.choices) for d in dims(params)}, seed=seed)
 
 
 def make_pruner(params: Params):
@@ -304,12 +314,18 @@ def plot_study(study, folder: Path) -> list[Path]:
 
 
 def search(
-    raw: dict, params: Params, train_set: PreparedSet, val_set: PreparedSet, work: Path, run=None
+    raw: dict,
+    params: Params,
+    train_set: PreparedSet,
+    val_set: PreparedSet,
+    work: Path,
+    run=None,
+    worker: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """One worker's part of the study; returns the study and its summary."""
     t0 = time.perf_counter()
     url = storage_url(params)
-    study = create_study(params, url)
+    study = create_study(params, url, worker)
     objective = make_objective(raw, params, train_set, val_set, work, run)
     ran = run_worker(study, objective, params.search.trials)
     print(f"this worker ran {ran} trials of study '{study.study_name}' ({redacted(url)})")
