@@ -214,20 +214,23 @@ def make_pruner(params: Params):
     return pruners[s.pruner]()
 
 
-def counted(study) -> int:
+def counted_states() -> tuple:
+    """The Optuna trial states of :data:`COUNTED`."""
     import optuna
 
-    states = tuple(getattr(optuna.trial.TrialState, name) for name in COUNTED)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return tuple(getattr(optuna.trial.TrialState, name) for name in COUNTED)
+
+
+def counted(study) -> int:
+    return len(study.get_trials(deepcopy=False, states=counted_states()))
 
 
 def run_worker(study, objective: Callable, trials: int) -> int:
     """Run trials of ``study`` until it holds ``trials`` complete + pruned ones (all workers
     together; each running worker may finish one more). Returns the trials this worker ran."""
-    import optuna
     from optuna.study import MaxTrialsCallback
 
-    states = tuple(getattr(optuna.trial.TrialState, name) for name in COUNTED)
+    states = counted_states()
     ran = []
 
     def run(trial):
