@@ -150,6 +150,8 @@ def test_a_tiny_study_trains_reads_no_test_image_and_reports(tmp_path, monkeypat
     assert {p.name for p in plots} >= {"history.png", "parallel_coordinates.png"}
     again = summary(create_study(params), params, "sqlite:///x", 0.0)  # resumable: the storage keeps it
     assert again["trials"] == out["trials"]
+    assert again["wall_time_s"] == out["wall_time_s"] > 0  # the study's span, not this process's
+    assert again["worker_wall_time_s"] == 0.0 < out["worker_wall_time_s"]
 
 
 def test_grid_sampler_needs_choices_and_covers_the_grid(tmp_path):

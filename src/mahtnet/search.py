@@ -248,8 +248,17 @@ def run_worker(study, objective: Callable, trials: int) -> int:
     return len(ran)
 
 
+def study_span_s(trials) -> float:
+    """Wall time of the study, all workers and resumed sessions: first trial start to last
+    trial end (resumed sessions include the pause between them)."""
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
 def summary(study, params: Params, url: str, wall_time_s: float) -> dict[str, Any]:
-    """``metrics/search.json``: the study's counts, best trial and the command that retrains it."""
+    """``metrics/search.json``: the study's counts, best trial and the command that retrains it
+    (``wall_time_s``: the study's span; ``worker_wall_time_s``: this process's own time)."""
     import optuna
 
     s, trials = params.search, study.get_trials(deepcopy=False)
@@ -262,7 +271,8 @@ def summary(study, params: Params, url: str, wall_time_s: float) -> dict[str, An
         "storage": redacted(url),
         "objective": f"{s.objective} MRE (mm), {s.stage}, {s.epochs} epochs",
         "trials": by_state,
-        "wall_time_s": wall_time_s,
+        "wall_time_s": study_span_s(trials),
+        "worker_wall_time_s": wall_time_s,
     }
     if by_state["complete"]:
         best = study.best_trial
