@@ -256,3 +256,27 @@ def test_ensemble_of_checkpoints(pipeline, tmp_path):
     result = _run(args, pipeline)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(out.read_text())["mre_mm"] == pytest.approx(pair.summary()["mre_mm"], rel=1e-6)
+
+
+def test_dvc_remote_push_then_pull_in_a_second_clone_retrains_nothing(pipeline, tmp_path):
+    """A teammate's clone pulls the prepared data, checkpoints and ONNX files from a shared
+    directory remote; ``dvc repro`` there finds everything up to date."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    first, remote, second = tmp_path / "first", tmp_path / "remote", tmp_path / "second"
+    shutil.copytree(pipeline, first, symlinks=True)
+    steps = [
+        ([dvc, "remote", "add", "-d", "shared", str(remote)], first),
+        (["git", "add", "-A"], first),
+        (["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline"], first),
+        ([dvc, "push"], first),
+        (["git", "clone", "-q", str(first), str(second)], tmp_path),
+        ([dvc, "pull"], second),
+    ]
+    for cmd, cwd in steps:
+        result = _run(cmd, cwd)
+        assert result.returncode == 0, f"{cmd}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    for name in ("data/models/stage3.pt", "data/models/maht_net.onnx", "data/prepared/test.npz"):
+        assert (second / name).read_bytes() == (first / name).read_bytes()
+    result = _run([dvc, "repro"], second)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Running stage" not in result.stdout, result.stdout[-3000:]
