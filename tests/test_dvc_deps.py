@@ -1,7 +1,7 @@
 """dvc.yaml lists, for each stage, every library module its script imports (transitively),
 so that a code change re-runs exactly the stages it affects."""
 
-import re
+import ast
 from pathlib import Path
 
 import pytest
@@ -18,13 +18,24 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+def _imported_names(path: Path) -> set[str]:
+    """``mahtnet...`` modules named by ``path``'s imports, including ``from mahtnet import x``."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("mahtnet")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mahtnet"):
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # kept if it is a module
+    return names
+
+
 def imported_modules(script: Path) -> set[str]:
     """Files under src/ that ``script`` imports, directly or through other modules."""
     seen: set[Path] = set()
     stack = [script]
     while stack:
-        text = stack.pop().read_text()
-        for name in re.findall(r"^\s*(?:from|import)\s+(mahtnet[\w.]*)", text, re.M):
+        for name in _imported_names(stack.pop()):
             path = _module_file(name)
             if path and path not in seen:
                 seen.add(path)

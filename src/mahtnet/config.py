@@ -8,6 +8,7 @@ the library function that uses it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -102,10 +103,19 @@ class AugmentParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class AutoBatchParams:
+    """``train.batch_size: auto``: the batch kept and the share of free memory left unused."""
+
+    target: int  # the batch (per process) whose gradient each step sums, split into micro-batches
+    margin: float  # share of the device's free memory kept free, in [0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainParams:
     """Settings shared by every training stage (baseline, stage1-3)."""
 
-    batch_size: int  # per process (per GPU under torchrun)
+    batch_size: int | str  # per process (per GPU under torchrun), or "auto" (see auto_batch)
+    auto_batch: AutoBatchParams
     accumulate_steps: int  # gradient accumulation: one optimizer step every n batches
     weight_decay: float
     grad_clip: float  # max global gradient norm; 0 disables
@@ -370,7 +380,14 @@ def _check_scalar(value: Any, tp: Any, key: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        tp = next(t for t in options if t is not type(None))
+        types_ = [t for t in options if t is not type(None)]
+        if len(types_) > 1:  # e.g. int | str: the first type that accepts the value
+            for option in types_:
+                with contextlib.suppress(ParamsError):
+                    return _check_scalar(value, option, key)
+            names = " or ".join(getattr(t, "__name__", str(t)) for t in types_)
+            raise ParamsError(f"params key '{key}' must be {names}, got {value!r}")
+        tp = types_[0]
         origin = typing.get_origin(tp)
     if origin is list:
         if not isinstance(value, list):
@@ -487,9 +504,7 @@ def _check_choices(p: Params) -> None:
         _choice(f"crossval.models[{i}]", model, ("baseline", "maht_net"))
     if not 0.0 < p.data.val_fraction < 1.0:
         raise ParamsError("params key 'data.val_fraction' must be in (0, 1): model selection needs it")
-    for key in ("train.batch_size", "train.accumulate_steps"):
-        if getattr(p.train, key.split(".")[1]) < 1:
-            raise ParamsError(f"params key '{key}' must be >= 1")
+    _check_train(p.train)
     for stage in STAGES:
         _check_stage(getattr(p, stage), stage, p.loss.output)
     _check_refine(p.refine)
@@ -513,6 +528,29 @@ def _check_choices(p: Params) -> None:
         raise ParamsError(f"params key 'model.unet_depth' must be <= 5, got {p.model.unet_depth}")
     if p.model.output_stride not in (1, 2):
         raise ParamsError(f"params key 'model.output_stride' must be 1 or 2, got {p.model.output_stride}")
+
+
+def _check_train(t: TrainParams) -> None:
+    batch = t.batch_size
+    if batch != "auto" and (isinstance(batch, str) or batch < 1):
+        raise ParamsError(f"params key 'train.batch_size' must be an integer >= 1 or 'auto', got {batch!r}")
+    if t.accumulate_steps < 1:
+        raise ParamsError("params key 'train.accumulate_steps' must be >= 1")
+    if t.auto_batch.target < 1:
+        raise ParamsError(f"params key 'train.auto_batch.target' must be >= 1, got {t.auto_batch.target}")
+    if not 0.0 <= t.auto_batch.margin < 1.0:
+        raise ParamsError(
+            f"params key 'train.auto_batch.margin' must be in [0, 1), got {t.auto_batch.margin}"
+        )
+
+
+def train_fingerprint(t: TrainParams) -> dict[str, Any]:
+    """``train`` as it identifies a run (resume fingerprints): ``auto_batch`` only counts when
+    ``batch_size`` is ``auto``, so states written before it existed still resume."""
+    settings = to_dict(t)
+    if t.batch_size != "auto":
+        del settings["auto_batch"]
+    return settings
 
 
 def _check_stage(s: StageParams, name: str, output: str) -> None:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from mahtnet import metrics
 from mahtnet.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from mahtnet.config import Params, RefineParams, to_dict
+from mahtnet.config import Params, RefineParams, to_dict, train_fingerprint
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.distributed import init_distributed, shutdown
 from mahtnet.inference import predict
@@ -51,7 +51,7 @@ def check_aligned(fine: FineSet, data: PreparedSet, what: str) -> None:
 
 def _fingerprint(params: Params, fine: list[FineSet], coarse: str | Path) -> str:
     h = hashlib.sha256()
-    settings = {k: to_dict(getattr(params, k)) for k in ("refine", "train")}
+    settings = {"refine": to_dict(params.refine), "train": train_fingerprint(params.train)}
     h.update(json.dumps([settings, params.seed], sort_keys=True).encode())
     for f in fine:
         h.update(np.ascontiguousarray(f.images).tobytes())

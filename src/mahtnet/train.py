@@ -37,9 +37,11 @@ from mahtnet.config import (
     ModelParams,
     Params,
     StageParams,
+    TrainParams,
     stage_epochs,
     stage_params,
     to_dict,
+    train_fingerprint,
 )
 from mahtnet.data.dataset import LandmarkDataset, build_augmentation
 from mahtnet.data.preprocess import PreparedSet
@@ -151,6 +153,7 @@ def fingerprint(
     h = hashlib.sha256()
     settings = {k: v for k, v in to_dict(params).items() if k != "tracking"}
     settings["data"] = {k: v for k, v in settings["data"].items() if k != "root"}  # content is hashed
+    settings["train"] = train_fingerprint(params.train)
     h.update(json.dumps([settings, stage, world_size], sort_keys=True).encode())
     for d in data:
         for array in (d.images, d.landmarks, d.landmarks_orig):
@@ -302,6 +305,12 @@ def stage_task(
     )
 
 
+def loaded_batch(tp: TrainParams) -> int:
+    """The batch each step loads (per process): ``train.batch_size``, or with ``auto`` its
+    ``auto_batch.target`` (the trainer splits it into the micro-batches that fit)."""
+    return tp.auto_batch.target if tp.batch_size == "auto" else tp.batch_size
+
+
 def stage_callbacks(params: Params, stage: str, task: TrainTask) -> list[Callback]:
     """The stage's curriculum (``heatmap.sigma_start``), if any."""
     h = params.heatmap
@@ -340,7 +349,7 @@ def train(
             task,
             stage_params(params, stage),
             params.train,
-            TrainerSettings(stage_epochs(params, stage), params.train.batch_size, params.seed),
+            TrainerSettings(stage_epochs(params, stage), loaded_batch(params.train), params.seed),
             out,
             info,
             device,

@@ -8,6 +8,9 @@
 - Optimisation: AdamW, warm-up + cosine per step or reduce-on-plateau per epoch, gradient
   clipping, gradient accumulation, fp16 autocast + gradient scaling on CUDA (bf16 autocast
   on CPU as an option), DistributedDataParallel under ``torchrun``.
+- Memory (:mod:`mahtnet.autobatch`): each loaded batch may be split into micro-batches whose
+  gradients add up to the batch's: as many as fit the device with ``train.batch_size: auto``,
+  and twice as many after an out-of-memory error, when the optimizer step under way is redone.
 - Model selection on the validation split (``select``), early stopping on several criteria
   (:class:`EarlyStopping`), averaging of the last / best k per-epoch weights.
 - Exact resume: after every epoch the full training state (model, optimizer, scheduler,
@@ -38,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from mahtnet.autobatch import fit_to_device, largest_over_processes, micro_batch, pieces_for, split_batch
 from mahtnet.checkpoint import (
     CheckpointError,
     average_state_dicts,
@@ -267,6 +271,7 @@ class Trainer:
         self.loader, self.sampler, self.generator = self._train_loader()
         self.scheduler = self._scheduler()
         self.scaler = torch.amp.GradScaler("cuda", enabled=tp.amp and device.type == "cuda")
+        self.pieces = self._fit_batch() if tp.batch_size == "auto" else 1  # micro-batches per batch
         self.net = self.model
         if info.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -279,6 +284,7 @@ class Trainer:
         self.kept: list[dict] = []  # per-epoch weight files for averaging: {"epoch", "score", "file"}
         self.grad_means: dict[str, float] = {}
         self.start_epoch, self.resumed_at, self.elapsed, self.stop_reason = 1, 0, 0.0, ""
+        self.pending: list[dict] = []  # the loaded batches of the optimizer step under way
 
     def _train_loader(self) -> tuple[DataLoader, DistributedSampler | None, torch.Generator]:
         ds, info, tp, batch = self.task.train_ds, self.info, self.tp, self.settings.batch_size
@@ -349,6 +355,7 @@ class Trainer:
         self.history, self.best, self.kept = state["history"], state["best"], state["kept"]
         self.grad_means, self.elapsed = state["grad_means"], state["elapsed_s"]
         self.stop_reason = state["stop_reason"]
+        self.pieces = state.get("pieces", self.pieces)  # a fallback after out-of-memory persists
         self.start_epoch = self.resumed_at = state["epoch"] + 1
         if self.stop_reason:
             self.start_epoch = self.settings.epochs + 1  # an early-stopped run is complete
@@ -381,23 +388,100 @@ class Trainer:
         return dict(zip(keys, reduced.tolist(), strict=True)), time.perf_counter() - t0
 
     def _batch(self, batch: dict, i: int, epoch: int):
-        """Forward and backward of one batch; an optimizer step every ``accumulate_steps``."""
-        tp = self.tp
-        x = batch["image"].to(self.device, non_blocking=True)
-        step_now = (i + 1) % tp.accumulate_steps == 0 or i + 1 == len(self.loader)
-        sync = contextlib.nullcontext() if step_now or not self.info.enabled else self.net.no_sync()
-        with sync:
-            with autocast(self.device, tp.amp, tp.cpu_bf16):
-                out = self.net(x)
-            total, terms = self.task.loss(out, batch)
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"{self.task.name}: training loss became {total.item()} at epoch {epoch}"
-                )
-            self.scaler.scale(total / tp.accumulate_steps).backward()
+        """Forward and backward of one batch (in ``self.pieces`` micro-batches); an optimizer
+        step every ``accumulate_steps``."""
+        step_now = (i + 1) % self.tp.accumulate_steps == 0 or i + 1 == len(self.loader)
+        self.pending.append(batch)
+        total, terms = self._backward_or_retry(step_now, epoch)
         if step_now:
             self._step()
-        return total, terms, len(x)
+            self.pending.clear()
+        return total, terms, len(batch["image"])
+
+    def _backward_or_retry(self, step_now: bool, epoch: int):
+        """Backward of the current batch. Out of memory: halve the micro-batch and redo the
+        step's batches so far (their gradient is discarded), until it fits or is one image."""
+        todo = self.pending[-1:]
+        while True:
+            try:
+                for batch in todo[:-1]:
+                    self._backward(batch, False, epoch)
+                return self._backward(todo[-1], step_now, epoch)
+            except torch.OutOfMemoryError as err:
+                self._halve_micro_batch(err, epoch)
+            if self.device.type == "cuda":  # out of the except block: the failed step is released
+                torch.cuda.empty_cache()
+            todo = self.pending
+
+    def _backward(self, batch: dict, step_now: bool, epoch: int):
+        """Forward and backward of ``batch`` in micro-batches, each loss weighted by its share
+        of the batch; under DDP gradients are synchronised at the last one of a step only.
+        Returns the batch's ``(loss, {term: value})``."""
+        tp, pieces, n = self.tp, split_batch(batch, self.pieces), len(batch["image"])
+        total, terms = 0.0, defaultdict(float)
+        for j, piece in enumerate(pieces):
+            last = step_now and j == len(pieces) - 1
+            sync = contextlib.nullcontext() if last or not self.info.enabled else self.net.no_sync()
+            with sync:
+                with autocast(self.device, tp.amp, tp.cpu_bf16):
+                    out = self.net(piece["image"].to(self.device, non_blocking=True))
+                value, parts = self.task.loss(out, piece)
+                if not torch.isfinite(value):
+                    raise FloatingPointError(
+                        f"{self.task.name}: training loss became {value.item()} at epoch {epoch}"
+                    )
+                share = len(piece["image"]) / n
+                self.scaler.scale(value * share / tp.accumulate_steps).backward()
+            total = total + value.detach() * share
+            for k, v in parts.items():
+                terms[k] = terms[k] + v * share
+        return total, dict(terms)
+
+    def _halve_micro_batch(self, err: BaseException, epoch: int) -> None:
+        """After an out-of-memory error: discard the step's gradient and halve the micro-batch
+        (twice the micro-batches per batch: the batch and the optimizer steps stay)."""
+        batch, name = self.settings.batch_size, self.task.name
+        micro = micro_batch(batch, self.pieces)
+        if micro <= 1 or self.info.enabled:
+            where = "under torchrun (no retry)" if self.info.enabled else "with a micro-batch of 1 image"
+            raise RuntimeError(
+                f"{name}: out of memory {where} at epoch {epoch}: use a smaller train.batch_size, "
+                "batch_size auto, or a smaller input or model"
+            ) from err
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pieces = pieces_for(batch, (micro + 1) // 2)
+        new = micro_batch(batch, self.pieces)
+        print(
+            f"{name}: out of memory at epoch {epoch}: micro-batch {micro} -> {new} ({self.pieces} per "
+            f"batch of {batch}); the step is redone",
+            flush=True,
+        )
+        if self.run is not None:
+            self.run.log_metrics({"monitor/micro_batch": new}, step=epoch)
+            self.run.set_tags({"micro_batch": new, "out_of_memory_at_epoch": epoch})
+
+    def _fit_batch(self) -> int:
+        """``train.batch_size: auto``: the micro-batches per batch that fit the device (the most
+        any process needs), from a probe of the model (:func:`mahtnet.autobatch.fit_to_device`)."""
+        tp, task, target = self.tp, self.task, self.settings.batch_size
+        trainable = [p for g in self.groups for p in g["params"]]
+        precision = lambda: autocast(self.device, tp.amp, tp.cpu_bf16)  # noqa: E731
+        fit = fit_to_device(task, self.device, target, tp.auto_batch.margin, precision, trainable)
+        pieces = largest_over_processes(fit.pieces, self.device)
+        micro = micro_batch(target, pieces)
+        if self.info.is_main:
+            print(
+                f"{task.name}: batch_size auto: {pieces} micro-batch(es) of {micro} per batch of {target} "
+                f"(step ~{fit.fixed_mb:.0f} MiB + {fit.per_sample_mb:.0f} MiB per image; budget "
+                f"{fit.budget_mb:.0f} MiB)",
+                flush=True,
+            )
+        if self.run is not None:
+            accumulation = pieces * tp.accumulate_steps
+            self.run.log_params({"train.auto_batch.micro_batch": micro, "train.auto_batch.pieces": pieces})
+            self.run.log_params({"train.auto_batch.accumulation": accumulation})
+            self.run.log_metrics({"monitor/micro_batch": micro}, step=0)
+        return pieces
 
     def _step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -479,6 +563,7 @@ class Trainer:
             "grad_means": self.grad_means,
             "elapsed_s": self.elapsed,
             "stop_reason": self.stop_reason,
+            "pieces": self.pieces,
         }
 
     def finish(self) -> TrainResult:
