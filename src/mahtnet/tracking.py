@@ -1,14 +1,18 @@
 """MLflow tracking: one run per pipeline stage.
 
 Runs of one pipeline execution share the tag ``pipeline`` (``<DVC experiment or workspace>@<git
-commit>``) and, inside a DVC experiment, a run name prefixed with the experiment's; per-epoch
+commit>``) and, inside a DVC experiment, a run name prefixed with the experiment's; the tags
+``dvc.exp_name`` and ``git.commit`` (the experiment's baseline revision) hold each; per-epoch
 metrics are grouped as ``train/``, ``val/`` and ``monitor/`` (:func:`metric_group`) and the
 evaluation's as ``test/``; the experiment is tagged for the model-training view of the UI.
 
 The store defaults to ``sqlite:///<repo root>/mlflow.db`` with artifacts in
 ``<repo root>/mlartifacts``; the root is found even from a DVC experiment workspace, so
 queued ``dvc exp run`` experiments log to the same store. ``MLFLOW_TRACKING_URI`` or
-``tracking.uri`` in ``params.yaml`` point it elsewhere (e.g. a team server).
+``tracking.uri`` in ``params.yaml`` point it elsewhere (e.g. a team server,
+``scripts/tracking_server.sh``). Processes that find no SQLite store create it one at a time
+(a lock file ``<store>.lock``): MLflow's table creation breaks when two run it at once, as in
+``dvc queue start -j 2`` on a new clone (``scripts/sqlite_concurrency.py``, docs/team.md).
 
 Models (:func:`log_torch_model`, :func:`log_onnx_model`) are logged into the run and
 registered as a new version of a registered model in the same store; a failed registration
@@ -44,6 +48,9 @@ def tracking_uri(p: TrackingParams) -> str:
 
 
 def _git_commit() -> str | None:
+    """The git revision the code runs at: a DVC experiment's baseline revision, else ``HEAD``."""
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
@@ -68,6 +75,29 @@ def metric_group(key: str) -> str:
     return f"train/{key}"  # lr_<group>, the learned loss weights
 
 
+CONFLICTS = ("database is locked", "UNIQUE constraint failed", "UniqueViolation", "duplicate key")
+
+
+def _retried(call: Any, *args: Any, attempts: int = 5, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, retried with back-off (0.25 s doubling) when the store reports a
+    conflict with another process: SQLite's "database is locked", or a row that two processes
+    insert at once (MLflow checks, then inserts, a run's dataset of the experiment: two
+    experiments logging the same images at the same moment)."""
+    import random
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as e:
+            if attempt == attempts - 1 or not any(c in str(e) for c in CONFLICTS):
+                raise
+            log.warning("MLflow store conflict, retrying: %s", str(e).splitlines()[0][:200])
+            time.sleep(0.25 * 2**attempt * (1 + random.random()))
+
+
 class Run:
     """Thin wrapper so stage code never touches MLflow's API directly."""
 
@@ -76,7 +106,7 @@ class Run:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        self._mlflow.log_metrics(numeric, step=step)
+        _retried(self._mlflow.log_metrics, numeric, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if Path(path).exists():
@@ -99,10 +129,14 @@ class Run:
         with warnings.catch_warnings():  # "source can be interpreted in multiple ways": a local path
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_numpy(np.ascontiguousarray(features), source=source, name=name)
-        self._mlflow.log_input(dataset, context=context)
+        _retried(self._mlflow.log_input, dataset, context=context)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        _retried(self._mlflow.set_tags, {k: str(v) for k, v in tags.items()})
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Parameters decided while the run goes (e.g. the fitted batch of ``batch_size: auto``)."""
+        self._mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 
 
 def log_torch_model(
@@ -204,6 +238,61 @@ def _registered_version(info: Any, name: str) -> int:
     return int(info.registered_model_version)
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store, else None."""
+    return Path(uri.removeprefix("sqlite:///").split("?")[0]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Held while this process opens the store and the experiment: for a ``sqlite:///`` store an
+    exclusive lock on ``<file>.lock`` beside it, so that a new store's tables (an Alembic
+    migration that fails when two processes run it at once) and the experiment are created once;
+    nothing for other stores (a server serialises)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    db = _sqlite_file(uri)
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _open_experiment(mlflow: Any, name: str, uri: str) -> None:
+    """Create experiment ``name`` if missing, tagged for the UI's model-training view, and make it
+    the active one. Other processes doing the same at the same moment (``dvc queue start -j 2``,
+    a team server) are no error: the experiment is created with its tag in one request, and a
+    tag another process set first is taken as set."""
+    from mlflow.exceptions import MlflowException
+
+    kind = "custom_model_development"
+    with _store_lock(uri):
+        experiment = mlflow.get_experiment_by_name(name)  # the first access creates a new store
+        if experiment is None:
+            db = _sqlite_file(uri)
+            artifacts = (db.parent / "mlartifacts").as_uri() if db else None
+            try:
+                mlflow.create_experiment(name, artifact_location=artifacts, tags={EXPERIMENT_KIND: kind})
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+        experiment = mlflow.set_experiment(name)
+        if experiment.tags.get(EXPERIMENT_KIND) != kind:  # an experiment made before the tag
+            try:
+                mlflow.set_experiment_tag(EXPERIMENT_KIND, kind)
+            except MlflowException:  # a concurrent insert of the same tag
+                if mlflow.get_experiment(experiment.experiment_id).tags.get(EXPERIMENT_KIND) != kind:
+                    raise
+
+
 @contextlib.contextmanager
 def start_run(p: TrackingParams, run_name: str, params: dict[str, Any]) -> Iterator[Run]:
     """An MLflow run named ``run_name`` with ``params`` (nested dict, flattened)."""
@@ -212,20 +301,14 @@ def start_run(p: TrackingParams, run_name: str, params: dict[str, Any]) -> Itera
     import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri(p))
-    if mlflow.get_experiment_by_name(p.experiment) is None:
-        uri = tracking_uri(p)
-        artifacts = None
-        if uri.startswith("sqlite:///"):
-            artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-        mlflow.create_experiment(p.experiment, artifact_location=artifacts)
-    mlflow.set_experiment(p.experiment)
-    mlflow.set_experiment_tag(EXPERIMENT_KIND, "custom_model_development")  # the UI's model-training view
+    uri = tracking_uri(p)
+    mlflow.set_tracking_uri(uri)
+    _open_experiment(mlflow, p.experiment, uri)
     commit, exp = _git_commit(), os.environ.get("DVC_EXP_NAME")
     group = f"{exp or 'workspace'}@{(commit or 'no-git')[:8]}"  # one pipeline execution's runs
     with mlflow.start_run(run_name=f"{exp}/{run_name}" if exp else run_name):
         run = Run(mlflow)
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
-        tags = {"stage": run_name, "git_commit": commit, "dvc_exp_name": exp, "pipeline": group}
+        tags = {"stage": run_name, "git.commit": commit, "dvc.exp_name": exp, "pipeline": group}
         run.set_tags({k: v for k, v in tags.items() if v})
         yield run
