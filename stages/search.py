@@ -16,12 +16,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mahtnet.config import load_params, to_dict  # noqa: E402
+from mahtnet.config import load_params  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
-from mahtnet.search import plot_study, search  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.search import create_study, plot_study, search, study_run  # noqa: E402
 
 
 def main() -> None:
@@ -38,9 +37,9 @@ def main() -> None:
     raw = yaml.safe_load(Path("params.yaml").read_text())
     train_set = PreparedSet.load(args.prepared / "train.npz")
     val_set = PreparedSet.load(args.prepared / "val.npz")
-    name = f"search_{params.search.study}" + ("_worker" if args.worker else "")
-    with start_run(params.tracking, name, to_dict(params.search)) as run:
-        study, summary = search(raw, params, train_set, val_set, args.work, run, args.worker)
+    study = create_study(params, worker=args.worker)
+    with study_run(params, study) as run:  # one MLflow run per study, all workers
+        study, summary = search(raw, params, train_set, val_set, args.work, run, args.worker, study)
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         if args.worker:
             return

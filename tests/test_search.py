@@ -170,3 +170,25 @@ def test_grid_sampler_needs_choices_and_covers_the_grid(tmp_path):
     run_worker(study, lambda t: suggest(t, dims[0]) * suggest(t, dims[1]), 10)
     seen = sorted((t.params["heatmap.sigma"], t.params["model.decoder_channels"]) for t in study.trials)
     assert seen == [(1.5, 8), (1.5, 16), (2.0, 8), (2.0, 16)]  # every point once, then the study stops
+
+
+def test_workers_and_resumed_sessions_nest_their_trials_under_one_study_run(tmp_path):
+    import mlflow
+
+    from mahtnet.search import STUDY_RUN, study_run
+
+    sets = (_prepared(8, 0), _prepared(4, 1))
+    for trials, worker in ((1, False), (2, True), (3, False)):  # first process, a worker, a resume
+        raw = search_raw(tmp_path, trials=trials, epochs=1, startup_trials=1)
+        raw["search"]["space"] = {"stage1.lr": {"low": 0.001, "high": 0.01, "log": True}}
+        params = parse_params(raw)
+        study = create_study(params, worker=worker)
+        with study_run(params, study) as run:
+            search(raw, params, *sets, tmp_path / "work", run, worker, study)
+    mlflow.set_tracking_uri(raw["tracking"]["uri"])
+    runs = mlflow.search_runs(experiment_names=[raw["tracking"]["experiment"]])
+    parents = runs[runs["tags.mlflow.runName"] == f"search_{raw['search']['study']}"]
+    assert len(parents) == 1 and parents["run_id"].iloc[0] == study.user_attrs[STUDY_RUN]
+    children = runs[runs["tags.mlflow.runName"].str.startswith("trial_")]
+    assert sorted(children["tags.mlflow.runName"]) == ["trial_0", "trial_1", "trial_2"]
+    assert set(children["tags.mlflow.parentRunId"]) == {study.user_attrs[STUDY_RUN]}

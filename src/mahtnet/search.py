@@ -326,6 +326,9 @@ def plot_study(study, folder: Path) -> list[Path]:
     return written
 
 
+STUDY_RUN = "mlflow_run_id"  # the study's user attribute naming its MLflow run
+
+
 def search(
     raw: dict,
     params: Params,
@@ -334,12 +337,27 @@ def search(
     work: Path,
     run=None,
     worker: bool = False,
+    study=None,
 ) -> tuple[Any, dict[str, Any]]:
     """One worker's part of the study; returns the study and its summary."""
     t0 = time.perf_counter()
     url = storage_url(params)
-    study = create_study(params, url, worker)
+    study = study or create_study(params, url, worker)
     objective = make_objective(raw, params, train_set, val_set, work, run)
     ran = run_worker(study, objective, params.search.trials)
     print(f"this worker ran {ran} trials of study '{study.study_name}' ({redacted(url)})")
     return study, summary(study, params, url, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def study_run(params: Params, study):
+    """The study's one MLflow run, under which every worker nests its trials: the first process
+    of the study starts it and stores its id in the study (``STUDY_RUN``); later ones (other
+    workers, a resumed study) join it. Its status is that of the last process to end."""
+    from mahtnet.tracking import start_run
+
+    name, known = f"search_{params.search.study}", study.user_attrs.get(STUDY_RUN)
+    with start_run(params.tracking, name, to_dict(params.search), resume=known) as run:
+        if known != run.id:
+            study.set_user_attr(STUDY_RUN, run.id)
+        yield run

@@ -104,6 +104,10 @@ class Run:
     def __init__(self, mlflow_module: Any):
         self._mlflow = mlflow_module
 
+    @property
+    def id(self) -> str:
+        return self._mlflow.active_run().info.run_id
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         _retried(self._mlflow.log_metrics, numeric, step=step)
@@ -293,9 +297,26 @@ def _open_experiment(mlflow: Any, name: str, uri: str) -> None:
                     raise
 
 
+def _existing(mlflow: Any, run_id: str | None) -> str | None:
+    """``run_id`` if that run is in the current store (else None: e.g. another store's run)."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        mlflow.get_run(run_id)
+        return run_id
+    except MlflowException:
+        log.warning("MLflow run %s is not in this store; starting a new run", run_id)
+        return None
+
+
 @contextlib.contextmanager
-def start_run(p: TrackingParams, run_name: str, params: dict[str, Any]) -> Iterator[Run]:
-    """An MLflow run named ``run_name`` with ``params`` (nested dict, flattened)."""
+def start_run(
+    p: TrackingParams, run_name: str, params: dict[str, Any], resume: str | None = None
+) -> Iterator[Run]:
+    """An MLflow run named ``run_name`` with ``params`` (nested dict, flattened); or, with
+    ``resume``, that existing run again (e.g. a study's run, joined by each search worker)."""
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import mlflow
@@ -304,6 +325,11 @@ def start_run(p: TrackingParams, run_name: str, params: dict[str, Any]) -> Itera
     uri = tracking_uri(p)
     mlflow.set_tracking_uri(uri)
     _open_experiment(mlflow, p.experiment, uri)
+    run_id = _existing(mlflow, resume)
+    if run_id:
+        with mlflow.start_run(run_id=run_id):
+            yield Run(mlflow)
+        return
     commit, exp = _git_commit(), os.environ.get("DVC_EXP_NAME")
     group = f"{exp or 'workspace'}@{(commit or 'no-git')[:8]}"  # one pipeline execution's runs
     with mlflow.start_run(run_name=f"{exp}/{run_name}" if exp else run_name):
