@@ -56,7 +56,10 @@ if [[ -z "${PYTHON:-}" ]]; then  # the first python3 with mlflow: PATH's, else t
       break
     fi
   done
-  [[ -n "${PYTHON:-}" ]] || die "no python3 with mlflow found (pip install -r requirements.txt, or set PYTHON)"
+  if [[ -z "${PYTHON:-}" ]]; then  # stop and status need no mlflow: any python3 does
+    [[ "$cmd" == start ]] && die "no python3 with mlflow found (pip install -r requirements.txt, or set PYTHON)"
+    PYTHON="$(command -v python3 || echo python3)"
+  fi
 fi
 
 pg_bin() {
