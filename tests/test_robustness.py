@@ -69,3 +69,28 @@ def test_robustness_rows_and_bad_params(params_raw):
     params_raw["robustness"]["crop_fraction"] = [0.6]
     with pytest.raises(ParamsError, match=r"robustness.crop_fraction\[0\]"):
         parse_params(params_raw)
+
+
+def test_robustness_over_seeds_summary():
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from robustness_seeds import summarise
+
+    def run(unet: float, maht: float) -> dict:
+        rows = {"rows": [{"severity": 0.5, "mre_increase_mm": None}]}
+        out = {}
+        for model, inc in (("baseline", unet), ("maht_net", maht)):
+            block = {"contrast": {"rows": [{**rows["rows"][0], "mre_increase_mm": inc}]}}
+            out[model] = {"clean": {"mre_mm": 1.0}, "perturbations": block}
+        return out
+
+    summary = summarise({"a": run(0.4, 0.1), "b": run(0.2, 0.3)})
+    (row,) = summary["rows"]
+    assert row["perturbation"] == "contrast" and row["severity"] == 0.5
+    assert row["maht_minus_unet_mm"]["mean"] == pytest.approx(-0.1)  # (-0.3 + 0.1) / 2
+    assert row["maht_minus_unet_mm"]["sd"] == pytest.approx(np.std([-0.3, 0.1], ddof=1))
+    assert row["runs_maht_net_loses_less"] == 1
+    assert summary["clean_mre_mm"]["baseline"] == {"mean": 1.0, "sd": 0.0}
