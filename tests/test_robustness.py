@@ -80,12 +80,11 @@ def test_robustness_over_seeds_summary():
     from robustness_seeds import summarise
 
     def run(unet: float, maht: float) -> dict:
-        rows = {"rows": [{"severity": 0.5, "mre_increase_mm": None}]}
-        out = {}
-        for model, inc in (("baseline", unet), ("maht_net", maht)):
-            block = {"contrast": {"rows": [{**rows["rows"][0], "mre_increase_mm": inc}]}}
-            out[model] = {"clean": {"mre_mm": 1.0}, "perturbations": block}
-        return out
+        def model(increase: float) -> dict:
+            rows = [{"severity": 0.5, "mre_increase_mm": increase}]
+            return {"clean": {"mre_mm": 1.0}, "perturbations": {"contrast": {"rows": rows}}}
+
+        return {"baseline": model(unet), "maht_net": model(maht)}
 
     summary = summarise({"a": run(0.4, 0.1), "b": run(0.2, 0.3)})
     (row,) = summary["rows"]
