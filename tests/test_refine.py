@@ -257,6 +257,47 @@ def test_patch_dataset_items_are_consistent():
     assert float(a["image"].min()) >= 0 and float(a["image"].max()) <= 1
 
 
+def _blob_fine(n=3, k=3, seed=1):
+    """Fine images holding one sharp Gaussian blob per landmark (each its own image)."""
+    rng = np.random.default_rng(seed)
+    h, w = 90, 100
+    lm_fine = rng.uniform(30, 60, size=(n * k, 1, 2))
+    yy, xx = np.mgrid[:h, :w]
+    images = np.stack(
+        [np.round(255 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5**2))) for (x, y) in lm_fine[:, 0]]
+    ).astype(np.uint8)
+    return make_fine([0.5] * (n * k), [(h, w)] * (n * k), (lm_fine + 0.5) / 0.5 - 0.5, images=images)
+
+
+def test_rotated_zoomed_patches_move_the_target_with_the_image():
+    fine = _blob_fine()
+    size, sigma = 32, 1.5
+    jitter = JitterModel(np.full((1, 2), 0.4))
+    plain = PatchDataset(fine, size, sigma, jitter=jitter, seed=3)
+    warped = PatchDataset(fine, size, sigma, jitter=jitter, seed=3, rotate_deg=30.0, zoom=0.2)
+    codec = patch_codec(size, sigma)
+    moved = []
+    for j in range(len(fine)):
+        a, b = plain[j], warped[j]
+        gt = b["gt"].numpy()
+        # the blob's intensity centroid in the warped patch is where the target says
+        img = b["image"][0].numpy().astype(np.float64)
+        yy, xx = np.mgrid[:size, :size]
+        centroid = np.array([(img * xx).sum(), (img * yy).sum()]) / img.sum()
+        np.testing.assert_allclose(centroid, gt, atol=0.15)
+        decoded, _ = codec.decode(b["target"].numpy()[None])
+        np.testing.assert_allclose(decoded[0], gt, atol=0.05)
+        # the same centre as without warping: the patch turns and zooms about it
+        np.testing.assert_array_equal(a["origin"].numpy(), b["origin"].numpy())
+        moved.append(np.abs(gt - a["gt"].numpy()).max())
+    assert max(moved) > 0.5  # the warp really moves the landmark in the patch
+    np.testing.assert_array_equal(warped[4]["image"].numpy(), warped[4]["image"].numpy())  # per-item seed
+    with pytest.raises(ValueError, match="rotate_deg"):
+        PatchDataset(fine, size, sigma, rotate_deg=-1.0)
+    with pytest.raises(ValueError, match="zoom"):
+        PatchDataset(fine, size, sigma, zoom=1.0)
+
+
 def test_patch_dataset_jitter_is_in_mm():
     # 0.1 mm/px originals at scale 1/3 -> 0.3 mm per fine px: 1.5 mm sd = 5 fine px
     fine = _noise_fine(n=4, k=60, seed=3)

@@ -203,6 +203,8 @@ class RefineParams:
     jitter_scale: float  # training patch centres: gt + N(0, (scale * coarse val RMS error)^2) per axis
     jitter_floor_mm: float  # smallest jitter sd (mm)
     batch_size: int  # patches per batch
+    rotate_deg: float  # geometric augmentation of the patches about their centre (0 = off)
+    zoom: float  # zoom factor U(1 - zoom, 1 + zoom)
     brightness: float  # intensity augmentation of the patches (0 = off)
     contrast: float
     train: StageParams  # schedule; the refiner's down path is the "encoder", the rest "decoder"/"head"
@@ -599,6 +601,10 @@ def _check_refine(r: RefineParams) -> None:
         raise ParamsError("params key 'refine.train.loss_weights': the refiner trains with softmax_ce only")
     if r.batch_size < 1:
         raise ParamsError("params key 'refine.batch_size' must be >= 1")
+    if not 0 <= r.rotate_deg <= 90:
+        raise ParamsError(f"params key 'refine.rotate_deg' must be in [0, 90], got {r.rotate_deg}")
+    if not 0 <= r.zoom < 1:
+        raise ParamsError(f"params key 'refine.zoom' must be in [0, 1), got {r.zoom}")
 
 
 def _check_prune(r: PruneParams, output: str) -> None:

@@ -9,7 +9,8 @@ convention, see :mod:`mahtnet.data.preprocess`):
 * fine px: the image resampled by ``s`` (:attr:`FineSet.scales`) to about ``spacing_mm`` per
   pixel, ``x_fine = (x_orig + 0.5) * s - 0.5`` (what ``cv2.resize`` with ``fx = fy = s`` does);
 * patch px: a ``size x size`` crop of the fine image with integer top-left ``origin`` (fine
-  px), ``x_patch = x_fine - origin`` exactly (no interpolation).
+  px), ``x_patch = x_fine - origin`` exactly (no interpolation; training patches may also be
+  rotated and zoomed about their centre, see :class:`PatchDataset`).
 """
 
 from __future__ import annotations
@@ -230,14 +231,17 @@ class PatchDataset(Dataset):
     """One item per (image, landmark) pair of a :class:`FineSet` (index ``i * K + k``): the
     ``size`` patch centred on the ground truth (or on ``centres_orig (N, K, 2)``, original px,
     when given) plus a jitter (mm, drawn from ``jitter``; none when ``jitter`` is None),
-    optionally with brightness/contrast augmentation
-    (``v * c + b``, ``c ~ U(1 - contrast, 1 + contrast)``, ``b ~ U(-brightness, brightness)``,
-    clipped to [0, 1]; geometry untouched).
+    optionally with a random rotation (``U(-rotate_deg, rotate_deg)``) and zoom (factor ``U(1 -
+    zoom, 1 + zoom)``) of the patch about its centre, the target moving with it, and with
+    brightness/contrast augmentation (``v * c + b``, ``c ~ U(1 - contrast, 1 + contrast)``,
+    ``b ~ U(-brightness, brightness)``, clipped to [0, 1]; geometry untouched).
 
     Items: ``image (1, P, P)`` float32 in [0, 1], ``target (P, P)`` float32 unit-peak Gaussian
     of ``sigma`` fine px at ``gt``, ``landmark`` long, ``gt (2,)`` float64 patch px,
     ``visible`` bool (gt inside the patch), ``origin (2,)`` long fine px, ``jitter (2,)``
     float64 fine px (requested displacement of the patch centre), ``index`` long image index.
+    Without rotation or zoom, patch px ``p`` is fine px ``p + origin`` exactly; with them, fine
+    px ``A p + origin + (I - A) (size // 2)`` with ``A = rotation / zoom`` (bilinear).
 
     Randomness: item ``j`` draws from ``default_rng((seed, j))``, so it is the same for any
     worker count and order; call :meth:`set_epoch_seed` (e.g. ``base + epoch``) before each
@@ -255,6 +259,8 @@ class PatchDataset(Dataset):
         contrast: float = 0.0,
         seed: int = 0,
         centres_orig: np.ndarray | None = None,
+        rotate_deg: float = 0.0,
+        zoom: float = 0.0,
     ):
         if centres_orig is not None and np.shape(centres_orig) != fine.landmarks_orig.shape:
             raise ValueError(
@@ -264,6 +270,8 @@ class PatchDataset(Dataset):
             raise ValueError(f"jitter has {jitter.sd_mm.shape[0]} landmarks, data {fine.num_landmarks}")
         if brightness < 0 or contrast < 0 or contrast >= 1:
             raise ValueError(f"need brightness >= 0 and 0 <= contrast < 1, got {brightness}, {contrast}")
+        if rotate_deg < 0 or not 0 <= zoom < 1:
+            raise ValueError(f"need rotate_deg >= 0 and 0 <= zoom < 1, got {rotate_deg}, {zoom}")
         self.fine = fine
         self.size = int(size)
         self.codec = patch_codec(self.size, sigma)
@@ -271,6 +279,8 @@ class PatchDataset(Dataset):
         self.brightness = float(brightness)
         self.contrast = float(contrast)
         self.seed = int(seed)
+        self.rotate_deg = float(rotate_deg)
+        self.zoom = float(zoom)
         self.centres_orig = None if centres_orig is None else np.asarray(centres_orig, dtype=np.float64)
 
     def set_epoch_seed(self, seed: int) -> None:
@@ -293,8 +303,12 @@ class PatchDataset(Dataset):
                 self.fine.scales[i] / self.fine.spacing[i]
             )
         origin = patch_origin(gt_fine + shift, self.size)
-        gt = gt_fine - origin
-        image = extract_patch(self.fine.image(i), origin, self.size).astype(np.float32) / 255.0
+        if self.rotate_deg > 0 or self.zoom > 0:
+            image, gt = self._warped(self.fine.image(i), origin, gt_fine, rng)
+        else:
+            gt = gt_fine - origin
+            image = extract_patch(self.fine.image(i), origin, self.size)
+        image = image.astype(np.float32) / 255.0
         if self.brightness > 0 or self.contrast > 0:
             c = rng.uniform(1 - self.contrast, 1 + self.contrast)
             b = rng.uniform(-self.brightness, self.brightness)
@@ -310,6 +324,27 @@ class PatchDataset(Dataset):
             "jitter": torch.from_numpy(shift),
             "index": torch.tensor(i, dtype=torch.long),
         }
+
+    def _warped(
+        self, image: np.ndarray, origin: np.ndarray, gt_fine: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The patch rotated and zoomed about its centre (pixels outside the image 0) and the
+        ground truth in its px."""
+        angle = np.deg2rad(rng.uniform(-self.rotate_deg, self.rotate_deg))
+        zoom = rng.uniform(1 - self.zoom, 1 + self.zoom)
+        cos, sin = np.cos(angle), np.sin(angle)
+        a = np.array([[cos, -sin], [sin, cos]]) / zoom  # patch px -> fine px, about the centre
+        centre = np.full(2, self.size // 2, dtype=np.float64)
+        t = origin + centre - a @ centre
+        patch = cv2.warpAffine(
+            image,
+            np.hstack([a, t[:, None]]),
+            (self.size, self.size),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        return patch, np.linalg.solve(a, gt_fine - t)
 
 
 # ----------------------------------------------------------------------------- model, loss

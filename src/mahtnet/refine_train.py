@@ -78,7 +78,17 @@ def refine_task(
     seed_everything(params.seed)
     model = build_refiner(len(LANDMARK_NAMES), r.channels, r.depth)
     groups, frozen_bn = configure_stage(model, r.train)
-    train_ds = PatchDataset(fine_train, r.patch_size, r.sigma, jitter, r.brightness, r.contrast, params.seed)
+    train_ds = PatchDataset(
+        fine_train,
+        r.patch_size,
+        r.sigma,
+        jitter,
+        r.brightness,
+        r.contrast,
+        params.seed,
+        rotate_deg=r.rotate_deg,
+        zoom=r.zoom,
+    )
     val_ds = PatchDataset(fine_val, r.patch_size, r.sigma, centres_orig=coarse_val)
     loss_fn = nn.Module()  # no learned loss weights
 
