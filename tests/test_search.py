@@ -104,6 +104,19 @@ WORKER = textwrap.dedent(
 )
 
 
+def test_sampler_seeds_of_resumed_studies_and_workers_do_not_collide():
+    from mahtnet.search import sampler_seed
+
+    assert sampler_seed(7, 0) == 7  # a fresh study is reproducible
+    assert sampler_seed(7, 3) == sampler_seed(7, 3) != sampler_seed(7, 4)
+    # two workers started together: one sees a trial more and has a process id one lower
+    # (a summed seed, 7 + 1 + 1000 == 7 + 0 + 1001, drew the same values in both)
+    assert sampler_seed(7, 1, 1000) != sampler_seed(7, 0, 1001)
+    seeds = {sampler_seed(0, n, pid) for n in range(5) for pid in range(1000, 1010)}
+    assert len(seeds) == 50
+    assert sampler_seed(-1, 2) >= 0
+
+
 def test_two_workers_share_one_study_without_losing_or_repeating_trials(tmp_path):
     import yaml
 

@@ -154,9 +154,11 @@ def nested_run(parent, name: str, drawn: dict[str, Any]):
 def create_study(params: Params, url: str | None = None, worker: bool = False):
     """The study of ``params.search`` in its storage (created, or loaded when it exists).
 
-    Its sampler's seed is ``search.seed`` plus the number of trials already stored (and, for a
-    ``worker``, its process id): a fresh study is reproducible, while a resumed study or a
-    second worker does not draw again the values the first draws already tried."""
+    Its sampler's seed is ``search.seed`` for a fresh study (reproducible); a resumed study or
+    a ``worker`` seeds it from ``(search.seed, trials already stored[, process id])`` hashed
+    together (not summed: two workers started together, one seeing one trial more and having
+    a process id one lower, drew the same values), so it does not draw again what the first
+    draws tried."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -177,10 +179,19 @@ def create_study(params: Params, url: str | None = None, worker: bool = False):
         direction="minimize",
         load_if_exists=True,
     )
-    offset = len(study.get_trials(deepcopy=False)) + (os.getpid() if worker else 0)
-    if offset:
-        study.sampler = make_sampler(params, s.seed + offset)
+    stored = len(study.get_trials(deepcopy=False))
+    if stored or worker:
+        study.sampler = make_sampler(params, sampler_seed(s.seed, stored, os.getpid() if worker else None))
     return study
+
+
+def sampler_seed(seed: int, stored: int, pid: int | None = None) -> int:
+    """The sampler seed of a study with ``stored`` trials (``seed`` itself for a fresh one
+    outside a worker), hashed with the worker's process id ``pid`` when given."""
+    if not stored and pid is None:
+        return seed
+    entropy = [seed & 0xFFFFFFFF, stored] + ([] if pid is None else [pid])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def make_sampler(params: Params, seed: int | None = None):
