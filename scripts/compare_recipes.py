@@ -26,18 +26,18 @@ from mahtnet.stats import compare_paired  # noqa: E402
 KEEP = ("images", "mre_a", "mre_b", "mre_diff", "sdr_a", "sdr_b", "wilcoxon", "bootstrap")
 
 
-def errors(run: Path, model: str) -> tuple[np.ndarray, np.ndarray]:
-    ids, err, _ = read_per_image(run / "data" / "eval" / f"{model}_per_image.csv")
+def errors(run: Path, model: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Image ids (sorted), per-image errors ``(N, K)`` mm in that order, landmark names."""
+    ids, err, names = read_per_image(run / "data" / "eval" / f"{model}_per_image.csv")
     order = np.argsort(ids)
-    return ids[order], err[order]
+    return ids[order], err[order], names
 
 
 def compare_pair(a: Path, b: Path, model: str) -> tuple[dict, np.ndarray, np.ndarray]:
-    ids_a, err_a = errors(a, model)
-    ids_b, err_b = errors(b, model)
+    ids_a, err_a, names = errors(a, model)
+    ids_b, err_b, _ = errors(b, model)
     if list(ids_a) != list(ids_b):
         raise ValueError(f"{a} and {b} evaluated different images for {model}")
-    names = read_per_image(a / "data" / "eval" / f"{model}_per_image.csv")[2]
     result = compare_paired(err_a, err_b, landmark_names=names, n_boot=10000)
     kept = {k: result[k] for k in KEEP}
     kept["max_a"], kept["max_b"] = float(err_a.max()), float(err_b.max())
