@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from mahtnet.evaluate import read_per_image  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
-from mahtnet.stats import compare_paired  # noqa: E402
+from mahtnet.stats import compare_paired, mean_sd  # noqa: E402
 
 KEEP = ("images", "mre_a", "mre_b", "mre_diff", "sdr_a", "sdr_b", "wilcoxon", "bootstrap")
 
@@ -61,10 +61,7 @@ def summarize(pairs: dict[str, tuple[Path, Path]], models: list[str]) -> dict:
         out["over_runs"][model] = {
             "mre_a_mm": float(np.mean([x.mean() for x in img_a])),
             "mre_b_mm": float(np.mean([x.mean() for x in img_b])),
-            "mre_diff_mm": {
-                "mean": float(np.mean(diffs)),
-                "sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
-            },
+            "mre_diff_mm": mean_sd(diffs),
             "wilcoxon_p_run_averaged_image_mre": float(sstats.wilcoxon(mean_b - mean_a).pvalue),
         }
     return out

@@ -17,12 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from mahtnet.io import write_json  # noqa: E402
+from mahtnet.stats import mean_sd  # noqa: E402
 
 MODELS = ("baseline", "maht_net")
 
@@ -36,10 +35,6 @@ def increases(result: dict, model: str) -> dict[tuple[str, float], float]:
     return out
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-
-
 def summarise(runs: dict[str, dict]) -> dict:
     per_model = {m: {name: increases(r, m) for name, r in runs.items()} for m in MODELS}
     keys = sorted(set.intersection(*(set(v) for v in per_model["maht_net"].values())))
@@ -50,12 +45,12 @@ def summarise(runs: dict[str, dict]) -> dict:
             {
                 "perturbation": key[0],
                 "severity": key[1],
-                **{f"{m}_increase_mm": stats([per_model[m][n][key] for n in runs]) for m in MODELS},
-                "maht_minus_unet_mm": stats(gaps),
+                **{f"{m}_increase_mm": mean_sd([per_model[m][n][key] for n in runs]) for m in MODELS},
+                "maht_minus_unet_mm": mean_sd(gaps),
                 "runs_maht_net_loses_less": int(sum(g < 0 for g in gaps)),
             }
         )
-    clean = {m: stats([r[m]["clean"]["mre_mm"] for r in runs.values()]) for m in MODELS}
+    clean = {m: mean_sd([r[m]["clean"]["mre_mm"] for r in runs.values()]) for m in MODELS}
     return {"runs": list(runs), "clean_mre_mm": clean, "rows": rows}
 
 

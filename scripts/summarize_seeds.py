@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM  # noqa: E402
 from mahtnet.evaluate import read_per_image  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
-from mahtnet.stats import compare_paired  # noqa: E402
+from mahtnet.stats import compare_paired, mean_sd  # noqa: E402
 
 MODELS = ("baseline", "maht_net")
 KEYS = ("mre_mm", "sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm", "max_mm", "n_over_10mm")
@@ -45,10 +45,7 @@ def spread(runs: dict[str, Path]) -> dict:
         per_run = {name: variants(run, model) for name, run in runs.items()}
         for variant in next(iter(per_run.values())):
             rows = {k: [per_run[r][variant][k] for r in runs] for k in KEYS}
-            out[f"{model}/{variant}"] = {
-                k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)), "runs": v}
-                for k, v in rows.items()
-            }
+            out[f"{model}/{variant}"] = {k: {**mean_sd(v), "runs": v} for k, v in rows.items()}
     return out
 
 

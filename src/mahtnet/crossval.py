@@ -20,6 +20,7 @@ from mahtnet.codec import encode_set
 from mahtnet.config import Params
 from mahtnet.data.preprocess import PreparedSet, split_train_val
 from mahtnet.evaluate import evaluate
+from mahtnet.stats import mean_sd
 from mahtnet.train import stage_codec, train
 from mahtnet.trainer import StageOutputs
 
@@ -49,12 +50,7 @@ def summarize_folds(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]
     out = {}
     for key in rows[0]:
         v = np.array([r[key] for r in rows], dtype=np.float64)
-        out[key] = {
-            "mean": float(v.mean()),
-            "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "min": float(v.min()),
-            "max": float(v.max()),
-        }
+        out[key] = {**mean_sd(v), "min": float(v.min()), "max": float(v.max())}
     return out
 
 

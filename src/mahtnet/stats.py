@@ -47,6 +47,15 @@ def _f(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
+def mean_sd(values: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "sd"}`` of a figure over runs (seeds, folds): the SD with ``ddof=1``, 0.0 for
+    one run (no spread measured). No values, NaN or inf raise ``ValueError``."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) == 0 or not np.all(np.isfinite(v)):
+        raise ValueError(f"mean_sd needs one or more finite values, got {values!r}")
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
 def _check(errors_a: np.ndarray, errors_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(errors_a, dtype=np.float64)
     b = np.asarray(errors_b, dtype=np.float64)
