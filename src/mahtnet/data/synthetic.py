@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -281,97 +282,153 @@ def _min_distance(poly: np.ndarray, points: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def render_cephalogram(
-    rng: np.random.Generator,
-    landmarks_px: np.ndarray,
-    width: int,
-    height: int,
-    pixel_spacing_mm: float,
-) -> np.ndarray:
-    """Render an X-ray-like lateral cephalogram around the given landmarks.
+class _Frame(NamedTuple):
+    """Per-image geometry shared by the drawing steps (pixels; direction vectors are unit)."""
 
-    Every landmark lies on a drawn structure: nasion at the anterior border of the cranial vault
-    (frontonasal concavity), sella at the centre of the sella turcica cup, orbitale at the lowest
-    point of the orbit ring, porion at the top of the ear canal inside the ear-rod ring, PNS/ANS
-    at the two tips of the palate, A point on the anterior maxillary concavity, the incisor tips
-    at the incisal edges, the mandibular landmarks and articulare on the outline of the mandible
-    (articulare where the ramus meets the clivus), the soft-tissue landmarks on the skin/air
-    profile. Random intensities, gamma, background gradient, blur, noise, texture and a few
-    distractors (cervical vertebrae, hyoid, posterior teeth, airway, ruler) come from ``rng``.
+    L: np.ndarray  # (19, 2) landmarks in pixels
+    mm: float  # px per mm
+    f: np.ndarray  # head forward: Frankfort horizontal, porion -> orbitale
+    d: np.ndarray  # down: ``f`` rotated by +90 degrees
+    u_sn: np.ndarray  # sella -> nasion
+    v_sn: np.ndarray  # ``u_sn`` rotated by +90 degrees
+    sc: float  # S-N length relative to the mean S-N length of the shape model
 
-    Args:
-        rng: source of all randomness of the appearance.
-        landmarks_px: (19, 2) landmark positions in pixels (pixel-centre convention).
-        width, height: image size in pixels.
-        pixel_spacing_mm: mm per pixel (structure sizes are specified in mm).
+    def at(self, base: np.ndarray, a: float, b: float, fu=None, fv=None, scale: float = 1.0) -> np.ndarray:
+        """``base`` moved ``a`` mm along ``fu`` and ``b`` mm along ``fv`` (default: f, d), scaled."""
+        fu = self.f if fu is None else fu
+        fv = self.d if fv is None else fv
+        return base + self.mm * scale * (a * fu + b * fv)
 
-    Returns:
-        uint8 image of shape (height, width).
-    """
-    L = np.asarray(landmarks_px, dtype=np.float64)
-    if L.shape != (NUM_LANDMARKS, 2):
-        raise ValueError(f"landmarks_px must be (19, 2), got {L.shape}")
+
+class _Densities(NamedTuple):
+    """Random densities of the tissue classes of one image."""
+
+    soft: float
+    bone: float
+    cortex: float
+    tooth: float
+
+
+class _Vault(NamedTuple):
+    """Cranial vault: control points, outer border, a point inside the skull, band thickness."""
+
+    ctrl: np.ndarray
+    curve: np.ndarray
+    brain_centre: np.ndarray
+    thick: np.ndarray
+
+
+class _Maxilla(NamedTuple):
+    p: np.ndarray  # PNS -> ANS
+    q: np.ndarray  # ``p`` rotated by +90 degrees (down)
+    ax_u: np.ndarray  # upper incisor axis, incisal tip -> apex
+
+
+class _Jaw(NamedTuple):
+    """Mandible frame: lower incisor, occlusal plane, ramus and mandibular body."""
+
+    ax_l: np.ndarray  # lower incisor axis, incisal tip -> apex
+    inf_d: np.ndarray  # infradentale (labial alveolar crest)
+    inf_l: np.ndarray  # lingual alveolar crest
+    occ_o: np.ndarray  # occlusal plane origin, between the incisor tips
+    occ_b: np.ndarray  # along the occlusal plane, backwards
+    occ_n: np.ndarray  # occlusal plane normal, down
+    r_dir: np.ndarray  # ramus, articulare -> gonion
+    r_fwd: np.ndarray  # ramus normal, forward
+    lr: float  # ramus length (Ar-Go)
+    lb: np.ndarray  # mandibular body, gonion -> menton
+    lb_n: np.ndarray  # body normal, down
+    lgm: float  # body length (Go-Me)
+
+
+# Outer border of the cranial vault in the S-N frame, mm from nasion (nasal bones -> occiput).
+_VAULT_CTRL_SN = np.array(
+    [
+        [8.0, 20.0],  # tip of the nasal bones
+        [2.5, 8.5],
+        [0.0, 0.0],  # nasion (frontonasal concavity)
+        [3.5, -9.0],  # glabella
+        [2.5, -30.0],
+        [-8.0, -55.0],
+        [-30.0, -75.0],
+        [-60.0, -87.0],
+        [-95.0, -85.0],
+        [-125.0, -68.0],
+        [-148.0, -40.0],
+        [-158.0, -8.0],
+        [-154.0, 20.0],
+        [-142.0, 38.0],
+    ]
+)
+_VAULT_CTRL_SN.setflags(write=False)
+
+# Incisor outline: (mm along the axis for a 23 mm tooth, half-width as a fraction of the width).
+_INCISOR_PROFILE = [(0.0, 0.0), (0.7, 1.1), (3.5, 0.45), (9.5, 0.5), (15.0, 0.36)]
+_INCISOR_PROFILE += [(23.0, 0.0), (15.0, -0.36), (9.5, -0.5), (3.5, -0.4), (0.7, -0.9)]
+
+
+def _perp_towards(v: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``_perp(v)``, negated if needed so that it does not point away from ``ref``."""
+    n = _perp(v)
+    return -n if np.dot(n, ref) < 0 else n
+
+
+def _make_frame(L: np.ndarray, pixel_spacing_mm: float) -> _Frame:
+    """Local frames of the posed landmarks: head forward (Frankfort horizontal) and S-N."""
     mm = 1.0 / pixel_spacing_mm  # px per mm
-    cv = _Canvas(width, height)
-    u_ = rng.uniform
-
-    # Frames: head forward (Frankfort horizontal, porion -> orbitale) and S-N.
     f = _unit(L[OR] - L[PO])
-    d = _perp(f)
     sn = L[N] - L[S]
     u_sn = _unit(sn)
-    v_sn = _perp(u_sn)
     sc = np.linalg.norm(sn) / (58.8 * mm)  # size relative to the mean S-N length of the model
+    return _Frame(L, mm, f, _perp(f), u_sn, _perp(u_sn), sc)
 
-    def at(base: np.ndarray, a: float, b: float, fu=f, fv=d, scale: float = 1.0) -> np.ndarray:
-        return base + mm * scale * (a * fu + b * fv)
 
-    # Random densities.
+def _draw_densities(rng: np.random.Generator) -> _Densities:
+    u_ = rng.uniform
     soft_v = u_(0.30, 0.42)
     bone_v = u_(0.45, 0.70)
     cortex_v = u_(0.25, 0.45)
     tooth_v = u_(0.85, 1.15)
+    return _Densities(soft_v, bone_v, cortex_v, tooth_v)
 
-    # ---------------- cranial vault (outer border through nasion) ----------------------------
-    vault_ctrl_sn = np.array(
-        [
-            [8.0, 20.0],  # tip of the nasal bones
-            [2.5, 8.5],
-            [0.0, 0.0],  # nasion (frontonasal concavity)
-            [3.5, -9.0],  # glabella
-            [2.5, -30.0],
-            [-8.0, -55.0],
-            [-30.0, -75.0],
-            [-60.0, -87.0],
-            [-95.0, -85.0],
-            [-125.0, -68.0],
-            [-148.0, -40.0],
-            [-158.0, -8.0],
-            [-154.0, 20.0],
-            [-142.0, 38.0],
-        ]
-    )
-    jitter = rng.normal(0.0, 1.5, vault_ctrl_sn.shape)
-    jitter[:4] = 0.0
-    vault_ctrl = np.array([at(L[N], a, b, u_sn, v_sn, sc) for a, b in vault_ctrl_sn + jitter])
-    vault = _catmull_rom(vault_ctrl, step=1.5)
-    brain_centre = at(L[S], -20.0, -25.0, u_sn, v_sn, sc)
-    # thickness: thin nasal bone, thick frontal (sinus) region, ~6 mm elsewhere
+
+def _vault_thickness(
+    rng: np.random.Generator, vault: np.ndarray, nasion: np.ndarray, mm: float
+) -> np.ndarray:
+    """Per-point thickness: thin nasal bone, thick frontal (sinus) region, ~6 mm elsewhere."""
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(vault, axis=0), axis=1))])
-    i_n = int(np.argmin(np.linalg.norm(vault - L[N], axis=1)))
+    i_n = int(np.argmin(np.linalg.norm(vault - nasion, axis=1)))
     s_n = arc - arc[i_n]
-    base_t = u_(5.0, 7.5)
-    thick = np.where(
+    base_t = rng.uniform(5.0, 7.5)
+    return np.where(
         s_n < 0,
         np.interp(s_n, [-25 * mm, 0.0], [2.0, 7.0]) * mm,
         np.interp(s_n, [0.0, 12 * mm, 40 * mm], [7.0, 11.0, base_t]) * mm,
     )
+
+
+def _draw_cranial_vault(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities) -> _Vault:
+    """Cranial vault band (outer border through nasion) with its outer and inner tables."""
+    L, mm, at, u_sn, v_sn, sc = g.L, g.mm, g.at, g.u_sn, g.v_sn, g.sc
+    bone_v, cortex_v = dens.bone, dens.cortex
+    jitter = rng.normal(0.0, 1.5, _VAULT_CTRL_SN.shape)
+    jitter[:4] = 0.0
+    vault_ctrl = np.array([at(L[N], a, b, u_sn, v_sn, sc) for a, b in _VAULT_CTRL_SN + jitter])
+    vault = _catmull_rom(vault_ctrl, step=1.5)
+    brain_centre = at(L[S], -20.0, -25.0, u_sn, v_sn, sc)
+    thick = _vault_thickness(rng, vault, L[N], mm)
     cv.fill(_band(vault, thick, brain_centre), bone_v * 1.1)
     cv.line(vault, 1.2 * mm, cortex_v)  # outer table
     inner = _band(vault, thick, brain_centre)[len(vault) :]
     cv.line(inner, 1.0 * mm, cortex_v * 0.8)  # inner table
+    return _Vault(vault_ctrl, vault, brain_centre, thick)
 
-    # ---------------- sella turcica, sphenoid, anterior cranial base, clivus ------------------
+
+def _draw_sella_and_sphenoid(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities) -> None:
+    """Sella turcica cup (centre = sella), sphenoid body, dorsum sellae and planum sphenoidale."""
+    L, mm, at, u_sn, v_sn, sc = g.L, g.mm, g.at, g.u_sn, g.v_sn, g.sc
+    bone_v, cortex_v = dens.bone, dens.cortex
+    u_ = rng.uniform
     r_s = u_(4.2, 5.8) * mm * sc
     wall = u_(1.3, 2.0) * mm
     ang = np.radians(np.linspace(-15.0, 195.0, 48))
@@ -401,12 +458,14 @@ def render_cephalogram(
         [cup_out[0], at(L[S], 12.0, -3.5, u_sn, v_sn, sc), at(L[N], -14.0, 3.0, u_sn, v_sn, sc)]
     )
     cv.line(_catmull_rom(planum, step=1.5), 1.5 * mm, bone_v * 0.8)
-    # clivus: its lower (anterior-inferior) border passes through articulare
+
+
+def _draw_clivus(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities) -> None:
+    """Clivus; its lower (anterior-inferior) border passes through articulare."""
+    L, mm, at, u_sn, v_sn, sc = g.L, g.mm, g.at, g.u_sn, g.v_sn, g.sc
     p1 = at(L[S], 6.0, 19.0, u_sn, v_sn, sc)
     along = _unit(L[AR] - p1)
-    nrm = _perp(along)
-    if np.dot(nrm, L[S] - L[AR]) < 0:
-        nrm = -nrm
+    nrm = _perp_towards(along, L[S] - L[AR])
     bas = L[AR] + along * 9.0 * mm
     clivus_edge = _catmull_rom(np.array([p1, 0.5 * (p1 + L[AR]) + nrm * 1.0 * mm, L[AR], bas]))
     clivus = np.vstack(
@@ -417,32 +476,45 @@ def render_cephalogram(
             at(L[S], -6.0, 6.0, u_sn, v_sn, sc),
         ]
     )
-    clivus_v = bone_v * u_(0.65, 0.9)
+    clivus_v = dens.bone * rng.uniform(0.65, 0.9)
     cv.fill(clivus, clivus_v)
-    cv.line(clivus_edge, 1.0 * mm, cortex_v * 0.7)
+    cv.line(clivus_edge, 1.0 * mm, dens.cortex * 0.7)
 
-    # ---------------- orbit (lowest point = orbitale) -----------------------------------------
+
+def _draw_orbit(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities) -> None:
+    """Orbit ring whose lowest point is orbitale."""
+    mm, sc, u_ = g.mm, g.sc, rng.uniform
     rx, ry = u_(9.0, 11.0) * mm * sc, u_(11.5, 13.5) * mm * sc
-    orbit = _ellipse(L[OR] - ry * d, rx, ry, f)
-    cv.line(orbit, 1.3 * mm, bone_v * 0.75, closed=True)
-    cv.fill(orbit, bone_v * 0.12)
+    orbit = _ellipse(g.L[OR] - ry * g.d, rx, ry, g.f)
+    cv.line(orbit, 1.3 * mm, dens.bone * 0.75, closed=True)
+    cv.fill(orbit, dens.bone * 0.12)
 
-    # ---------------- ear rod ring and ear canal (top of canal = porion) ----------------------
+
+def _draw_ear_rods(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities) -> None:
+    """Ear rod ring and ear canal; the top of the canal is porion."""
+    mm, f, u_ = g.mm, g.f, rng.uniform
+    bone_v, cortex_v, soft_v = dens.bone, dens.cortex, dens.soft
     r_c = u_(3.5, 4.5) * mm
-    canal_c = L[PO] + r_c * d
+    canal_c = g.L[PO] + r_c * g.d
     ring_w = u_(1.5, 2.2) * mm
     cv.fill(_ellipse(canal_c, r_c + ring_w, r_c + ring_w, f), bone_v * 1.3 + cortex_v)
     cv.fill(_ellipse(canal_c, r_c, r_c, f), -(bone_v * 1.3 + cortex_v))
     cv.fill(_ellipse(canal_c, r_c, r_c, f), -soft_v * 0.5, layer="soft")
 
-    # ---------------- maxilla / palate (PNS -> ANS), A point, upper incisor -------------------
+
+def _incisor_axis(g: _Frame, ref: int, tip: int) -> tuple[np.ndarray, np.ndarray]:
+    """Axis (incisal tip -> apex) of the incisor at landmark ``tip`` and its labial normal."""
+    ax = _unit(g.at(g.L[ref], -4.0, 3.0) - g.L[tip])
+    return ax, _perp_towards(ax, g.f)
+
+
+def _draw_maxilla(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities) -> _Maxilla:
+    """Maxilla and palate (PNS -> ANS) through A point, down to the prosthion."""
+    L, mm = g.L, g.mm
     p = _unit(L[ANS] - L[PNS])
     q = _perp(p)  # down
     lp = np.linalg.norm(L[ANS] - L[PNS])
-    ax_u = _unit(at(L[A], -4.0, 3.0) - L[U1])  # incisal tip -> apex
-    n_u = _perp(ax_u)
-    if np.dot(n_u, f) < 0:
-        n_u = -n_u  # labial side
+    ax_u, n_u = _incisor_axis(g, A, U1)
     pr = L[U1] + 10.0 * mm * ax_u + 3.2 * mm * n_u  # prosthion
     pr_l = L[U1] + 11.0 * mm * ax_u - 4.0 * mm * n_u
     nasal_floor = [
@@ -461,53 +533,61 @@ def render_cephalogram(
     upper = _catmull_rom(np.array([*nasal_floor, L[ANS]]), step=1.0)
     lower = _catmull_rom(np.array([pr, *oral, L[PNS]]), step=1.0)
     maxilla = np.vstack([upper, ant[1:], lower[1:]])
-    maxilla_v = bone_v * u_(0.75, 0.95)
+    maxilla_v = dens.bone * rng.uniform(0.75, 0.95)
     cv.fill(maxilla, maxilla_v)
-    cv.line(np.vstack([upper, ant[1:]]), 1.0 * mm, cortex_v)
-    # pterygomaxillary fissure: inverted tear drop ending just above PNS
+    cv.line(np.vstack([upper, ant[1:]]), 1.0 * mm, dens.cortex)
+    _draw_pterygomaxillary_fissure(cv, L[PNS], p, q, mm, dens.bone)
+    return _Maxilla(p, q, ax_u)
+
+
+def _draw_pterygomaxillary_fissure(
+    cv: _Canvas, pns: np.ndarray, p: np.ndarray, q: np.ndarray, mm: float, bone_v: float
+) -> None:
+    """Inverted tear drop ending just above PNS."""
     ptm = np.array(
         [
-            L[PNS] - 1.5 * mm * q,
-            L[PNS] - 9.0 * mm * q - 3.5 * mm * p,
-            L[PNS] - 19.0 * mm * q - 1.0 * mm * p,
-            L[PNS] - 17.0 * mm * q + 4.0 * mm * p,
-            L[PNS] - 8.0 * mm * q + 2.5 * mm * p,
-            L[PNS] - 1.5 * mm * q,
+            pns - 1.5 * mm * q,
+            pns - 9.0 * mm * q - 3.5 * mm * p,
+            pns - 19.0 * mm * q - 1.0 * mm * p,
+            pns - 17.0 * mm * q + 4.0 * mm * p,
+            pns - 8.0 * mm * q + 2.5 * mm * p,
+            pns - 1.5 * mm * q,
         ]
     )
     cv.line(_catmull_rom(ptm, step=1.0), 1.0 * mm, bone_v * 0.5)
 
-    def tooth(tip: np.ndarray, axis: np.ndarray, length: float, width: float) -> np.ndarray:
-        """Incisor outline: tip at ``tip``, axis towards the apex, sizes in mm."""
-        nn = _perp(axis)
-        k = length / 23.0
-        prof = [(0.0, 0.0), (0.7, 1.1), (3.5, 0.45), (9.5, 0.5), (15.0, 0.36)]
-        prof += [(23.0, 0.0), (15.0, -0.36), (9.5, -0.5), (3.5, -0.4), (0.7, -0.9)]
-        pts = np.array([tip + mm * (a * k * axis + b * width * nn) for a, b in prof])
-        return _catmull_rom(pts, closed=True, step=0.7)
 
-    # ---------------- mandible ----------------------------------------------------------------
-    ax_l = _unit(at(L[B], -4.0, 3.0) - L[L1])
-    n_l = _perp(ax_l)
-    if np.dot(n_l, f) < 0:
-        n_l = -n_l
+def _incisor_outline(tip: np.ndarray, axis: np.ndarray, length: float, width: float, mm: float) -> np.ndarray:
+    """Incisor outline: tip at ``tip``, axis towards the apex, sizes in mm."""
+    nn = _perp(axis)
+    k = length / 23.0
+    pts = np.array([tip + mm * (a * k * axis + b * width * nn) for a, b in _INCISOR_PROFILE])
+    return _catmull_rom(pts, closed=True, step=0.7)
+
+
+def _jaw_geometry(g: _Frame) -> _Jaw:
+    """Lower incisor axis, alveolar crests, occlusal plane, ramus and mandibular body frames."""
+    L, mm, f, d = g.L, g.mm, g.f, g.d
+    ax_l, n_l = _incisor_axis(g, B, L1)
     inf_d = L[L1] + 9.0 * mm * ax_l + 2.8 * mm * n_l  # infradentale
     inf_l = L[L1] + 10.0 * mm * ax_l - 3.5 * mm * n_l
     occ_o = 0.5 * (L[U1] + L[L1])
     occ_b = _unit(-f * np.cos(np.radians(8.0)) - d * np.sin(np.radians(8.0)))  # backwards
-    occ_n = _perp(occ_b)
-    if np.dot(occ_n, d) < 0:
-        occ_n = -occ_n  # down
+    occ_n = _perp_towards(occ_b, d)  # down
     r_dir = _unit(L[GO] - L[AR])
-    r_fwd = _perp(r_dir)
-    if np.dot(r_fwd, f) < 0:
-        r_fwd = -r_fwd
+    r_fwd = _perp_towards(r_dir, f)
     lr = np.linalg.norm(L[GO] - L[AR])
     lb = _unit(L[ME] - L[GO])
-    lb_n = _perp(lb)
-    if np.dot(lb_n, d) < 0:
-        lb_n = -lb_n
+    lb_n = _perp_towards(lb, d)
     lgm = np.linalg.norm(L[ME] - L[GO])
+    return _Jaw(ax_l, inf_d, inf_l, occ_o, occ_b, occ_n, r_dir, r_fwd, lr, lb, lb_n, lgm)
+
+
+def _mandible_outline(g: _Frame, j: _Jaw) -> np.ndarray:
+    """Closed outline of the mandible through Ar, Go, Me, Gn, Pog, B (condyle to condyle)."""
+    L, mm, f = g.L, g.mm, g.f
+    occ_o, occ_b, occ_n, r_dir, r_fwd = j.occ_o, j.occ_b, j.occ_n, j.r_dir, j.r_fwd
+    lr, lb, lb_n, lgm = j.lr, j.lb, j.lb_n, j.lgm
     retromolar = occ_o + occ_b * 42.0 * mm + occ_n * 6.0 * mm
     coronoid = L[AR] - 1.0 * mm * r_dir + 30.0 * mm * r_fwd
     mand_ctrl = [
@@ -523,8 +603,8 @@ def render_cephalogram(
         L[POG],
         0.5 * (L[POG] + L[B]) + 0.4 * mm * f,
         L[B],
-        inf_d,
-        inf_l,
+        j.inf_d,
+        j.inf_l,
         occ_o + occ_b * 14.0 * mm + occ_n * 7.0 * mm,
         occ_o + occ_b * 28.0 * mm + occ_n * 6.5 * mm,
         retromolar,
@@ -537,16 +617,23 @@ def render_cephalogram(
         L[AR] - 9.5 * mm * r_dir + 4.5 * mm * r_fwd,  # top of the condyle
         L[AR] - 6.0 * mm * r_dir - 0.5 * mm * r_fwd,
     ]
-    mandible = _catmull_rom(np.array(mand_ctrl), closed=True, step=1.0)
-    mand_v = bone_v * u_(0.85, 1.05)
+    return _catmull_rom(np.array(mand_ctrl), closed=True, step=1.0)
+
+
+def _draw_mandible(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities, j: _Jaw) -> None:
+    """Mandible with the cortex of its lower border and symphysis, and the mandibular canal."""
+    L, mm, f, d = g.L, g.mm, g.f, g.d
+    bone_v, cortex_v = dens.bone, dens.cortex
+    mandible = _mandible_outline(g, j)
+    mand_v = bone_v * rng.uniform(0.85, 1.05)
     cv.fill(mandible, mand_v)
     # cortical outline of the lower border and symphysis, and the inner symphysis cortex
     i_ar = 0
-    i_id = int(np.argmin(np.linalg.norm(mandible - inf_d, axis=1)))
+    i_id = int(np.argmin(np.linalg.norm(mandible - j.inf_d, axis=1)))
     cv.line(mandible[i_ar : i_id + 1], 1.6 * mm, cortex_v * 1.2)
     symph_in = np.array(
         [
-            inf_l,
+            j.inf_l,
             L[B] - 7.0 * mm * f + 2.0 * mm * d,
             L[POG] - 9.0 * mm * f + 1.0 * mm * d,
             L[ME] - 8.0 * mm * f - 0.8 * mm * d,
@@ -554,14 +641,20 @@ def render_cephalogram(
     )
     cv.line(_catmull_rom(symph_in, step=1.0), 1.2 * mm, cortex_v * 0.8)
     # mandibular canal (faint)
+    lr, lb, lb_n, lgm, r_dir, r_fwd = j.lr, j.lb, j.lb_n, j.lgm, j.r_dir, j.r_fwd
     canal = np.array([L[AR] + 0.45 * lr * r_dir + 12 * mm * r_fwd, L[GO] - 8 * mm * lb_n + 14 * mm * lb])
     canal = np.vstack([canal, L[GO] + 0.7 * lgm * lb - 6.0 * mm * lb_n])
     cv.line(_catmull_rom(canal, step=1.5), 2.0 * mm, -bone_v * 0.2)
 
-    # ---------------- posterior teeth (distractors along the occlusal plane) ------------------
+
+def _draw_posterior_teeth(
+    rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities, j: _Jaw
+) -> None:
+    """Premolars and molars along the occlusal plane (distractors, skipped near a landmark)."""
+    mm, occ_b, occ_n, tooth_v = g.mm, j.occ_b, j.occ_n, dens.tooth
     for k, dist in enumerate((15.0, 22.0, 30.0, 39.0)):
-        c0 = occ_o + occ_b * dist * mm
-        wdt = (6.5 if k < 2 else 9.5) * mm * u_(0.9, 1.1)
+        c0 = j.occ_o + occ_b * dist * mm
+        wdt = (6.5 if k < 2 else 9.5) * mm * rng.uniform(0.9, 1.1)
         for sgn in (-1.0, 1.0):  # upper (-1) and lower (+1)
             crown_c = c0 + sgn * occ_n * 3.6 * mm
             crown = _ellipse(crown_c, wdt / 2, 3.4 * mm, occ_b, n=32)
@@ -573,32 +666,41 @@ def render_cephalogram(
                     crown_c + occ_b * wdt * 0.35,
                 ]
             )
-            if _min_distance(np.vstack([crown, root]), L) > 2.5 * mm:
+            if _min_distance(np.vstack([crown, root]), g.L) > 2.5 * mm:
                 cv.fill(crown, tooth_v * 0.55)
                 cv.fill(root, tooth_v * 0.3)
 
-    # ---------------- incisors (tips = landmarks 11 and 12) -----------------------------------
-    upper_inc = tooth(L[U1], ax_u, 23.5 * u_(0.95, 1.05), 7.0)
-    lower_inc = tooth(L[L1], ax_l, 21.0 * u_(0.95, 1.05), 6.0)
+
+def _draw_incisors(
+    rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities, ax_u: np.ndarray, ax_l: np.ndarray
+) -> None:
+    """Upper and lower central incisors (tips = landmarks 11 and 12) with their pulp canals."""
+    L, mm, u_, tooth_v = g.L, g.mm, rng.uniform, dens.tooth
+    upper_inc = _incisor_outline(L[U1], ax_u, 23.5 * u_(0.95, 1.05), 7.0, mm)
+    lower_inc = _incisor_outline(L[L1], ax_l, 21.0 * u_(0.95, 1.05), 6.0, mm)
     cv.fill(lower_inc, tooth_v)
     cv.fill(upper_inc, tooth_v)
     for tip, ax, ln in ((L[U1], ax_u, 21.0), (L[L1], ax_l, 19.0)):  # pulp canals
         cv.line(np.array([tip + 6 * mm * ax, tip + ln * mm * ax]), 1.0 * mm, -tooth_v * 0.35)
 
-    # ---------------- soft tissue: head silhouette through 15, 13, 14, 16 ---------------------
+
+def _behind(g: _Frame, i: int, j: int, depth_mm: float) -> np.ndarray:
+    """Midpoint of landmarks i and j, moved to ``depth_mm`` behind the rearmost of them."""
+    L, f = g.L, g.f
+    mid = 0.5 * (L[i] + L[j])
+    rear = min(np.dot(L[i], f), np.dot(L[j], f))
+    return mid + (rear - np.dot(mid, f) - depth_mm * g.mm) * f
+
+
+def _soft_tissue_profile(rng: np.random.Generator, g: _Frame, vault: _Vault) -> np.ndarray:
+    """Control points of the head silhouette: scalp, forehead, nose, lips, chin, neck."""
+    L, mm, f, at, u_sn, v_sn, u_ = g.L, g.mm, g.f, g.at, g.u_sn, g.v_sn, rng.uniform
     scalp = u_(5.0, 7.0) * mm
-    back = [c + scalp * _unit(c - brain_centre) for c in vault_ctrl[4:][::-1]]  # occiput -> forehead
+    back = [c + scalp * _unit(c - vault.brain_centre) for c in vault.ctrl[4:][::-1]]  # occiput -> forehead
     soft_n = L[N] + u_(6.0, 8.0) * mm * u_sn - 1.0 * mm * v_sn
     prn = at(L[SN], u_(16.0, 21.0), -u_(6.0, 10.0))
-
-    def behind(i: int, j: int, depth_mm: float) -> np.ndarray:
-        """Midpoint of landmarks i and j, moved to ``depth_mm`` behind the rearmost of them."""
-        mid = 0.5 * (L[i] + L[j])
-        rear = min(np.dot(L[i], f), np.dot(L[j], f))
-        return mid + (rear - np.dot(mid, f) - depth_mm * mm) * f
-
-    stom = behind(UL, LL, u_(2.0, 4.0))
-    lmf = behind(LL, SPOG, u_(3.5, 6.0))
+    stom = _behind(g, UL, LL, u_(2.0, 4.0))
+    lmf = _behind(g, LL, SPOG, u_(3.5, 6.0))
     soft_me = at(L[ME], 2.0, u_(6.0, 8.0))
     profile = [
         at(L[AR], -75.0, 140.0),  # behind the neck, far below
@@ -629,26 +731,43 @@ def render_cephalogram(
         at(L[ME], -32.0, 22.0),
         at(L[ME], -36.0, 110.0),  # front of the neck, far below
     ]
-    head = _catmull_rom(np.array(profile), closed=True, step=1.0)
-    cv.fill(head, soft_v, layer="soft")
-    # lips/nose slightly denser at the profile, brain slightly lighter
-    cv.fill(_band(vault, thick, brain_centre), soft_v * 0.15, layer="soft")
+    return np.array(profile)
 
-    # ---------------- distractors (faint, never near a landmark) ------------------------------
-    distract: list[tuple[np.ndarray, float]] = []
-    col_top = at(L[AR], -u_(14.0, 17.0), u_(13.0, 17.0))
+
+def _draw_soft_tissue(
+    rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities, vault: _Vault
+) -> None:
+    """Head silhouette through the soft-tissue landmarks 13-16, plus a denser scalp band."""
+    head = _catmull_rom(_soft_tissue_profile(rng, g, vault), closed=True, step=1.0)
+    cv.fill(head, dens.soft, layer="soft")
+    # lips/nose slightly denser at the profile, brain slightly lighter
+    cv.fill(_band(vault.curve, vault.thick, vault.brain_centre), dens.soft * 0.15, layer="soft")
+
+
+def _cervical_vertebrae(rng: np.random.Generator, g: _Frame, bone_v: float) -> list[tuple[np.ndarray, float]]:
+    """Cervical vertebrae C2..C5: rounded bodies and posterior arches, as (polygon, density)."""
+    mm, f, d, u_ = g.mm, g.f, g.d, rng.uniform
+    parts: list[tuple[np.ndarray, float]] = []
+    col_top = g.at(g.L[AR], -u_(14.0, 17.0), u_(13.0, 17.0))
     col_dir = _unit(d * 0.97 - f * 0.25)
-    col_fwd = -_perp(col_dir) if np.dot(_perp(col_dir), f) < 0 else _perp(col_dir)
-    for k in range(4):  # cervical vertebrae C2..C5: rounded bodies and posterior arches
+    col_fwd = _perp_towards(col_dir, f)
+    for k in range(4):
         c0 = col_top + k * u_(16.0, 18.0) * mm * col_dir
         hw, hh = 7.5 * mm, (6.0 if k else 9.0) * mm
         corners = [(-hw, -hh), (hw, -hh * 0.9), (hw, hh), (-hw, hh)]
         body = np.array([c0 + a * col_fwd + b * col_dir for a, b in corners])
-        distract.append((_catmull_rom(body, closed=True, step=2.0), bone_v * u_(0.35, 0.55)))
+        parts.append((_catmull_rom(body, closed=True, step=2.0), bone_v * u_(0.35, 0.55)))
         arch = np.array([c0 - 9 * mm * col_fwd - 2 * mm * col_dir, c0 - 24 * mm * col_fwd])
-        distract.append((_band(arch, np.full(2, 5 * mm), c0 + 10 * mm * col_dir), bone_v * 0.3))
-    hy = L[GO] + 0.62 * (L[ME] - L[GO]) + u_(14.0, 20.0) * mm * d
-    distract.append((_ellipse(hy, 6.0 * mm, 2.2 * mm, _unit(f - 0.3 * d), n=24), bone_v * 0.5))
+        parts.append((_band(arch, np.full(2, 5 * mm), c0 + 10 * mm * col_dir), bone_v * 0.3))
+    return parts
+
+
+def _airway(
+    rng: np.random.Generator, g: _Frame, soft_v: float, mx: _Maxilla, j: _Jaw
+) -> tuple[np.ndarray, float]:
+    """Pharyngeal airway behind the palate and the ramus, as (polygon, negative density)."""
+    L, mm, f, d, p, q, r_fwd = g.L, g.mm, g.f, g.d, mx.p, mx.q, j.r_fwd
+    u_ = rng.uniform
     airway_c = np.array(
         [
             L[PNS] - 10.0 * mm * p - 7.0 * mm * q,
@@ -659,20 +778,40 @@ def render_cephalogram(
     )
     airway = _catmull_rom(airway_c, step=2.0)
     airway = _band(airway, np.full(len(airway), u_(7.0, 11.0) * mm), airway[0] - 50 * mm * f)
-    distract.append((airway, -soft_v * u_(0.25, 0.45)))
+    return airway, -soft_v * u_(0.25, 0.45)
+
+
+def _draw_distractors(
+    rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities, mx: _Maxilla, j: _Jaw
+) -> None:
+    """Faint vertebrae, hyoid and airway, each drawn only if it stays clear of every landmark."""
+    L, mm, f, d, bone_v = g.L, g.mm, g.f, g.d, dens.bone
+    distract = _cervical_vertebrae(rng, g, bone_v)
+    hy = L[GO] + 0.62 * (L[ME] - L[GO]) + rng.uniform(14.0, 20.0) * mm * d
+    distract.append((_ellipse(hy, 6.0 * mm, 2.2 * mm, _unit(f - 0.3 * d), n=24), bone_v * 0.5))
+    distract.append(_airway(rng, g, dens.soft, mx, j))
     for poly, val in distract:
         if _min_distance(poly, L) > 3.0 * mm:
             cv.fill(poly, val, layer="soft" if val < 0 else "bone")
-    # ruler (cephalostat nasion relator scale) in front of the face, top right
+
+
+def _draw_ruler(
+    rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities, width: int, height: int
+) -> None:
+    """Ruler (cephalostat nasion relator scale) in front of the face, top right."""
+    mm, u_, bone_v = g.mm, rng.uniform, dens.bone
     rx0 = width - u_(10.0, 16.0) * mm
     ry0, ry1 = u_(0.04, 0.10) * height, u_(0.30, 0.40) * height
-    if abs(rx0 - L[:, 0].max()) > 6 * mm:
+    if abs(rx0 - g.L[:, 0].max()) > 6 * mm:
         for yy in np.arange(ry0, ry1, 1.0 * mm * 5):
             tick = np.array([[rx0, yy], [rx0 + 3 * mm, yy]])
             cv.line(tick, 0.6 * mm, bone_v * 0.8)
         cv.line(np.array([[rx0, ry0], [rx0, ry1]]), 0.8 * mm, bone_v * 0.8)
 
-    # ---------------- film response, texture, noise -------------------------------------------
+
+def _film_response(rng: np.random.Generator, cv: _Canvas, width: int, height: int) -> np.ndarray:
+    """Downsample the canvas and apply texture, film response, gradient, blur and noise."""
+    u_ = rng.uniform
     soft, bone = cv.downsample(width, height)
     shape = (height, width)
     tex = 1.0 + 0.12 * _smooth_field(rng, shape, max(width, height) // 6)
@@ -692,6 +831,57 @@ def render_cephalogram(
     img = img * (1.0 + u_(0.02, 0.06) * speckle)
     img = img + rng.normal(0.0, u_(0.008, 0.025), shape).astype(np.float32)
     return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def render_cephalogram(
+    rng: np.random.Generator,
+    landmarks_px: np.ndarray,
+    width: int,
+    height: int,
+    pixel_spacing_mm: float,
+) -> np.ndarray:
+    """Render an X-ray-like lateral cephalogram around the given landmarks.
+
+    Every landmark lies on a drawn structure: nasion at the anterior border of the cranial vault
+    (frontonasal concavity), sella at the centre of the sella turcica cup, orbitale at the lowest
+    point of the orbit ring, porion at the top of the ear canal inside the ear-rod ring, PNS/ANS
+    at the two tips of the palate, A point on the anterior maxillary concavity, the incisor tips
+    at the incisal edges, the mandibular landmarks and articulare on the outline of the mandible
+    (articulare where the ramus meets the clivus), the soft-tissue landmarks on the skin/air
+    profile. Random intensities, gamma, background gradient, blur, noise, texture and a few
+    distractors (cervical vertebrae, hyoid, posterior teeth, airway, ruler) come from ``rng``.
+
+    Args:
+        rng: source of all randomness of the appearance.
+        landmarks_px: (19, 2) landmark positions in pixels (pixel-centre convention).
+        width, height: image size in pixels.
+        pixel_spacing_mm: mm per pixel (structure sizes are specified in mm).
+
+    Returns:
+        uint8 image of shape (height, width).
+    """
+    L = np.asarray(landmarks_px, dtype=np.float64)
+    if L.shape != (NUM_LANDMARKS, 2):
+        raise ValueError(f"landmarks_px must be (19, 2), got {L.shape}")
+    g = _make_frame(L, pixel_spacing_mm)
+    cv = _Canvas(width, height)
+    # The order of the steps below is part of the output: each one draws from ``rng`` and
+    # accumulates float32 densities on the canvas, so reordering changes the image.
+    dens = _draw_densities(rng)
+    vault = _draw_cranial_vault(rng, cv, g, dens)
+    _draw_sella_and_sphenoid(rng, cv, g, dens)
+    _draw_clivus(rng, cv, g, dens)
+    _draw_orbit(rng, cv, g, dens)
+    _draw_ear_rods(rng, cv, g, dens)
+    maxilla = _draw_maxilla(rng, cv, g, dens)
+    jaw = _jaw_geometry(g)
+    _draw_mandible(rng, cv, g, dens, jaw)
+    _draw_posterior_teeth(rng, cv, g, dens, jaw)
+    _draw_incisors(rng, cv, g, dens, maxilla.ax_u, jaw.ax_l)
+    _draw_soft_tissue(rng, cv, g, dens, vault)
+    _draw_distractors(rng, cv, g, dens, maxilla, jaw)
+    _draw_ruler(rng, cv, g, dens, width, height)
+    return _film_response(rng, cv, width, height)
 
 
 # --------------------------------------------------------------------------------------------
@@ -777,75 +967,100 @@ def generate_dataset(
     out_root = Path(out_root)
     out_root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.tmp-", dir=out_root.parent))
+    args = {
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "seed": int(seed),
+        "width": int(width),
+        "height": int(height),
+        "pixel_spacing_mm": float(pixel_spacing_mm),
+        "annotator_sd_mm": float(annotator_sd_mm),
+        "pose_rotation_deg": float(pose_rotation_deg),
+        "pose_scale": float(pose_scale),
+        "pose_shift_mm": float(pose_shift_mm),
+    }
     try:
-        img_dirs = {
-            "train": tmp / "RawImage" / "TrainingData",
-            "test": tmp / "RawImage" / "Test1Data",
-        }
-        ann_dirs = [tmp / "AnnotationsByMD" / "400_senior", tmp / "AnnotationsByMD" / "400_junior"]
-        for p in (*img_dirs.values(), *ann_dirs):
-            p.mkdir(parents=True)
-        sd_px = annotator_sd_mm / pixel_spacing_mm
-        for idx in range(1, n_train + n_test + 1):
-            split = "train" if idx <= n_train else "test"
-            image, landmarks = generate_sample(
-                _sample_seed(seed, idx),
-                width,
-                height,
-                pixel_spacing_mm,
-                pose_rotation_deg,
-                pose_scale,
-                pose_shift_mm,
-            )
-            name = f"{idx:03d}"
-            if not cv2.imwrite(str(img_dirs[split] / f"{name}.png"), image):
-                raise OSError(f"could not write {name}.png")
-            noise_rng = np.random.default_rng(np.random.SeedSequence([int(seed), idx, 1]))
-            for ann_dir in ann_dirs:
-                noisy = landmarks + noise_rng.normal(0.0, sd_px, landmarks.shape)
-                _write_annotation(ann_dir / f"{name}.txt", noisy)
-        meta = {
-            "synthetic": True,
-            "note": (
-                "Synthetic lateral cephalograms from mahtnet.data.synthetic (shape model fitted "
-                "on ISBI 2015 TrainingData 001-150; not real patients). Annotations = true "
-                "landmark + independent Gaussian noise per doctor."
-            ),
-            "layout": "ISBI 2015 (RawImage/{TrainingData,Test1Data}, AnnotationsByMD)",
-            "image_format": "png",
-            "pixel_spacing_mm": float(pixel_spacing_mm),
-            "width": int(width),
-            "height": int(height),
-            "num_landmarks": NUM_LANDMARKS,
-            "landmark_names": list(LANDMARK_NAMES),
-            "train_ids": [1, int(n_train)] if n_train else [],
-            "test_ids": [int(n_train) + 1, int(n_train + n_test)] if n_test else [],
-            "generator": {
-                "module": "mahtnet.data.synthetic.generate_dataset",
-                "n_train": int(n_train),
-                "n_test": int(n_test),
-                "seed": int(seed),
-                "width": int(width),
-                "height": int(height),
-                "pixel_spacing_mm": float(pixel_spacing_mm),
-                "annotator_sd_mm": float(annotator_sd_mm),
-                "pose_rotation_deg": float(pose_rotation_deg),
-                "pose_scale": float(pose_scale),
-                "pose_shift_mm": float(pose_shift_mm),
-            },
-            "shape_model_provenance": _shape_model().get("provenance", {}),
-        }
+        _write_samples(tmp, **args)
         os.chmod(tmp, 0o755)
-        (tmp / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-        old = None
-        if out_root.exists():
-            old = out_root.parent / f".{out_root.name}.old-{os.getpid()}"
-            if old.exists():
-                shutil.rmtree(old)
-            out_root.rename(old)
-        tmp.rename(out_root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        (tmp / "dataset.yaml").write_text(yaml.safe_dump(_dataset_meta(args), sort_keys=False))
+        _replace_dir(tmp, out_root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_samples(
+    root: Path,
+    *,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    width: int,
+    height: int,
+    pixel_spacing_mm: float,
+    annotator_sd_mm: float,
+    pose_rotation_deg: float,
+    pose_scale: float,
+    pose_shift_mm: float,
+) -> None:
+    """Images and both doctors' annotations of every sample, in the ISBI layout under ``root``."""
+    img_dirs = {"train": root / "RawImage" / "TrainingData", "test": root / "RawImage" / "Test1Data"}
+    ann_dirs = [root / "AnnotationsByMD" / "400_senior", root / "AnnotationsByMD" / "400_junior"]
+    for p in (*img_dirs.values(), *ann_dirs):
+        p.mkdir(parents=True)
+    sd_px = annotator_sd_mm / pixel_spacing_mm
+    for idx in range(1, n_train + n_test + 1):
+        split = "train" if idx <= n_train else "test"
+        image, landmarks = generate_sample(
+            _sample_seed(seed, idx),
+            width,
+            height,
+            pixel_spacing_mm,
+            pose_rotation_deg,
+            pose_scale,
+            pose_shift_mm,
+        )
+        name = f"{idx:03d}"
+        if not cv2.imwrite(str(img_dirs[split] / f"{name}.png"), image):
+            raise OSError(f"could not write {name}.png")
+        noise_rng = np.random.default_rng(np.random.SeedSequence([int(seed), idx, 1]))
+        for ann_dir in ann_dirs:
+            noisy = landmarks + noise_rng.normal(0.0, sd_px, landmarks.shape)
+            _write_annotation(ann_dir / f"{name}.txt", noisy)
+
+
+def _dataset_meta(args: dict) -> dict:
+    """``dataset.yaml``: size, spacing, landmark names, id ranges, generator arguments, provenance."""
+    n_train, n_test = args["n_train"], args["n_test"]
+    return {
+        "synthetic": True,
+        "note": (
+            "Synthetic lateral cephalograms from mahtnet.data.synthetic (shape model fitted "
+            "on ISBI 2015 TrainingData 001-150; not real patients). Annotations = true "
+            "landmark + independent Gaussian noise per doctor."
+        ),
+        "layout": "ISBI 2015 (RawImage/{TrainingData,Test1Data}, AnnotationsByMD)",
+        "image_format": "png",
+        "pixel_spacing_mm": args["pixel_spacing_mm"],
+        "width": args["width"],
+        "height": args["height"],
+        "num_landmarks": NUM_LANDMARKS,
+        "landmark_names": list(LANDMARK_NAMES),
+        "train_ids": [1, n_train] if n_train else [],
+        "test_ids": [n_train + 1, n_train + n_test] if n_test else [],
+        "generator": {"module": "mahtnet.data.synthetic.generate_dataset", **args},
+        "shape_model_provenance": _shape_model().get("provenance", {}),
+    }
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``, replacing an existing ``target`` (moved aside first)."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        if old.exists():
+            shutil.rmtree(old)
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
