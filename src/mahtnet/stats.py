@@ -193,29 +193,49 @@ def compare_paired(
     }
 
     if n_boot > 0:
-        # per-image columns: MRE A, MRE B, MRE diff, SDR diff (%) per threshold
-        sdr_cols = [((b <= t).mean(axis=1) - (a <= t).mean(axis=1)) * 100.0 for t in thresholds]
-        boot = bootstrap_means(np.column_stack([img_a, img_b, d, *sdr_cols]), n_boot, seed)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = boot[:, 1] / boot[:, 0] - 1.0
-        ci = percentile_ci(boot, alpha)
-        out["bootstrap"] = {
-            "method": "percentile, images resampled with replacement (paired)",
-            "n_boot": int(n_boot),
-            "seed": int(seed),
-            "confidence": 1.0 - float(alpha),
-            "mre_diff": _ci(ci[:, 2]),
-            "relative_mre_change": _ci(percentile_ci(rel, alpha)) if np.all(np.isfinite(rel)) else None,
-            "sdr_diff": {key: _ci(ci[:, 3 + j]) for j, key in enumerate(keys)},
-        }
+        out["bootstrap"] = _bootstrap_block(a, b, thresholds, keys, n_boot, seed, alpha)
+    out["per_landmark"] = _per_landmark_tests(a, b, names, alpha)
+    return out
 
+
+def _bootstrap_block(
+    a: np.ndarray,
+    b: np.ndarray,
+    thresholds: list[float],
+    keys: list[str],
+    n_boot: int,
+    seed: int,
+    alpha: float,
+) -> dict:
+    """Percentile CIs of the MRE difference, relative change and SDR differences (images resampled)."""
+    img_a, img_b = a.mean(axis=1), b.mean(axis=1)
+    # per-image columns: MRE A, MRE B, MRE diff, SDR diff (%) per threshold
+    sdr_cols = [((b <= t).mean(axis=1) - (a <= t).mean(axis=1)) * 100.0 for t in thresholds]
+    boot = bootstrap_means(np.column_stack([img_a, img_b, img_b - img_a, *sdr_cols]), n_boot, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = boot[:, 1] / boot[:, 0] - 1.0
+    ci = percentile_ci(boot, alpha)
+    return {
+        "method": "percentile, images resampled with replacement (paired)",
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "confidence": 1.0 - float(alpha),
+        "mre_diff": _ci(ci[:, 2]),
+        "relative_mre_change": _ci(percentile_ci(rel, alpha)) if np.all(np.isfinite(rel)) else None,
+        "sdr_diff": {key: _ci(ci[:, 3 + j]) for j, key in enumerate(keys)},
+    }
+
+
+def _per_landmark_tests(a: np.ndarray, b: np.ndarray, names: list[str], alpha: float) -> list[dict]:
+    """Per landmark: MREs, their difference and the Wilcoxon test, Holm-corrected across landmarks."""
     dl = b - a
-    tests = [signed_rank_test(dl[:, j]) for j in range(k)]
+    tests = [signed_rank_test(dl[:, j]) for j in range(a.shape[1])]
     p_raw = np.array([t["p_value"] for t in tests], dtype=np.float64)
     reject, p_holm, _, _ = multipletests(p_raw, alpha=alpha, method="holm")
+    rows = []
     for j, name in enumerate(names):
         la, lb = float(a[:, j].mean()), float(b[:, j].mean())
-        out["per_landmark"].append(
+        rows.append(
             {
                 "landmark": name,
                 "mre_a": la,
@@ -228,7 +248,7 @@ def compare_paired(
                 "rank_biserial": tests[j]["rank_biserial"],
             }
         )
-    return out
+    return rows
 
 
 def compare_many(errors: dict[str, np.ndarray], reference: str, holm: bool = True, **kw) -> dict[str, dict]:
