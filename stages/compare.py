@@ -60,6 +60,72 @@ def split_per_landmark(res: dict) -> pd.DataFrame:
     return per_landmark
 
 
+def read_errors(eval_dir: Path, models: list[str]) -> tuple[dict[str, np.ndarray], list, list[str]]:
+    """Each model's per-image, per-landmark errors; the same images and landmarks for all."""
+    errors, ids, names = {}, None, None
+    for model in models:
+        path = eval_dir / f"{model}_per_image.csv"
+        image_ids, errors[model], landmark_names = read_per_image(path)
+        if ids is not None and (list(image_ids) != list(ids) or landmark_names != names):
+            raise ValueError(f"{path} has other images or landmarks than {models[0]}'s: not paired")
+        ids, names = image_ids, landmark_names
+    return errors, ids, names
+
+
+def write_model_outputs(results: dict, errors: dict, reference: str, plots: Path) -> dict[str, dict]:
+    """Per compared model: its per-landmark table (CSV) and paired-MRE plot; the results
+    without their per-landmark tests."""
+    summary = {}
+    for model, res in results.items():
+        per_landmark = split_per_landmark(res)
+        summary[model] = res
+        write_csv(plots / f"per_landmark_{model}.csv", per_landmark, float_format="%.6g")
+        plot_paired_mre(
+            errors[reference].mean(axis=1),
+            errors[model].mean(axis=1),
+            reference,
+            model,
+            plots / f"paired_mre_{model}.png",
+        )
+    return summary
+
+
+def plot_all_models(errors: dict, names: list[str], plots: Path) -> None:
+    curves = {
+        m: (np.array(SDR_CURVE_MM), [metrics.sdr(e, t) for t in SDR_CURVE_MM]) for m, e in errors.items()
+    }
+    plot_sdr_curves(curves, plots / "sdr_curves.png")
+    plot_per_landmark_bars(
+        names, {m: e.mean(axis=0) for m, e in errors.items()}, plots / "per_landmark_mre.png"
+    )
+
+
+def log_run(run, results: dict, out: Path, plots: Path) -> None:
+    for model, res in results.items():
+        run.log_metrics(
+            {
+                f"{model}.mre_diff": res["mre_diff"],
+                f"{model}.wilcoxon_p": res["wilcoxon"]["p_value"],
+                f"{model}.rank_biserial": res["effect_size"]["rank_biserial"] or 0.0,
+            }
+        )
+    run.log_artifact(out)
+    for path in sorted(plots.iterdir()):
+        run.log_artifact(path, "plots")
+
+
+def print_summary(comparisons: list[dict], images: int) -> None:
+    for res in comparisons:
+        ci = (res["bootstrap"] or {}).get("mre_diff") or [float("nan")] * 2
+        print(
+            f"{res['variant']} vs {res['reference']} on {images} images: "
+            f"MRE {res['mre_b']:.3f} vs {res['mre_a']:.3f} mm "
+            f"(diff {res['mre_diff']:+.3f}, 95% CI {ci[0]:+.3f}..{ci[1]:+.3f}), Wilcoxon p = "
+            f"{res['wilcoxon']['p_value']:.3g}, rank-biserial {res['effect_size']['rank_biserial']}, "
+            f"significant landmarks (Holm): {res['significant_landmarks']}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", required=True, nargs="+", help="names: data/eval/<name>_per_image.csv")
@@ -78,13 +144,7 @@ def main() -> None:
     params = load_params(args.params)
     if args.reference not in args.models:
         raise ValueError(f"--reference {args.reference!r} is not among --models {args.models}")
-    errors, ids, names = {}, None, None
-    for model in args.models:
-        path = args.eval_dir / f"{model}_per_image.csv"
-        image_ids, errors[model], landmark_names = read_per_image(path)
-        if ids is not None and (list(image_ids) != list(ids) or landmark_names != names):
-            raise ValueError(f"{path} has other images or landmarks than {args.models[0]}'s: not paired")
-        ids, names = image_ids, landmark_names
+    errors, ids, names = read_errors(args.eval_dir, args.models)
     cp = params.compare
     with start_run(params.tracking, "compare", {"compare": to_dict(cp), "models": args.models}) as run:
         results = compare_many(
@@ -97,45 +157,12 @@ def main() -> None:
             landmark_names=names,
         )
         summary = {"reference": args.reference, "images": len(ids)}
-        for model, res in results.items():
-            per_landmark = split_per_landmark(res)
-            summary[model] = res
-            write_csv(args.plots / f"per_landmark_{model}.csv", per_landmark, float_format="%.6g")
-            plot_paired_mre(
-                errors[args.reference].mean(axis=1),
-                errors[model].mean(axis=1),
-                args.reference,
-                model,
-                args.plots / f"paired_mre_{model}.png",
-            )
+        summary.update(write_model_outputs(results, errors, args.reference, args.plots))
         summary["pairs"] = compare_pairs(errors, args.pairs, params, names)
         write_json(args.out, summary)
-        curves = {
-            m: (np.array(SDR_CURVE_MM), [metrics.sdr(e, t) for t in SDR_CURVE_MM]) for m, e in errors.items()
-        }
-        plot_sdr_curves(curves, args.plots / "sdr_curves.png")
-        bars = {m: e.mean(axis=0) for m, e in errors.items()}
-        plot_per_landmark_bars(names, bars, args.plots / "per_landmark_mre.png")
-        for model, res in results.items():
-            run.log_metrics(
-                {
-                    f"{model}.mre_diff": res["mre_diff"],
-                    f"{model}.wilcoxon_p": res["wilcoxon"]["p_value"],
-                    f"{model}.rank_biserial": res["effect_size"]["rank_biserial"] or 0.0,
-                }
-            )
-        run.log_artifact(args.out)
-        for path in sorted(args.plots.iterdir()):
-            run.log_artifact(path, "plots")
-    for res in [*results.values(), *summary["pairs"].values()]:
-        ci = (res["bootstrap"] or {}).get("mre_diff") or [float("nan")] * 2
-        print(
-            f"{res['variant']} vs {res['reference']} on {len(ids)} images: "
-            f"MRE {res['mre_b']:.3f} vs {res['mre_a']:.3f} mm "
-            f"(diff {res['mre_diff']:+.3f}, 95% CI {ci[0]:+.3f}..{ci[1]:+.3f}), Wilcoxon p = "
-            f"{res['wilcoxon']['p_value']:.3g}, rank-biserial {res['effect_size']['rank_biserial']}, "
-            f"significant landmarks (Holm): {res['significant_landmarks']}"
-        )
+        plot_all_models(errors, names, args.plots)
+        log_run(run, results, args.out, args.plots)
+    print_summary([*results.values(), *summary["pairs"].values()], len(ids))
 
 
 if __name__ == "__main__":

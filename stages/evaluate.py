@@ -82,7 +82,7 @@ def variant_summaries(results: dict) -> dict[str, dict]:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -102,7 +102,29 @@ def main() -> None:
     parser.add_argument("--coarse-per-image", type=Path, help="CSV of the coarse (arg-max) variant's errors")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args()
+    return parser
+
+
+def print_summary(result, extra: dict, checkpoints: list[Path], source_name: str) -> None:
+    summary = result.summary()
+    for name, v in extra["variants"].items():
+        print(
+            f"  {name:8s} MRE {v['mre_mm']:.3f} mm, SDR 4 mm {v['sdr_4mm']:.1f} %, max {v['max_mm']:.1f} mm, "
+            f"{v['n_over_10mm']} over 10 mm" + (f", {v['n_switched']} switched" if "n_switched" in v else "")
+        )
+    sdr = " / ".join(f"{summary[k]:.1f}" for k in summary if k.startswith("sdr_"))
+    print(
+        f"{' + '.join(map(str, checkpoints))} on {source_name}: MRE {summary['mre_mm']:.3f} mm "
+        f"({summary['mre_px']:.2f} px), SDR {sdr} %, {summary['images']} images"
+    )
+    by_gt = result.by_ground_truth()
+    print("  " + ", ".join(f"{gt} {v['mre_mm']:.3f} mm" for gt, v in by_gt.items()))
+    acc = result.clinical()["accuracy"]
+    print("  clinical classification accuracy %: " + ", ".join(f"{k} {v:.1f}" for k, v in acc.items()))
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     params = load_params(args.params)
     data, source_name, samples = load_data(args)
@@ -127,7 +149,6 @@ def main() -> None:
             attention_figures(args.checkpoint[0], result, args.plots)  # MAHT-Net only
         if args.coarse_per_image:
             write_csv(args.coarse_per_image, results["coarse"].per_image())
-        summary = result.summary()
         run.log_metrics({f"test/{k}": v for k, v in flatten(json.loads(args.out.read_text())).items()})
         for path in (args.out, args.per_image):
             if path:
@@ -135,20 +156,7 @@ def main() -> None:
         if args.plots:
             for path in sorted(args.plots.iterdir()):
                 run.log_artifact(path, "plots")
-    for name, v in extra["variants"].items():
-        print(
-            f"  {name:8s} MRE {v['mre_mm']:.3f} mm, SDR 4 mm {v['sdr_4mm']:.1f} %, max {v['max_mm']:.1f} mm, "
-            f"{v['n_over_10mm']} over 10 mm" + (f", {v['n_switched']} switched" if "n_switched" in v else "")
-        )
-    sdr = " / ".join(f"{summary[k]:.1f}" for k in summary if k.startswith("sdr_"))
-    print(
-        f"{' + '.join(map(str, args.checkpoint))} on {source_name}: MRE {summary['mre_mm']:.3f} mm "
-        f"({summary['mre_px']:.2f} px), SDR {sdr} %, {summary['images']} images"
-    )
-    by_gt = result.by_ground_truth()
-    print("  " + ", ".join(f"{gt} {v['mre_mm']:.3f} mm" for gt, v in by_gt.items()))
-    acc = result.clinical()["accuracy"]
-    print("  clinical classification accuracy %: " + ", ".join(f"{k} {v:.1f}" for k, v in acc.items()))
+    print_summary(result, extra, args.checkpoint, source_name)
 
 
 if __name__ == "__main__":
