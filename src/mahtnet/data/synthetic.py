@@ -980,7 +980,7 @@ def generate_dataset(
         "pose_shift_mm": float(pose_shift_mm),
     }
     try:
-        _write_samples(tmp, **args)
+        _write_samples(tmp, args)
         os.chmod(tmp, 0o755)
         (tmp / "dataset.yaml").write_text(yaml.safe_dump(_dataset_meta(args), sort_keys=False))
         _replace_dir(tmp, out_root)
@@ -989,36 +989,25 @@ def generate_dataset(
         raise
 
 
-def _write_samples(
-    root: Path,
-    *,
-    n_train: int,
-    n_test: int,
-    seed: int,
-    width: int,
-    height: int,
-    pixel_spacing_mm: float,
-    annotator_sd_mm: float,
-    pose_rotation_deg: float,
-    pose_scale: float,
-    pose_shift_mm: float,
-) -> None:
+def _write_samples(root: Path, args: dict) -> None:
     """Images and both doctors' annotations of every sample, in the ISBI layout under ``root``."""
     img_dirs = {"train": root / "RawImage" / "TrainingData", "test": root / "RawImage" / "Test1Data"}
     ann_dirs = [root / "AnnotationsByMD" / "400_senior", root / "AnnotationsByMD" / "400_junior"]
     for p in (*img_dirs.values(), *ann_dirs):
         p.mkdir(parents=True)
-    sd_px = annotator_sd_mm / pixel_spacing_mm
-    for idx in range(1, n_train + n_test + 1):
+    seed, spacing = args["seed"], args["pixel_spacing_mm"]
+    sd_px = args["annotator_sd_mm"] / spacing
+    n_train = args["n_train"]
+    for idx in range(1, n_train + args["n_test"] + 1):
         split = "train" if idx <= n_train else "test"
         image, landmarks = generate_sample(
             _sample_seed(seed, idx),
-            width,
-            height,
-            pixel_spacing_mm,
-            pose_rotation_deg,
-            pose_scale,
-            pose_shift_mm,
+            args["width"],
+            args["height"],
+            spacing,
+            args["pose_rotation_deg"],
+            args["pose_scale"],
+            args["pose_shift_mm"],
         )
         name = f"{idx:03d}"
         if not cv2.imwrite(str(img_dirs[split] / f"{name}.png"), image):
