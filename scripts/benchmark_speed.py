@@ -188,7 +188,7 @@ def memory_case(model, size: int, batch: int, device) -> dict:
     return {"peak_memory_mb_forward": round(fwd_mem, 1), "peak_memory_mb_forward_backward": round(fb_mem, 1)}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -201,24 +201,22 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--budget-s", type=float, default=2.0, help="timing budget per measurement")
     parser.add_argument("--max-repeats", type=int, default=10)
-    args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = select_device(args.device)
-    base = load_params(args.params).model
-    start = time.perf_counter()
+    return parser
 
-    def models():
-        for name in args.variants:
-            keys = {k: v for k, v in VARIANTS[name].items() if k != "name"}
-            p = dataclasses.replace(base, **keys, encoder_weights=None)
-            torch.manual_seed(0)
-            yield name, p, build_model(VARIANTS[name]["name"], p, 1, NUM_LANDMARKS).to(device)
 
-    grid = [(size, batch) for size in args.sizes for batch in args.batches]
+def build_variants(names: list[str], base, device: torch.device):
+    """Yield ``(name, model params, model)`` per variant, each model built from seed 0."""
+    for name in names:
+        keys = {k: v for k, v in VARIANTS[name].items() if k != "name"}
+        p = dataclasses.replace(base, **keys, encoder_weights=None)
+        torch.manual_seed(0)
+        yield name, p, build_model(VARIANTS[name]["name"], p, 1, NUM_LANDMARKS).to(device)
+
+
+def measure_latencies(args: argparse.Namespace, base, device: torch.device, grid: list) -> dict:
+    """Phase 1, with the default allocator: per variant its settings, parameters and latency cases."""
     results = {}
-    for name, p, model in models():  # phase 1: latency, with the default allocator
+    for name, p, model in build_variants(args.variants, base, device):
         cases = [latency_case(model, s, b, device, args.budget_s, args.max_repeats) for s, b in grid]
         results[name] = {
             "model": {"name": VARIANTS[name]["name"]}
@@ -227,16 +225,24 @@ def main() -> None:
             "cases": cases,
         }
         print(f"{name} latency: {cases}", flush=True)
-    live = device.type == "cuda" or track_live_memory()
-    for name, _, model in models():  # phase 2: peak memory
+    return results
+
+
+def measure_memory(args: argparse.Namespace, base, device: torch.device, grid: list, results: dict) -> None:
+    """Phase 2: add the peak memory to every case of ``results``."""
+    for name, _, model in build_variants(args.variants, base, device):
         for case, (s, b) in zip(results[name]["cases"], grid, strict=True):
             case.update(memory_case(model, s, b, device))
         peaks = [c["peak_memory_mb_forward_backward"] for c in results[name]["cases"]]
         print(f"{name} forward+backward peak MiB: {peaks}", flush=True)
 
-    def case_key(c: dict) -> str:
-        return f"{c['input'][0]}x{c['input'][1]}_b{c['batch']}"
 
+def case_key(c: dict) -> str:
+    return f"{c['input'][0]}x{c['input'][1]}_b{c['batch']}"
+
+
+def latency_ratios(results: dict) -> dict:
+    """Per variant other than the U-Net, its batch latency over the U-Net's, per case."""
     ratios = {}
     if "unet" in results:
         unet = {case_key(c): c["latency_ms_batch"] for c in results["unet"]["cases"]}
@@ -245,6 +251,11 @@ def main() -> None:
                 ratios[name] = {
                     case_key(c): round(c["latency_ms_batch"] / unet[case_key(c)], 3) for c in r["cases"]
                 }
+    return ratios
+
+
+def targets(results: dict, ratios: dict) -> dict:
+    """The issue's latency and memory targets for the REFERENCE variant, and whether they are met."""
     target = {"variant": REFERENCE, "max_latency_ratio": MAX_RATIO, "memory_limit_gb": MEMORY_LIMIT_GB}
     if REFERENCE in ratios:
         target["latency_ratios"] = ratios[REFERENCE]
@@ -255,24 +266,49 @@ def main() -> None:
     if big:
         target["forward_backward_512_b8_peak_gb"] = round(big[0]["peak_memory_mb_forward_backward"] / 1024, 2)
         target["memory_target_met"] = target["forward_backward_512_b8_peak_gb"] <= MEMORY_LIMIT_GB
+    return target
 
-    report = {
+
+def environment(device: torch.device) -> dict:
+    return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "method": {
-            "latency": "median wall time after one warm-up; forward in eval mode without grad, "
-            "forward+backward in train mode (loss: mean squared heatmap logits)",
-            "repeats": f"2 to {args.max_repeats}, as many as fit {args.budget_s} s per measurement",
-            "memory": "CUDA: max_memory_allocated growth"
-            if device.type == "cuda"
-            else "CPU: peak resident-set growth (VmHWM reset via /proc/self/clear_refs), measured "
-            f"after all latencies with glibc mallopt(M_MMAP_THRESHOLD={MMAP_THRESHOLD}): {live}",
-            "flops": "torch.utils.flop_counter.FlopCounterMode, forward, batch 1 (a multiply-add = 2 FLOPs)",
-            "variants": "params.yaml model block with the overrides listed per variant",
-        },
+    }
+
+
+def describe_method(args: argparse.Namespace, device: torch.device, live: bool) -> dict:
+    return {
+        "latency": "median wall time after one warm-up; forward in eval mode without grad, "
+        "forward+backward in train mode (loss: mean squared heatmap logits)",
+        "repeats": f"2 to {args.max_repeats}, as many as fit {args.budget_s} s per measurement",
+        "memory": "CUDA: max_memory_allocated growth"
+        if device.type == "cuda"
+        else "CPU: peak resident-set growth (VmHWM reset via /proc/self/clear_refs), measured "
+        f"after all latencies with glibc mallopt(M_MMAP_THRESHOLD={MMAP_THRESHOLD}): {live}",
+        "flops": "torch.utils.flop_counter.FlopCounterMode, forward, batch 1 (a multiply-add = 2 FLOPs)",
+        "variants": "params.yaml model block with the overrides listed per variant",
+    }
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = select_device(args.device)
+    base = load_params(args.params).model
+    start = time.perf_counter()
+    grid = [(size, batch) for size in args.sizes for batch in args.batches]
+    results = measure_latencies(args, base, device, grid)
+    live = device.type == "cuda" or track_live_memory()
+    measure_memory(args, base, device, grid, results)
+    ratios = latency_ratios(results)
+    target = targets(results, ratios)
+    report = environment(device) | {
+        "method": describe_method(args, device, live),
         "variants": results,
         "latency_ratio_vs_unet": ratios,
         "target": target,

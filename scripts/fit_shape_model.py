@@ -77,21 +77,26 @@ def procrustes(shapes: np.ndarray, iterations: int = 20) -> tuple[np.ndarray, np
     return aligned, centroids, angles
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
+    return parser
 
-    ann = args.data / "AnnotationsByMD"
+
+def load_training_shapes(data: Path) -> np.ndarray:
+    """Mean of senior and junior annotations of the training images, in mm: (n, 19, 2)."""
+    ann = data / "AnnotationsByMD"
     shapes = []
     for i in TRAIN_IDS:
         senior = read_annotation(ann / "400_senior" / f"{i:03d}.txt")
         junior = read_annotation(ann / "400_junior" / f"{i:03d}.txt")
         shapes.append(0.5 * (senior + junior) * PIXEL_SPACING_MM)
-    shapes_mm = np.stack(shapes)
+    return np.stack(shapes)
 
-    aligned, centroids, angles = procrustes(shapes_mm)
+
+def fit_pca(aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """PCA of the aligned shapes: (mean, modes, eigenvalues, cumulative fraction, n_modes)."""
     mean = aligned.mean(axis=0)
     flat = (aligned - mean).reshape(len(aligned), -1)
     cov = flat.T @ flat / (len(flat) - 1)
@@ -106,7 +111,30 @@ def main(argv: list[str] | None = None) -> None:
     for m in modes:
         if m[np.argmax(np.abs(m))] < 0:
             m *= -1.0
+    return mean, modes, evals, frac, n_modes
 
+
+def provenance(n_shapes: int) -> dict:
+    return {
+        "source_dataset": "ISBI 2015 Grand Challenge, cephalometric X-ray landmark detection",
+        "citation": (
+            "Wang C.-W. et al., A benchmark for comparison of dental radiography analysis "
+            "algorithms, Medical Image Analysis 31 (2016) 63-76"
+        ),
+        "images_used": "TrainingData 001-150",
+        "n_shapes": n_shapes,
+        "ground_truth": "mean of senior and junior",
+        "pixel_spacing_mm": PIXEL_SPACING_MM,
+        "alignment": "generalised Procrustes, translation and rotation removed, no scaling",
+        "script": "scripts/fit_shape_model.py",
+        "date": _dt.date.today().isoformat(),
+    }
+
+
+def shape_model_dict(shapes_mm: np.ndarray) -> tuple[dict, int, float]:
+    """The shape model JSON content; also the number of modes and the variance they explain."""
+    aligned, centroids, angles = procrustes(shapes_mm)
+    mean, modes, evals, frac, n_modes = fit_pca(aligned)
     model = {
         "description": (
             "Point-distribution model of the 19 ISBI 2015 cephalometric landmarks in mm "
@@ -125,25 +153,18 @@ def main(argv: list[str] | None = None) -> None:
             "translation_mm_sd": np.round(centroids.std(axis=0, ddof=1), 4).tolist(),
             "translation_mm_mean": np.round(centroids.mean(axis=0), 4).tolist(),
         },
-        "provenance": {
-            "source_dataset": "ISBI 2015 Grand Challenge, cephalometric X-ray landmark detection",
-            "citation": (
-                "Wang C.-W. et al., A benchmark for comparison of dental radiography analysis "
-                "algorithms, Medical Image Analysis 31 (2016) 63-76"
-            ),
-            "images_used": "TrainingData 001-150",
-            "n_shapes": len(shapes_mm),
-            "ground_truth": "mean of senior and junior",
-            "pixel_spacing_mm": PIXEL_SPACING_MM,
-            "alignment": "generalised Procrustes, translation and rotation removed, no scaling",
-            "script": "scripts/fit_shape_model.py",
-            "date": _dt.date.today().isoformat(),
-        },
+        "provenance": provenance(len(shapes_mm)),
     }
+    return model, n_modes, frac[n_modes - 1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    model, n_modes, explained = shape_model_dict(load_training_shapes(args.data))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(model, indent=1) + "\n")
     print(
-        f"wrote {args.out}: {n_modes} modes, {frac[n_modes - 1]:.4f} variance, "
+        f"wrote {args.out}: {n_modes} modes, {explained:.4f} variance, "
         f"rotation sd {model['pose']['rotation_deg_sd']} deg"
     )
 

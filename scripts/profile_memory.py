@@ -70,38 +70,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def measure_case(case: dict) -> dict:
-    """One measurement, in this (fresh) process: ``{"peak_mb", "step_mb", ...}``."""
-    import torch
+def case_params(case: dict):
+    """The params file with the case's input size and no pretrained encoder weights."""
+    from mahtnet.config import load_params
 
-    from mahtnet import autobatch
-    from mahtnet.codec import encode_set
-    from mahtnet.config import load_params, stage_params, to_dict
-    from mahtnet.inference import autocast
-    from mahtnet.losses import CompositeLoss
-    from mahtnet.train import batch_loss, build_stage_model, configure_stage, stage_codec
-
-    if case["threads"] > 0:
-        torch.set_num_threads(case["threads"])
-    torch.manual_seed(0)
-    device, (h, w), b, stage = torch.device(case["device"]), case["size"], case["batch"], case["stage"]
+    h, w = case["size"]
     params = load_params(case["params"])
-    params = dataclasses.replace(
+    return dataclasses.replace(
         params,
         preprocess=dataclasses.replace(params.preprocess, height=h, width=w),
         model=dataclasses.replace(params.model, encoder_weights=None),
     )
-    s, tp = stage_params(params, stage), params.train
-    model = build_stage_model(params, stage, None).to(device)
-    groups, frozen_bn = configure_stage(model, s)
+
+
+def random_batch(params, stage: str, b: int, device) -> dict:
+    """``b`` random images and landmarks of the params' input size, with the stage's targets."""
+    import torch
+
+    from mahtnet.codec import encode_set
+    from mahtnet.train import stage_codec
+
+    h, w = params.preprocess.height, params.preprocess.width
     landmarks = torch.rand(b, 19, 2).numpy() * [w - 1, h - 1]
     targets, visible = encode_set(stage_codec(params, stage), landmarks)
-    batch = {
+    return {
         "image": torch.rand(b, 1, h, w, device=device),
         "target": torch.from_numpy(targets),
         "landmarks": torch.from_numpy(landmarks),
         "visible": torch.from_numpy(visible),
     }
+
+
+def measured_steps(model, params, s, groups, batch: dict, device) -> dict:
+    """The measured passes by mode: a training step (with the stage's loss, AdamW and
+    autocast) and an inference pass."""
+    import torch
+
+    from mahtnet.config import to_dict
+    from mahtnet.inference import autocast
+    from mahtnet.losses import CompositeLoss
+    from mahtnet.train import batch_loss
+
+    tp = params.train
     loss_fn = CompositeLoss.from_params(params.loss, to_dict(s.loss_weights), s.uncertainty_weighting)
     loss_fn.to(device)
     optimizer = torch.optim.AdamW(groups, lr=s.lr, weight_decay=tp.weight_decay)
@@ -121,10 +131,15 @@ def measure_case(case: dict) -> dict:
         with autocast(device, tp.amp, tp.cpu_bf16):
             model(batch["image"])
 
-    model.train(case["mode"] == "train")
-    for m in frozen_bn:
-        m.eval()
-    step = train_step if case["mode"] == "train" else infer_step
+    return {"train": train_step, "infer": infer_step}
+
+
+def peak_of_two(step, device) -> dict:
+    """``step()`` twice: ``{"peak_mb", "step_mb"[, "reserved_mb"]}``, or the out-of-memory marker."""
+    import torch
+
+    from mahtnet import autobatch
+
     before = autobatch.reset_peak(device)
     try:
         step()
@@ -135,7 +150,32 @@ def measure_case(case: dict) -> dict:
     out = {"peak_mb": round(peak, 1), "step_mb": round(peak - before, 1)}
     if device.type == "cuda":
         out["reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
-    out["parameters"] = sum(p.numel() for p in model.parameters())
+    return out
+
+
+def measure_case(case: dict) -> dict:
+    """One measurement, in this (fresh) process: ``{"peak_mb", "step_mb", ...}``."""
+    import torch
+
+    from mahtnet.config import stage_params
+    from mahtnet.train import build_stage_model, configure_stage
+
+    if case["threads"] > 0:
+        torch.set_num_threads(case["threads"])
+    torch.manual_seed(0)
+    device, stage = torch.device(case["device"]), case["stage"]
+    params = case_params(case)
+    s = stage_params(params, stage)
+    model = build_stage_model(params, stage, None).to(device)
+    groups, frozen_bn = configure_stage(model, s)
+    batch = random_batch(params, stage, case["batch"], device)
+    steps = measured_steps(model, params, s, groups, batch, device)
+    model.train(case["mode"] == "train")
+    for m in frozen_bn:
+        m.eval()
+    out = peak_of_two(steps[case["mode"]], device)
+    if not out.get("out_of_memory"):
+        out["parameters"] = sum(p.numel() for p in model.parameters())
     return out
 
 

@@ -89,7 +89,7 @@ def count(db: Path, epochs: int) -> dict[str, int]:
     return {"runs": len(runs), "complete": complete}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--procs", type=int, default=4, help="processes logging at once")
     ap.add_argument("--runs", type=int, default=3, help="runs per process, one after the other")
@@ -101,18 +101,19 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true", help="workers print their tracebacks")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker is not None:
-        sys.path.insert(0, str(args.src.resolve()))
-        return worker(args)
+    return ap
 
-    store = args.store or Path(tempfile.mkdtemp(prefix="sqlite-concurrency-"))
-    store.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PYTHONPATH"] = str(args.src.resolve())
+
+def worker_command(args: argparse.Namespace, store: Path) -> list[str]:
+    """The command line of a worker, less ``--worker`` and ``--start-at``."""
     base = [sys.executable, __file__, "--store", str(store), "--src", str(args.src.resolve())]
     base += ["--runs", str(args.runs), "--epochs", str(args.epochs), "--collide", str(args.collide)]
     base += ["--verbose"] * args.verbose
+    return base
+
+
+def start_workers(args: argparse.Namespace, base: list[str], env: dict[str, str]) -> tuple[list, float]:
+    """Start ``--procs`` workers that all begin at one moment; returns (processes, that moment)."""
     if args.existing:  # one process creates the store, experiment and tables before the others start
         one = [*base, "--worker", "-1", "--start-at", "0", "--runs", "1"]
         subprocess.run(one, env=env, check=True, capture_output=True, text=True)
@@ -127,6 +128,11 @@ def main() -> None:
         )
         for i in range(args.procs)
     ]
+    return procs, start_at
+
+
+def collect(procs: list) -> tuple[list[dict], int, int]:
+    """Wait for the workers; returns (their errors, how many failed, conflicts retried)."""
     errors, failed, retried = [], 0, 0
     for proc in procs:
         out, _ = proc.communicate()
@@ -135,10 +141,16 @@ def main() -> None:
             if line.startswith("{"):
                 errors += json.loads(line)["errors"]
                 retried += json.loads(line)["retried"]
-    wall = time.time() - start_at  # from the common start to the last worker's end
+    return errors, failed, retried
+
+
+def summary(
+    args: argparse.Namespace, store: Path, errors: list[dict], failed: int, retried: int, wall: float
+) -> dict:
+    """The printed JSON object."""
     counted = count(store / "mlflow.db", args.epochs)
     expected = args.procs * args.runs + (1 if args.existing else 0)
-    result = {
+    return {
         "procs": args.procs,
         "runs_expected": expected,
         "runs_complete": counted["complete"],
@@ -151,6 +163,22 @@ def main() -> None:
         "store": str(store),
         "wall_s": round(wall, 1),
     }
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.worker is not None:
+        sys.path.insert(0, str(args.src.resolve()))
+        return worker(args)
+
+    store = args.store or Path(tempfile.mkdtemp(prefix="sqlite-concurrency-"))
+    store.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(args.src.resolve())
+    procs, start_at = start_workers(args, worker_command(args, store), env)
+    errors, failed, retried = collect(procs)
+    wall = time.time() - start_at  # from the common start to the last worker's end
+    result = summary(args, store, errors, failed, retried, wall)
     print(json.dumps(result, indent=2))
     sys.exit(1 if result["runs_lost"] or failed else 0)
 
