@@ -199,3 +199,11 @@ def test_compare_many():
     )
     with pytest.raises(ValueError, match="reference"):
         stats.compare_many(models, reference="missing")
+
+
+def test_mean_sd_over_runs():
+    assert stats.mean_sd([1.0, 2.0, 3.0]) == {"mean": 2.0, "sd": 1.0}  # ddof=1
+    assert stats.mean_sd([1.5]) == {"mean": 1.5, "sd": 0.0}  # one run: no spread, not NaN
+    for bad in ([], [1.0, float("nan")], [[1.0, 2.0]]):
+        with pytest.raises(ValueError, match="finite"):
+            stats.mean_sd(bad)
