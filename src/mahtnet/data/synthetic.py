@@ -310,12 +310,12 @@ class _Densities(NamedTuple):
 
 
 class _Vault(NamedTuple):
-    """Cranial vault: control points, outer border, a point inside the skull, band thickness."""
+    """Cranial vault: control points, a point inside the skull, the bone band (outer border
+    through nasion, then the inner border)."""
 
     ctrl: np.ndarray
-    curve: np.ndarray
     brain_centre: np.ndarray
-    thick: np.ndarray
+    band: np.ndarray
 
 
 class _Maxilla(NamedTuple):
@@ -417,11 +417,11 @@ def _draw_cranial_vault(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: 
     vault = _catmull_rom(vault_ctrl, step=1.5)
     brain_centre = at(L[S], -20.0, -25.0, u_sn, v_sn, sc)
     thick = _vault_thickness(rng, vault, L[N], mm)
-    cv.fill(_band(vault, thick, brain_centre), bone_v * 1.1)
+    band = _band(vault, thick, brain_centre)
+    cv.fill(band, bone_v * 1.1)
     cv.line(vault, 1.2 * mm, cortex_v)  # outer table
-    inner = _band(vault, thick, brain_centre)[len(vault) :]
-    cv.line(inner, 1.0 * mm, cortex_v * 0.8)  # inner table
-    return _Vault(vault_ctrl, vault, brain_centre, thick)
+    cv.line(band[len(vault) :], 1.0 * mm, cortex_v * 0.8)  # inner table
+    return _Vault(vault_ctrl, brain_centre, band)
 
 
 def _draw_sella_and_sphenoid(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Densities) -> None:
@@ -628,9 +628,8 @@ def _draw_mandible(rng: np.random.Generator, cv: _Canvas, g: _Frame, dens: _Dens
     mand_v = bone_v * rng.uniform(0.85, 1.05)
     cv.fill(mandible, mand_v)
     # cortical outline of the lower border and symphysis, and the inner symphysis cortex
-    i_ar = 0
-    i_id = int(np.argmin(np.linalg.norm(mandible - j.inf_d, axis=1)))
-    cv.line(mandible[i_ar : i_id + 1], 1.6 * mm, cortex_v * 1.2)
+    i_id = int(np.argmin(np.linalg.norm(mandible - j.inf_d, axis=1)))  # from articulare (index 0)
+    cv.line(mandible[: i_id + 1], 1.6 * mm, cortex_v * 1.2)
     symph_in = np.array(
         [
             j.inf_l,
@@ -741,7 +740,7 @@ def _draw_soft_tissue(
     head = _catmull_rom(_soft_tissue_profile(rng, g, vault), closed=True, step=1.0)
     cv.fill(head, dens.soft, layer="soft")
     # lips/nose slightly denser at the profile, brain slightly lighter
-    cv.fill(_band(vault.curve, vault.thick, vault.brain_centre), dens.soft * 0.15, layer="soft")
+    cv.fill(vault.band, dens.soft * 0.15, layer="soft")
 
 
 def _cervical_vertebrae(rng: np.random.Generator, g: _Frame, bone_v: float) -> list[tuple[np.ndarray, float]]:
