@@ -59,11 +59,18 @@ def one_image(rng: np.random.Generator) -> tuple[PreparedSet, FineSet]:
     box = np.array([[scale, scale, 0, 0, 1935, 2400]])
     points = rng.uniform(200, 1700, (1, K, 2))
     prepared = PreparedSet(
-        np.array(["x"]), image, points * scale, points, box, np.array([0.1]), points, points
+        np.array(["x"]), image, points * scale, points, box, np.array([0.1]), points, points, points
     )
     fine_image = rng.integers(0, 255, (1, 800, 645), dtype=np.uint8)
     fine = FineSet(
-        np.array(["x"]), fine_image, np.array([[800, 645]]), np.array([1 / 3]), points, np.array([0.1])
+        np.array(["x"]),
+        fine_image,
+        np.array([[800, 645]]),
+        np.array([1 / 3]),
+        points,
+        np.array([0.1]),
+        points,
+        points,
     )
     return prepared, fine
 

@@ -30,9 +30,15 @@ def main() -> None:
     for item in args.ours:
         name, _, path = item.partition("=")
         m = json.loads(Path(path).read_text())
-        sdr = [m[k] for k in ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")]
-        ours.append({"name": name, "input": args.input, "hardware": args.hardware,
-                     "test1": {"mre_mm": m["mre_mm"], "sdr": sdr}, "note": str(path)})  # fmt: skip
+        # per-set metrics (test1 / test2, official ground truth); older runs: Test1 at the top
+        sets = {k: m[k]["official"] for k in ("test1", "test2") if k in m} or {"test1": m}
+        row = {"name": name, "input": args.input, "hardware": args.hardware, "note": str(path)}
+        for split, s in sets.items():
+            row[split] = {
+                "mre_mm": s["mre_mm"],
+                "sdr": [s[k] for k in ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")],
+            }
+        ours.append(row)
     print(table(HEADER, comparison_rows(ours)))
 
 

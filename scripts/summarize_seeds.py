@@ -35,7 +35,10 @@ KEYS = ("mre_mm", "sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm", "max_mm", "n_ove
 
 
 def variants(run: Path, model: str) -> dict[str, dict]:
-    return json.loads((run / "metrics" / f"{model}.json").read_text())["variants"]
+    """Each decoding variant's Test1 scores (official ground truth) of one run's model; runs
+    before the per-set metrics kept them at the top level."""
+    m = json.loads((run / "metrics" / f"{model}.json").read_text())
+    return m["test1"]["variants"] if "test1" in m else m["variants"]
 
 
 def spread(runs: dict[str, Path]) -> dict:

@@ -1,22 +1,29 @@
 """Stage and command: evaluate a checkpoint, or an ensemble of checkpoints (several
 ``--checkpoint`` files: predictions averaged), with MRE, SD, median, SDR and per-landmark
-errors at the original image resolution.
+errors at the original image resolution, on every evaluated set against the dataset's official
+ground truth and against the mean of both doctors (``<set>.official.mre_mm``,
+``<set>.mean.mre_mm``, ...).
 
-Pipeline (DVC) use, on the prepared test split::
+Pipeline (DVC) use, on the prepared folder: the validation split, the test split
+(``data.test_split``, named e.g. ``test1``) and each of ``data.extra_test_splits``
+(``test2``)::
 
-    python stages/evaluate.py --checkpoint data/models/baseline.pt \\
-        --prepared data/prepared/test.npz --out metrics/baseline.json --plots plots/baseline
+    python stages/evaluate.py --checkpoint data/models/baseline.pt \
+        --prepared data/prepared --out metrics/baseline.json --plots plots/baseline
 
-Any checkpoint on any dataset root and split::
+One prepared split (``--prepared data/prepared/test.npz``), or any checkpoint on any dataset
+root and split::
 
-    python stages/evaluate.py --checkpoint CKPT --data-root ../shared/datasets/isbi2015 \\
-        --split Test1Data --gt mean --out FILE.json
+    python stages/evaluate.py --checkpoint CKPT --data-root ../shared/datasets/isbi2015 \
+        --split Test2Data --out FILE.json
 
 Decoding beyond the arg-max, each a variant reported beside the previous one (``variants``
 in the JSON; the headline figures are the last variant's): ``--shape-prior`` (the
 shape_prior stage's model; used when ``evaluate.shape_decode``), then ``--refiner`` (a
 train_refine checkpoint, on ``--fine`` images or, with ``--data-root``, images resampled
-here). ``evaluate.tta_shifts_px`` / ``tta_scales`` add test-time augmentation.
+here). ``evaluate.tta_shifts_px`` / ``tta_scales`` add test-time augmentation. Plots and the
+per-image CSVs (``compare``'s input) are of the test split; ``--sets-dir`` holds every set's
+predictions in every variant.
 """
 
 import argparse
@@ -32,10 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mahtnet.checkpoint import load_checkpoint  # noqa: E402
 from mahtnet.config import flatten, load_params, to_dict  # noqa: E402
 from mahtnet.data.isbi import list_split  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet, prepare  # noqa: E402
+from mahtnet.data.preprocess import PreparedSet, prepare, split_key  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.evaluate import Decoding, evaluate_variants, write_csv  # noqa: E402
 from mahtnet.explain import attention_figures  # noqa: E402
+from mahtnet.io import write_json  # noqa: E402
 from mahtnet.refine import FineSet, prepare_fine  # noqa: E402
 from mahtnet.refine_train import load_refiner  # noqa: E402
 from mahtnet.shape_decode import ShapePrior  # noqa: E402
@@ -43,18 +51,35 @@ from mahtnet.tracking import start_run  # noqa: E402
 from mahtnet.tta import tta_transforms  # noqa: E402
 
 
-def load_data(args: argparse.Namespace) -> tuple[PreparedSet, str, list | None]:
-    """The prepared images, their description, and the dataset samples (``--data-root``)."""
+def prepared_sets(args: argparse.Namespace, params) -> dict[str, tuple[Path, Path | None]]:
+    """``{set name: (prepared file, fine file or None)}`` of ``--prepared`` / ``--fine``: a
+    folder gives ``val``, the test split and every extra test split (named by
+    :func:`split_key`), a file the one set (``test.npz``: the test split's name)."""
+    test = split_key(params.data.test_split)
+    if args.prepared.is_dir():
+        files = {"val": "val.npz", test: "test.npz"}
+        files.update({split_key(s): f"{split_key(s)}.npz" for s in params.data.extra_test_splits})
+        fine = args.fine if args.fine is None or args.fine.is_dir() else None
+        if args.fine is not None and fine is None:
+            raise SystemExit(f"--prepared {args.prepared} is a folder, so --fine must be one too")
+        return {k: (args.prepared / f, fine / f if fine else None) for k, f in files.items()}
+    name = test if args.prepared.stem == "test" else args.prepared.stem
+    return {name: (args.prepared, args.fine)}
+
+
+def load_sets(args: argparse.Namespace, params) -> dict[str, tuple[PreparedSet, list | None, Path | None]]:
+    """Each evaluated set: the prepared images, the dataset samples (``--data-root``) and the
+    fine-resolution file of the refiner (``--fine``)."""
     if args.prepared:
-        return PreparedSet.load(args.prepared), str(args.prepared), None
+        return {k: (PreparedSet.load(p), None, f) for k, (p, f) in prepared_sets(args, params).items()}
     height, width = load_checkpoint(args.checkpoint[0])["meta"]["input_size"]
     root = Path(args.data_root)
     dataset = args.dataset or ("synthetic" if (root / "dataset.yaml").is_file() else "isbi2015")
-    samples = list_split(root, args.split, args.gt, dataset)
-    return prepare(samples, height, width), f"{root}/{args.split} (gt {args.gt})", samples
+    samples = list_split(root, args.split, "mean", dataset)
+    return {split_key(args.split): (prepare(samples, height, width), samples, None)}
 
 
-def decoding(args: argparse.Namespace, params, samples: list | None) -> Decoding:
+def decoding(args: argparse.Namespace, params, samples: list | None, fine: Path | None) -> Decoding:
     """The variants to evaluate: shape-consistent decoding, TTA and the refiner, as configured."""
     e = params.evaluate
     how = Decoding(candidates=e.shape_candidates)
@@ -64,8 +89,8 @@ def decoding(args: argparse.Namespace, params, samples: list | None) -> Decoding
         how.transforms = tta_transforms(e.tta_shifts_px, e.tta_scales)
     if args.refiner:
         how.refiner = load_refiner(args.refiner)
-        if args.fine:
-            how.fine = FineSet.load(args.fine)
+        if fine:
+            how.fine = FineSet.load(fine)
         elif samples is not None:
             how.fine = prepare_fine(samples, how.refiner[1]["spacing_mm"])
         else:
@@ -73,13 +98,33 @@ def decoding(args: argparse.Namespace, params, samples: list | None) -> Decoding
     return how
 
 
-def variant_summaries(results: dict) -> dict[str, dict]:
-    """Each variant's scores, and how many landmarks shape decoding moved to another peak."""
-    out = {name: r.summary() for name, r in results.items()}
+def variant_summaries(results: dict, gt: str = "official") -> dict[str, dict]:
+    """Each variant's scores against ``gt``, and how many landmarks shape decoding moved to
+    another peak."""
+    out = {name: r.summary(gt) for name, r in results.items()}
     if "shape" in results:
         moved = np.linalg.norm(results["shape"].pred - results["coarse"].pred, axis=-1) > 1e-6
         out["shape"]["n_switched"] = int(moved.sum())
     return out
+
+
+def set_block(results: dict) -> dict:
+    """One set's entry of the metrics JSON: the last variant's scores (:meth:`Evaluation.block`)
+    and every variant's against the official ground truth and the mean of both doctors."""
+    block = list(results.values())[-1].block()
+    block["images"] = len(list(results.values())[-1].ids)
+    block["variants"] = variant_summaries(results)
+    block["variants_mean"] = variant_summaries(results, "mean")
+    return block
+
+
+def write_predictions(folder: Path, name: str, results: dict) -> None:
+    """Every variant's landmarks (original px) and confidences of one set, and its per-image
+    errors against the official ground truth and the mean of both doctors (paired tests)."""
+    for variant, result in results.items():
+        write_csv(folder / f"{name}_{variant}_predictions.csv", result.predictions())
+        for gt in ("official", "mean"):
+            write_csv(folder / f"{name}_{variant}_errors_{gt}.csv", result.per_image(gt))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,34 +133,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", required=True, type=Path, nargs="+", help="several: an ensemble")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prepared", type=Path, help="prepared split (.npz) from the preprocess stage")
+    source.add_argument(
+        "--prepared", type=Path, help="the preprocess stage's folder, or one prepared split (.npz) of it"
+    )
     source.add_argument("--data-root", type=Path, help="dataset root in the ISBI 2015 layout")
     parser.add_argument("--split", default="Test1Data", help="with --data-root")
-    parser.add_argument("--gt", default="mean", choices=("mean", "senior", "junior"))
     parser.add_argument("--dataset", choices=("isbi2015", "synthetic"), help="default: auto")
     parser.add_argument("--out", required=True, type=Path, help="summary metrics JSON")
     parser.add_argument("--plots", type=Path, help="folder for per-landmark and SDR-curve CSVs")
     parser.add_argument("--per-image", type=Path, help="CSV of per-image, per-landmark errors")
     parser.add_argument("--shape-prior", type=Path, help="shape model (.npz) of the shape_prior stage")
     parser.add_argument("--refiner", type=Path, help="refinement checkpoint of the train_refine stage")
-    parser.add_argument("--fine", type=Path, help="with --prepared: the split at the refiner's resolution")
+    parser.add_argument(
+        "--fine", type=Path, help="with --prepared: the prepare_fine folder, or the split's file"
+    )
     parser.add_argument("--coarse-per-image", type=Path, help="CSV of the coarse (arg-max) variant's errors")
+    parser.add_argument("--sets-dir", type=Path, help="folder for every set's predictions in every variant")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     return parser
 
 
-def print_summary(result, extra: dict, checkpoints: list[Path], source_name: str) -> None:
-    summary = result.summary()
-    for name, v in extra["variants"].items():
+def print_summary(name: str, results: dict, checkpoints: list[Path]) -> None:
+    result = list(results.values())[-1]
+    for variant, r in results.items():
+        v, m = r.summary(), r.summary("mean")
         print(
-            f"  {name:8s} MRE {v['mre_mm']:.3f} mm, SDR 4 mm {v['sdr_4mm']:.1f} %, max {v['max_mm']:.1f} mm, "
-            f"{v['n_over_10mm']} over 10 mm" + (f", {v['n_switched']} switched" if "n_switched" in v else "")
+            f"  {name} {variant:8s} MRE {v['mre_mm']:.3f} mm (mean of doctors {m['mre_mm']:.3f}), "
+            f"SDR 4 mm {v['sdr_4mm']:.1f} %, max {v['max_mm']:.1f} mm, {v['n_over_10mm']} over 10 mm"
         )
+    summary = result.summary()
     sdr = " / ".join(f"{summary[k]:.1f}" for k in summary if k.startswith("sdr_"))
     print(
-        f"{' + '.join(map(str, checkpoints))} on {source_name}: MRE {summary['mre_mm']:.3f} mm "
-        f"({summary['mre_px']:.2f} px), SDR {sdr} %, {summary['images']} images"
+        f"{' + '.join(map(str, checkpoints))} on {name}: MRE {summary['mre_mm']:.3f} mm "
+        f"({summary['mre_px']:.2f} px) against the official ground truth, SDR {sdr} %, "
+        f"{summary['images']} images"
     )
     by_gt = result.by_ground_truth()
     print("  " + ", ".join(f"{gt} {v['mre_mm']:.3f} mm" for gt, v in by_gt.items()))
@@ -123,40 +175,49 @@ def print_summary(result, extra: dict, checkpoints: list[Path], source_name: str
     print("  clinical classification accuracy %: " + ", ".join(f"{k} {v:.1f}" for k, v in acc.items()))
 
 
+def write_primary(args: argparse.Namespace, results: dict) -> None:
+    """Plots and per-image CSVs of the test split (the compare stage's input)."""
+    result = list(results.values())[-1]
+    result.write(args.plots, args.per_image)
+    if args.plots and len(args.checkpoint) == 1:
+        attention_figures(args.checkpoint[0], result, args.plots)  # MAHT-Net only
+    if args.coarse_per_image:
+        write_csv(args.coarse_per_image, results["coarse"].per_image())
+
+
 def main() -> None:
     args = build_parser().parse_args()
-
     params = load_params(args.params)
-    data, source_name, samples = load_data(args)
-    how = decoding(args, params, samples)
+    sets = load_sets(args, params)
+    primary = split_key(params.data.test_split) if len(sets) > 1 else next(iter(sets))
     logged = {
         "evaluate": to_dict(params.evaluate),
         "checkpoint": " ".join(map(str, args.checkpoint)),
-        "data": source_name,
-        "variants": " ".join(how.variants()),
+        "data": str(args.prepared or f"{args.data_root}/{args.split}"),
+        "sets": " ".join(sets),
         "refiner": str(args.refiner),
     }
     with start_run(params.tracking, f"evaluate:{args.out.stem}", logged) as run:
-        e = params.evaluate
-        t0 = time.perf_counter()
-        results = evaluate_variants(
-            args.checkpoint, data, e.sdr_thresholds_mm, args.device, e.batch_size, how
-        )
-        result = results[how.variants()[-1]]
-        extra = {"variants": variant_summaries(results), "seconds": time.perf_counter() - t0}
-        result.write(args.out, args.plots, args.per_image, extra=extra)
-        if args.plots and len(args.checkpoint) == 1:
-            attention_figures(args.checkpoint[0], result, args.plots)  # MAHT-Net only
-        if args.coarse_per_image:
-            write_csv(args.coarse_per_image, results["coarse"].per_image())
-        run.log_metrics({f"test/{k}": v for k, v in flatten(json.loads(args.out.read_text())).items()})
+        e, t0, out, all_results = params.evaluate, time.perf_counter(), {}, {}
+        for name, (data, samples, fine) in sets.items():
+            how = decoding(args, params, samples, fine)
+            results = evaluate_variants(
+                args.checkpoint, data, e.sdr_thresholds_mm, args.device, e.batch_size, how
+            )
+            out[name], all_results[name] = set_block(results), results
+            if args.sets_dir:
+                write_predictions(args.sets_dir, name, results)
+        write_primary(args, all_results[primary])
+        write_json(args.out, {**out, "seconds": time.perf_counter() - t0})
+        run.log_metrics({k: v for k, v in flatten(json.loads(args.out.read_text())).items()})
         for path in (args.out, args.per_image):
             if path:
                 run.log_artifact(path)
         if args.plots:
             for path in sorted(args.plots.iterdir()):
                 run.log_artifact(path, "plots")
-    print_summary(result, extra, args.checkpoint, source_name)
+    for name, results in all_results.items():
+        print_summary(name, results, args.checkpoint)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.config import load_params  # noqa: E402
+from mahtnet.data.preprocess import split_key  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.report import build_report  # noqa: E402
 
@@ -36,7 +37,9 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     metrics_dir, plots_dir = args.metrics_dir, args.plots_dir
-    models = {m: read_json(metrics_dir / f"{m}.json") for m in args.models}
+    sets = {m: read_json(metrics_dir / f"{m}.json") for m in args.models}
+    sets = {m: {k: v for k, v in blocks.items() if isinstance(v, dict)} for m, blocks in sets.items()}
+    models = {m: blocks[split_key(params.data.test_split)] for m, blocks in sets.items()}
     compare = read_json(metrics_dir / "compare.json")
     training = {s: read_json(metrics_dir / f"train_{s}.json") for s in args.stages}
     per_landmark = {
@@ -65,6 +68,7 @@ def main() -> None:
         "root": d.root,
         "test_split": d.test_split,
         "gt": d.gt,
+        "sets": sets,
         "input": f"{params.preprocess.height}x{params.preprocess.width}",
         "seed": params.seed,
         "thresholds_mm": params.evaluate.sdr_thresholds_mm,

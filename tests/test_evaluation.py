@@ -18,7 +18,7 @@ from mahtnet.landmarks import LANDMARK_NAMES
 K = 19
 
 
-def _prepared(n: int, seed: int = 0) -> PreparedSet:
+def _prepared(n: int, seed: int = 0, official: str = "senior") -> PreparedSet:
     rng = np.random.default_rng(seed)
     senior = rng.uniform(200, 1800, size=(n, K, 2))
     junior = senior + rng.normal(0, 10, size=senior.shape)
@@ -31,15 +31,17 @@ def _prepared(n: int, seed: int = 0) -> PreparedSet:
         spacing=np.full(n, 0.1),
         senior_orig=senior,
         junior_orig=junior,
+        # as ISBI Test1: the official ground truth is the senior doctor's
+        official_orig=senior if official == "senior" else (senior + junior) / 2,
     )
 
 
 def _evaluation(data: PreparedSet, pred: np.ndarray, confidence: np.ndarray | None = None) -> Evaluation:
-    errors = metrics.radial_errors_mm(pred, data.landmarks_orig, data.spacing)
+    errors = metrics.radial_errors_mm(pred, data.official_orig, data.spacing)
     return Evaluation(
         ids=data.ids,
         pred=pred,
-        gt=data.landmarks_orig,
+        gt=data.official_orig,
         errors_mm=errors,
         spacing=data.spacing,
         confidence=np.ones_like(errors) if confidence is None else confidence,
@@ -72,14 +74,14 @@ def test_scores_against_each_doctor_agree_with_numpy():
 
 
 def test_confidence_correlation_sign():
-    data = _prepared(10)
+    data = _prepared(10, official="mean")
     rng = np.random.default_rng(2)
     offsets = rng.uniform(0, 40, size=(10, K))
     pred = data.landmarks_orig.copy()
     pred[..., 0] += offsets
     informative = _evaluation(data, pred, confidence=1.0 / (1.0 + offsets)).confidence_vs_error()
     assert informative["spearman_rho"] < -0.99 and informative["p_value"] < 1e-10
-    big = _prepared(40)
+    big = _prepared(40, official="mean")
     noisy = big.landmarks_orig + rng.normal(0, 15, size=big.landmarks_orig.shape)
     noise = _evaluation(big, noisy, confidence=rng.uniform(size=(40, K))).confidence_vs_error()
     assert abs(noise["spearman_rho"]) < 0.15  # 760 independent pairs: SD of rho about 0.036
@@ -89,7 +91,7 @@ def test_confidence_correlation_sign():
 
 def test_clinical_accuracy_is_perfect_for_perfect_landmarks():
     data = _prepared(6)
-    clinical = _evaluation(data, data.landmarks_orig.copy()).clinical()
+    clinical = _evaluation(data, data.official_orig.copy()).clinical()
     assert clinical["accuracy"]["mean"] == 100.0
     assert set(clinical["inter_observer"]) == set(clinical["accuracy"])
 
@@ -97,7 +99,7 @@ def test_clinical_accuracy_is_perfect_for_perfect_landmarks():
 def test_evaluation_writes_every_output(tmp_path):
     data = _prepared(5)
     evaluation = _evaluation(data, data.landmarks_orig + 3.0)
-    evaluation.write(tmp_path / "m.json", tmp_path / "plots", tmp_path / "eval" / "x_per_image.csv")
+    evaluation.write(tmp_path / "plots", tmp_path / "eval" / "x_per_image.csv")
     names = {p.name for p in (tmp_path / "plots").iterdir()}
     assert names == {
         "per_landmark.csv",
@@ -108,6 +110,16 @@ def test_evaluation_writes_every_output(tmp_path):
     }
     predictions = pd.read_csv(tmp_path / "eval" / "x_predictions.csv", dtype={"image_id": str})
     assert len(predictions) == 5 * K and set(predictions.columns) >= {"x", "y", "confidence", "error_mm"}
+
+
+def test_block_scores_each_set_against_the_official_ground_truth_and_the_mean():
+    data = _prepared(6)
+    block = _evaluation(data, data.landmarks_orig.copy()).block()  # predict the mean of both doctors
+    assert block["mean"]["mre_mm"] == pytest.approx(0.0)
+    official = metrics.radial_errors_mm(data.landmarks_orig, data.senior_orig, data.spacing)
+    assert block["official"]["mre_mm"] == pytest.approx(official.mean()) and block["official"]["mre_mm"] > 0
+    assert block["by_gt"]["official"]["mre_mm"] == pytest.approx(block["official"]["mre_mm"])
+    assert {"n_over_10mm", "n_over_15mm", "max_mm"} <= set(block["official"])
 
 
 def test_fold_indices_partition_the_training_images():

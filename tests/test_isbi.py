@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -17,9 +18,37 @@ def test_isbi_loader_on_shared_data(isbi_root):
     assert image.shape == (2400, 1935) and image.dtype == np.uint8
 
 
-def test_missing_split_is_a_clear_error(isbi_root):
-    with pytest.raises(FileNotFoundError, match="Test2Data"):
-        list_split(isbi_root, "Test2Data", "mean")
+def test_missing_split_is_a_clear_error(tmp_path):
+    root = _layout(tmp_path)
+    with pytest.raises(FileNotFoundError, match="split 'Test2Data' not found.*present: TrainingData"):
+        list_split(root, "Test2Data", "mean")
+
+
+def test_challenge_ground_truth_on_shared_data(isbi_root):
+    """The official ground truth (400_challenge) is the senior doctor's on 001-300 and on Test2
+    differs from it in landmark 16 (soft-tissue pogonion) only; it is what is scored."""
+    for image_id in ("001", "151", "300"):
+        np.testing.assert_array_equal(
+            load_landmarks(isbi_root, image_id, "challenge"), load_landmarks(isbi_root, image_id, "senior")
+        )
+    test2 = list_split(isbi_root, "Test2Data", "senior")
+    assert len(test2) == 100 and test2[0].image_id == "301" and test2[-1].image_id == "400"
+    differs = np.stack([np.any(s.official != s.senior, axis=1) for s in test2])  # (100, 19)
+    assert differs[:, 15].any() and not np.delete(differs, 15, axis=1).any()
+    np.testing.assert_array_equal(test2[0].official, load_landmarks(isbi_root, "301", "challenge"))
+    doctors = list_split(isbi_root, "Test2Data", "doctors")
+    np.testing.assert_allclose(doctors[0].landmarks, (doctors[0].senior + doctors[0].junior) / 2)
+
+
+def test_missing_challenge_folder_is_named(tmp_path):
+    root = _layout(tmp_path)
+    cv2.imwrite(str(root / "RawImage" / "TrainingData" / "001.png"), np.zeros((40, 40), np.uint8))
+    with pytest.raises(FileNotFoundError, match="400_challenge"):
+        list_split(root, "TrainingData", "mean", dataset="isbi2015")
+    with pytest.raises(FileNotFoundError, match="400_challenge"):
+        load_landmarks(root, "001", "challenge")
+    with pytest.raises(KeyError, match="unknown ground truth 'chief'"):
+        list_split(root, "TrainingData", "chief", dataset="isbi2015")
 
 
 def _layout(tmp_path, n_lines=19):

@@ -46,6 +46,7 @@ def test_prepared_set_save_load(tmp_path):
         spacing=np.full(n, 0.1),
         senior_orig=np.ones((n, 19, 2)) * 1.5,
         junior_orig=np.ones((n, 19, 2)) * 2.5,
+        official_orig=np.ones((n, 19, 2)) * 3.0,
     )
     path = data.save(tmp_path / "x.npz")
     loaded = PreparedSet.load(path)

@@ -38,6 +38,8 @@ def make_fine(scales, sizes, landmarks_orig, spacing=0.1, images=None) -> FineSe
         scales=np.asarray(scales, dtype=np.float64),
         landmarks_orig=np.asarray(landmarks_orig, dtype=np.float64),
         spacing=np.full(n, spacing),
+        senior_orig=np.asarray(landmarks_orig, dtype=np.float64),
+        junior_orig=np.asarray(landmarks_orig, dtype=np.float64),
     )
 
 
@@ -120,7 +122,7 @@ def test_prepare_fine_sizes_scales_and_mapping(tmp_path):
     for image_id, h, w, spacing in specs:
         _write_ramp(tmp_path / f"{image_id}.png", h, w)
         lm = rng.uniform(0, [w - 1, h - 1], size=(3, 2))
-        samples.append(Sample(image_id, tmp_path / f"{image_id}.png", lm, spacing, lm, lm))
+        samples.append(Sample(image_id, tmp_path / f"{image_id}.png", lm, spacing, lm, lm, lm))
     fine = prepare_fine(samples, spacing_mm=0.3)
 
     np.testing.assert_allclose(fine.scales, [1 / 3, 1 / 3, 1.0, 0.4])

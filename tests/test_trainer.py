@@ -82,6 +82,8 @@ def _fine(prepared) -> FineSet:
         scales=np.ones(n),
         landmarks_orig=prepared.landmarks_orig,
         spacing=prepared.spacing,
+        senior_orig=prepared.senior_orig,
+        junior_orig=prepared.junior_orig,
     )
 
 

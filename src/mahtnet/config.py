@@ -29,9 +29,10 @@ class ParamsError(ValueError):
 class DataParams:
     dataset: str  # "synthetic" or "isbi2015": which loader reads ``root``
     root: str  # dataset root in the ISBI 2015 layout (relative to the repo root or absolute)
-    gt: str  # "mean", "senior" or "junior"
+    gt: str  # training labels: "mean", "senior", "junior", "challenge" or "doctors" (isbi.LABELS)
     train_split: str  # e.g. "TrainingData"
-    test_split: str  # e.g. "Test1Data"
+    test_split: str  # e.g. "Test1Data": the test split of every downstream stage
+    extra_test_splits: list[str]  # further test splits, only evaluated (ISBI: ["Test2Data"])
     val_fraction: float  # share of the training images held out for model selection
 
 
@@ -487,7 +488,7 @@ def _choice(key: str, value: Any, valid: tuple) -> None:
 
 def _check_choices(p: Params) -> None:
     _choice("data.dataset", p.data.dataset, ("synthetic", "isbi2015"))
-    _choice("data.gt", p.data.gt, ("mean", "senior", "junior"))
+    _choice("data.gt", p.data.gt, ("mean", "senior", "junior", "challenge", "doctors"))
     _choice("train.device", p.train.device, ("auto", "cpu", "cuda"))
     _choice("loss.output", p.loss.output, ("logits", "heatmap"))
     if p.heatmap.sigma_start is not None and p.heatmap.sigma_start <= 0:
@@ -698,15 +699,21 @@ PATH_KEYS = ("data.root", "model.encoder_weights")  # made absolute by profiles 
 
 
 def load_profiles(path: str | Path, repo: str | Path) -> dict[str, dict]:
-    """Named profiles: ``{name: {"description": str, "set": {dotted key: value}}}``, with the
-    relative paths of :data:`PATH_KEYS` made absolute against ``repo``."""
+    """Named profiles: ``{name: {"description": str, "set": {dotted key: value}}}`` and an
+    optional ``purpose`` (``literature``: comparable with published results; ``use``: the
+    protocol recommended for new images), with the relative paths of :data:`PATH_KEYS` made
+    absolute against ``repo``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"profiles file not found: {path}")
     profiles = yaml.safe_load(path.read_text()) or {}
     for name, profile in profiles.items():
-        if set(profile) != {"description", "set"}:
-            raise ParamsError(f"{path}: profile '{name}' needs exactly 'description' and 'set'")
+        if set(profile) - {"purpose"} != {"description", "set"}:
+            raise ParamsError(
+                f"{path}: profile '{name}' needs exactly 'description' and 'set' (and may have 'purpose')"
+            )
+        if profile.get("purpose", "use") not in ("literature", "use", "study"):
+            raise ParamsError(f"{path}: profile '{name}': purpose is literature, use or study")
         for key in PATH_KEYS:
             value = profile["set"].get(key)
             if isinstance(value, str) and not Path(value).is_absolute():

@@ -16,7 +16,7 @@ from mahtnet import clinical, metrics
 from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.inference import select_device
-from mahtnet.io import atomic_write, write_json
+from mahtnet.io import atomic_write
 from mahtnet.plots import plot_confidence, plot_predictions
 from mahtnet.refine import FineSet
 from mahtnet.refine_train import apply_refiner
@@ -30,7 +30,7 @@ SDR_CURVE_MM = tuple(np.round(np.arange(0.5, 10.01, 0.25), 2))
 class Evaluation:
     ids: np.ndarray  # (N,)
     pred: np.ndarray  # (N, K, 2) original px
-    gt: np.ndarray  # (N, K, 2) original px: the configured ground truth (data.gt)
+    gt: np.ndarray  # (N, K, 2) original px: the dataset's official ground truth (isbi.OFFICIAL_GT)
     errors_mm: np.ndarray  # (N, K) against ``gt``
     spacing: np.ndarray  # (N,) mm per original pixel
     confidence: np.ndarray  # (N, K)
@@ -38,30 +38,48 @@ class Evaluation:
     thresholds_mm: list[float]
     data: PreparedSet  # the evaluated images and both doctors' annotations
 
-    def summary(self) -> dict[str, float]:
-        out = metrics.summarize(self.errors_mm, self.thresholds_mm)
-        out.update(metrics.gross_errors(self.errors_mm))
-        out["mre_px"] = float((self.errors_mm / self.spacing[:, None]).mean())
+    def summary(self, gt: str = "official") -> dict[str, float]:
+        """MRE / SD / median / SDR, gross errors (over 10 and 15 mm) and the MRE in px against
+        one ground truth (:meth:`doctors`; default the official one)."""
+        errors = self.errors_mm if gt == "official" else self.errors_against(self.doctors()[gt])
+        out = metrics.summarize(errors, self.thresholds_mm)
+        out.update(metrics.gross_errors(errors))
+        out["n_over_15mm"] = int((errors > 15.0).sum())
+        out["mre_px"] = float((errors / self.spacing[:, None]).mean())
         out["images"] = len(self.ids)
         return out
 
+    def errors_against(self, points: np.ndarray) -> np.ndarray:
+        return metrics.radial_errors_mm(self.pred, points, self.spacing)
+
     def doctors(self) -> dict[str, np.ndarray]:
-        """Each ground truth: the mean of both doctors, the senior's and the junior's."""
+        """Each ground truth: the official one, the mean of both doctors, the senior's and the
+        junior's."""
         senior, junior = self.data.senior_orig, self.data.junior_orig
-        return {"mean": (senior + junior) / 2.0, "senior": senior, "junior": junior}
+        return {"official": self.gt, "mean": (senior + junior) / 2.0, "senior": senior, "junior": junior}
 
     def by_ground_truth(self) -> dict[str, dict[str, float]]:
         """MRE / SD / median / SDR against each ground truth, and the inter-observer error
         (senior vs junior: the agreement of the two doctors, a floor for any model)."""
         out = {
-            gt: metrics.summarize(
-                metrics.radial_errors_mm(self.pred, points, self.spacing), self.thresholds_mm
-            )
+            gt: metrics.summarize(self.errors_against(points), self.thresholds_mm)
             for gt, points in self.doctors().items()
         }
         inter = metrics.radial_errors_mm(self.data.senior_orig, self.data.junior_orig, self.spacing)
         out["inter_observer"] = metrics.summarize(inter, self.thresholds_mm)
         return out
+
+    def block(self) -> dict:
+        """This set's scores: the headline against the official ground truth and against the
+        mean of both doctors, every ground truth and the inter-observer error (``by_gt``),
+        confidence-vs-error correlation and clinical classification accuracy."""
+        return {
+            "official": self.summary("official"),
+            "mean": self.summary("mean"),
+            "by_gt": self.by_ground_truth(),
+            "confidence": self.confidence_vs_error(),
+            "clinical": self.clinical(),
+        }
 
     def confidence_vs_error(self) -> dict[str, float]:
         """Spearman rank correlation between the predicted confidence and the radial error over
@@ -87,9 +105,11 @@ class Evaluation:
     def per_landmark(self) -> list[dict]:
         return metrics.per_landmark(self.errors_mm, self.thresholds_mm, self.landmark_names)
 
-    def per_image(self) -> pd.DataFrame:
-        df = pd.DataFrame(self.errors_mm, columns=self.landmark_names)
-        df.insert(0, "mre_mm", self.errors_mm.mean(axis=1))
+    def per_image(self, gt: str = "official") -> pd.DataFrame:
+        """Per-image, per-landmark errors (mm) against one ground truth (:meth:`doctors`)."""
+        errors = self.errors_mm if gt == "official" else self.errors_against(self.doctors()[gt])
+        df = pd.DataFrame(errors, columns=self.landmark_names)
+        df.insert(0, "mre_mm", errors.mean(axis=1))
         df.insert(0, "image_id", self.ids)
         return df
 
@@ -120,37 +140,23 @@ class Evaluation:
             paths.append(plot_predictions(self.data.images[i], pred, gt, self.landmark_names, label, path))
         return paths
 
-    def write(
-        self,
-        metrics_path: str | Path,
-        plots_dir: str | Path | None = None,
-        per_image_path: str | Path | None = None,
-        extra: dict | None = None,
-    ) -> None:
-        """``metrics_path``: summary JSON (a DVC metric) with the scores against each ground
-        truth, the inter-observer error, confidence-vs-error correlation and clinical
-        classification accuracy; ``plots_dir``: per-landmark and SDR-curve CSVs (DVC plots),
-        the confidence plot and best / worst overlays; ``per_image_path``: per-image,
-        per-landmark errors (and ``<stem>_predictions.csv`` beside it)."""
+    def write(self, plots_dir: str | Path | None = None, per_image_path: str | Path | None = None) -> None:
+        """``plots_dir``: per-landmark and SDR-curve CSVs (DVC plots), the confidence plot and
+        best / worst overlays; ``per_image_path``: per-image, per-landmark errors against the
+        official ground truth (and ``<stem>_predictions.csv`` beside it). The scores are
+        :meth:`block`'s, written by the caller."""
         if plots_dir is not None:
             plots_dir = Path(plots_dir)
             write_csv(plots_dir / "per_landmark.csv", pd.DataFrame(self.per_landmark()))
             curve = metrics.sdr_curve(self.errors_mm, SDR_CURVE_MM)
             write_csv(plots_dir / "sdr_curve.csv", pd.DataFrame(curve))
             plot_confidence(self.confidence, self.errors_mm, plots_dir / "confidence.png")
-            self.plot_overlays(plots_dir, Path(metrics_path).stem)
+            self.plot_overlays(plots_dir, plots_dir.name)
         if per_image_path is not None:
             per_image_path = Path(per_image_path)
             write_csv(per_image_path, self.per_image())
             stem = per_image_path.stem.removesuffix("_per_image")
             write_csv(per_image_path.with_name(f"{stem}_predictions.csv"), self.predictions())
-        summary = {
-            **self.summary(),
-            "by_gt": self.by_ground_truth(),
-            "confidence": self.confidence_vs_error(),
-            "clinical": self.clinical(),
-        }
-        write_json(metrics_path, {**summary, **(extra or {})})
 
 
 def read_per_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -260,11 +266,11 @@ def evaluate_variants(
 def make_evaluation(
     data: PreparedSet, pred: np.ndarray, conf: np.ndarray, names, thresholds_mm
 ) -> Evaluation:
-    errors = metrics.radial_errors_mm(pred, data.landmarks_orig, data.spacing)
+    errors = metrics.radial_errors_mm(pred, data.official_orig, data.spacing)
     return Evaluation(
         ids=data.ids,
         pred=pred,
-        gt=data.landmarks_orig,
+        gt=data.official_orig,
         errors_mm=errors,
         spacing=data.spacing,
         confidence=conf,

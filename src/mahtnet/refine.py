@@ -41,7 +41,8 @@ class FineSet:
 
     Shapes: ``ids (N,)``, ``images (N, Hmax, Wmax)`` uint8 zero-padded at the bottom/right,
     ``sizes (N, 2)`` the valid ``(h, w)`` of each, ``scales (N,)`` fine px per original px,
-    ``landmarks_orig (N, K, 2)`` original px, ``spacing (N,)`` original mm per px.
+    ``landmarks_orig (N, K, 2)`` original px, ``spacing (N,)`` original mm per px,
+    ``senior_orig`` / ``junior_orig (N, K, 2)`` each doctor's annotation (the ``doctors`` labels).
     """
 
     ids: np.ndarray
@@ -50,6 +51,8 @@ class FineSet:
     scales: np.ndarray
     landmarks_orig: np.ndarray
     spacing: np.ndarray
+    senior_orig: np.ndarray
+    junior_orig: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -121,6 +124,7 @@ def prepare_fine(samples: Sequence[Sample], spacing_mm: float) -> FineSet:
         spacing_mm,
         np.stack([s.landmarks for s in samples]),
         ids=[s.image_id for s in samples],
+        doctors=(np.stack([s.senior for s in samples]), np.stack([s.junior for s in samples])),
     )
 
 
@@ -130,9 +134,13 @@ def fine_from_images(
     spacing_mm: float,
     landmarks: np.ndarray,
     ids: Sequence[str] | None = None,
+    doctors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FineSet:
     """Images ``(H, W)`` of pixel spacings ``spacings_mm`` resampled to ``spacing_mm`` (never
-    upsampled), with their landmarks ``(N, K, 2)`` original px (zeros for new X-rays)."""
+    upsampled), with their landmarks ``(N, K, 2)`` original px (zeros for new X-rays) and each
+    doctor's (default: the landmarks)."""
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    senior, junior = doctors if doctors is not None else (landmarks, landmarks)
     scales = [fine_scale(orig, spacing_mm) for orig in spacings_mm]
     images = [resample(im, scale) for im, scale in zip(images, scales, strict=True)]
     sizes = np.array([im.shape[:2] for im in images], dtype=np.int64)
@@ -144,8 +152,10 @@ def fine_from_images(
         images=canvas,
         sizes=sizes,
         scales=np.array(scales, dtype=np.float64),
-        landmarks_orig=np.asarray(landmarks, dtype=np.float64),
+        landmarks_orig=landmarks,
         spacing=np.array(spacings_mm, dtype=np.float64),
+        senior_orig=np.asarray(senior, dtype=np.float64),
+        junior_orig=np.asarray(junior, dtype=np.float64),
     )
 
 
@@ -243,6 +253,9 @@ class PatchDataset(Dataset):
     Without rotation or zoom, patch px ``p`` is fine px ``p + origin`` exactly; with them, fine
     px ``A p + origin + (I - A) (size // 2)`` with ``A = rotation / zoom`` (bilinear).
 
+    ``doctors``: the ``doctors`` label protocol: the ground truth of each item is one doctor's
+    annotation (senior or junior, the item's first draw) rather than ``landmarks_orig``.
+
     Randomness: item ``j`` draws from ``default_rng((seed, j))``, so it is the same for any
     worker count and order; call :meth:`set_epoch_seed` (e.g. ``base + epoch``) before each
     epoch's iterator is created (not with ``persistent_workers``, whose copies would keep
@@ -261,6 +274,7 @@ class PatchDataset(Dataset):
         centres_orig: np.ndarray | None = None,
         rotate_deg: float = 0.0,
         zoom: float = 0.0,
+        doctors: bool = False,
     ):
         if centres_orig is not None and np.shape(centres_orig) != fine.landmarks_orig.shape:
             raise ValueError(
@@ -282,6 +296,7 @@ class PatchDataset(Dataset):
         self.rotate_deg = float(rotate_deg)
         self.zoom = float(zoom)
         self.centres_orig = None if centres_orig is None else np.asarray(centres_orig, dtype=np.float64)
+        self.doctors = doctors
 
     def set_epoch_seed(self, seed: int) -> None:
         self.seed = int(seed)
@@ -294,7 +309,10 @@ class PatchDataset(Dataset):
             raise IndexError(j)
         i, k = divmod(int(j), self.fine.num_landmarks)
         rng = np.random.default_rng((self.seed, int(j)))
-        gt_fine = self.fine.to_fine(i, self.fine.landmarks_orig[i, k])
+        labels = self.fine.landmarks_orig
+        if self.doctors:
+            labels = (self.fine.senior_orig, self.fine.junior_orig)[rng.integers(2)]
+        gt_fine = self.fine.to_fine(i, labels[i, k])
         shift = np.zeros(2)
         if self.centres_orig is not None:  # e.g. the coarse model's predictions (validation)
             shift = self.fine.to_fine(i, self.centres_orig[i, k]) - gt_fine

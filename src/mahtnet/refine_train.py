@@ -88,6 +88,7 @@ def refine_task(
         params.seed,
         rotate_deg=r.rotate_deg,
         zoom=r.zoom,
+        doctors=params.data.gt == "doctors",
     )
     val_ds = PatchDataset(fine_val, r.patch_size, r.sigma, centres_orig=coarse_val)
     loss_fn = nn.Module()  # no learned loss weights

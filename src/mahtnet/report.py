@@ -12,7 +12,12 @@ import pandas as pd
 from mahtnet.clinical import MEASUREMENTS
 from mahtnet.io import write_text
 
-GROUND_TRUTHS = (("mean", "mean of both doctors"), ("senior", "senior doctor"), ("junior", "junior doctor"))
+GROUND_TRUTHS = (
+    ("official", "official"),
+    ("mean", "mean of both doctors"),
+    ("senior", "senior doctor"),
+    ("junior", "junior doctor"),
+)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -160,20 +165,26 @@ def literature_section(models: dict[str, dict], context: dict) -> list[str]:
     ISBI data, senior ground truth, Test1)."""
     from mahtnet.literature import HEADER, comparison_rows
 
-    if (context["dataset"], context.get("gt"), context["test_split"]) != ("isbi2015", "senior", "Test1Data"):
+    if (context["dataset"], context["test_split"]) != ("isbi2015", "Test1Data"):
         return []
     ours = [
         {
             "name": f"this run: {m}",
             "input": context["input"],
             "hardware": context.get("hardware", "this machine"),
-            "test1": {
-                "mre_mm": r["mre_mm"],
-                "sdr": [r[k] for k in ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")],
+            **{
+                split: {
+                    "mre_mm": sets[split]["official"]["mre_mm"],
+                    "sdr": [
+                        sets[split]["official"][k] for k in ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")
+                    ],
+                }
+                for split in ("test1", "test2")
+                if split in sets
             },
-            "note": f"seed {context['seed']}, one run",
+            "note": f"trained on {context['gt']} labels, seed {context['seed']}, one run",
         }
-        for m, r in models.items()
+        for m, sets in context["sets"].items()
     ]
     return [
         "## Published results (same protocol)",
@@ -214,6 +225,29 @@ def _header(context: dict, images) -> list[str]:
         "used only a validation split of the training images.",
         "",
     ]
+
+
+def sets_section(sets: dict[str, dict[str, dict]]) -> list[str]:
+    """Every evaluated set (validation, each test split) of each model against the official
+    ground truth and the mean of both doctors."""
+    rows = []
+    for model, blocks in sets.items():
+        for name, b in blocks.items():
+            o, m = b["official"], b["mean"]
+            rows.append(
+                [model, name, b["images"], o["mre_mm"], o["sdr_2mm"], o["max_mm"], m["mre_mm"], m["sdr_2mm"]]
+            )
+    head = [
+        "model",
+        "set",
+        "images",
+        "MRE official (mm)",
+        "SDR 2 mm (%)",
+        "max (mm)",
+        "MRE mean (mm)",
+        "SDR 2 mm (%)",
+    ]
+    return ["## Every evaluated set", "", table(head, rows), ""]
 
 
 def _results_section(models: dict[str, dict], thresholds) -> list[str]:
@@ -410,6 +444,7 @@ def build_report(
     thresholds = context["thresholds_mm"]
     md = _header(context, models[list(models)[0]]["images"])
     md += _results_section(models, thresholds)
+    md += sets_section(context["sets"])
     md += literature_section(models, context)
     md += decoding_section(models, compare.get("pairs", {}), thresholds)
     md += _comparison_section(compare, per_landmark, figures)

@@ -48,7 +48,10 @@ def image_to_tensor(images: np.ndarray) -> torch.Tensor:
 
 class LandmarkDataset(Dataset):
     """Items: ``image (1, H, W)``, ``target (K, h, w)``, ``visible (K,)``, ``landmarks (K, 2)``
-    (prepared px, after augmentation) and ``index``."""
+    (prepared px, after augmentation) and ``index``.
+
+    ``doctors``: the ``doctors`` label protocol: each item's labels are one doctor's annotation
+    (senior or junior, ``default_rng((epoch seed, i))``), not ``data.landmarks``."""
 
     def __init__(
         self,
@@ -56,27 +59,34 @@ class LandmarkDataset(Dataset):
         codec: HeatmapCodec,
         augment: A.Compose | None = None,
         targets: np.ndarray | None = None,
+        doctors: bool = False,
     ):
         if targets is not None and augment is not None:
             raise ValueError("precomputed targets cannot follow an augmentation")
+        if targets is not None and doctors:
+            raise ValueError("precomputed targets cannot follow the doctors label protocol")
         if targets is not None and targets.shape[0] != len(data):
             raise ValueError(f"{targets.shape[0]} targets for {len(data)} images")
         self.data = data
         self.codec = codec
         self.augment = augment
         self.targets = targets
+        self.doctors = doctors
+        self.seed = 0
 
     def __len__(self) -> int:
         return len(self.data)
 
     def set_epoch_seed(self, seed: int) -> None:
-        """Reseed the augmentation (the trainer calls this at every epoch start)."""
+        """Reseed the augmentation and the doctors' draw (the trainer calls this at every epoch
+        start)."""
+        self.seed = int(seed)
         if self.augment is not None:
             self.augment.set_random_seed(seed)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image = self.data.images[i]
-        points = self.data.landmarks[i]
+        points = self.data.landmarks[i] if not self.doctors else self.doctor_labels(i)
         if self.augment is not None:
             out = self.augment(image=image, keypoints=points.astype(np.float32))
             image, points = out["image"], np.asarray(out["keypoints"], dtype=np.float64)
@@ -90,3 +100,9 @@ class LandmarkDataset(Dataset):
             "landmarks": torch.from_numpy(points),
             "index": torch.tensor(i),
         }
+
+    def doctor_labels(self, i: int) -> np.ndarray:
+        """One doctor's annotation of image ``i`` in prepared px, drawn for this epoch."""
+        who = np.random.default_rng((self.seed, int(i))).integers(2)
+        points = (self.data.senior_orig, self.data.junior_orig)[who][i]
+        return self.data.letterbox(i).to_prepared(points)

@@ -4,6 +4,7 @@
 
     <root>/RawImage/{TrainingData,Test1Data,Test2Data}/NNN.jpg
     <root>/AnnotationsByMD/400_{senior,junior}/NNN.txt   (19 lines "x,y", px)
+    <root>/AnnotationsByMD/400_challenge/NNN.txt         (ISBI: the challenge's official ground truth)
 
 The synthetic generator writes the same layout (PNG images, plus ``dataset.yaml``
 with its pixel spacing), so one reader serves both datasets.
@@ -33,7 +34,14 @@ from mahtnet.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
 
 ISBI_PIXEL_SPACING_MM = 0.1  # Wang et al. 2016, and the dataset README
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-GROUND_TRUTHS = ("mean", "senior", "junior")
+GROUND_TRUTHS = ("mean", "senior", "junior", "challenge")
+# training labels (``data.gt``): one ground truth, or ``doctors``: each time an image is drawn for
+# training, one doctor's annotation at random (validation, shape prior: the mean of both)
+LABELS = (*GROUND_TRUTHS, "doctors")
+# the ground truth that published results are scored against: ISBI's ``400_challenge`` (the senior
+# doctor on 001-300, on Test2 also but for landmark 16); the synthetic doctors are unbiased noisy
+# copies of the generator's truth, so their mean is the best reference there
+OFFICIAL_GT = {"isbi2015": "challenge", "synthetic": "mean"}
 DATASETS = ("isbi2015", "synthetic")
 OUTSIDE_TOLERANCE = 0.02  # how far (fraction of the image's larger side) a landmark may lie outside
 
@@ -42,10 +50,11 @@ OUTSIDE_TOLERANCE = 0.02  # how far (fraction of the image's larger side) a land
 class Sample:
     image_id: str
     image_path: Path
-    landmarks: np.ndarray  # (K, 2) float64, original px, (x, y): the chosen ground truth
+    landmarks: np.ndarray  # (K, 2) float64, original px, (x, y): the training labels (data.gt)
     pixel_spacing_mm: float
     senior: np.ndarray  # (K, 2) each doctor's annotation (inter-observer error, per-doctor scores)
     junior: np.ndarray
+    official: np.ndarray  # (K, 2) the dataset's official ground truth (OFFICIAL_GT): what is scored
 
 
 def _landmark_lines(path: Path) -> list[tuple[int, str]]:
@@ -123,15 +132,22 @@ def _find_image(split_dir: Path, image_id: str) -> Path:
     raise FileNotFoundError(f"image {image_id} not found in {split_dir}")
 
 
-def ground_truth(senior: np.ndarray, junior: np.ndarray, gt: str) -> np.ndarray:
-    """The ``senior`` or ``junior`` annotation, or their ``mean`` (the challenge's ground truth)."""
-    if gt == "mean":
+def ground_truth(
+    senior: np.ndarray, junior: np.ndarray, gt: str, challenge: np.ndarray | None = None
+) -> np.ndarray:
+    """The ``senior`` or ``junior`` annotation, their ``mean`` (also the central label of the
+    ``doctors`` protocol), or the ``challenge``'s official ground truth (given)."""
+    if gt in ("mean", "doctors"):
         return (senior + junior) / 2.0
     if gt == "senior":
         return senior
     if gt == "junior":
         return junior
-    raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(GROUND_TRUTHS)}")
+    if gt == "challenge" and challenge is not None:
+        return challenge
+    if gt == "challenge":
+        raise ValueError("ground truth 'challenge' needs the challenge's annotation")
+    raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(LABELS)}")
 
 
 def annotation_path(root: Path, who: str, image_id: str) -> Path:
@@ -144,11 +160,45 @@ def load_doctors(root: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     return tuple(read_annotation(annotation_path(root, who, image_id)) for who in ("senior", "junior"))
 
 
+def load_challenge(root: Path, image_id: str) -> np.ndarray:
+    """The challenge's official ground truth of one image (``400_challenge``); a missing folder is
+    a clear error naming it."""
+    folder = annotation_path(root, "challenge", image_id).parent
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder}: the challenge's official ground truth folder not found (needed for "
+            "data.gt challenge and the official scores of ISBI 2015; see the dataset README)"
+        )
+    return read_annotation(annotation_path(root, "challenge", image_id))
+
+
+def check_labels(gt: str) -> None:
+    if gt not in LABELS:
+        raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(LABELS)}")
+
+
 def load_landmarks(root: Path, image_id: str, gt: str) -> np.ndarray:
-    """Ground-truth landmarks of one image: ``senior``, ``junior`` or their ``mean``."""
-    if gt not in GROUND_TRUTHS:
-        raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(GROUND_TRUTHS)}")
-    return ground_truth(*load_doctors(root, image_id), gt)
+    """Ground-truth landmarks of one image: ``senior``, ``junior``, their ``mean`` or the
+    ``challenge``'s."""
+    check_labels(gt)
+    challenge = load_challenge(root, image_id) if gt == "challenge" else None
+    return ground_truth(*load_doctors(root, image_id), gt, challenge)
+
+
+def _load_sample(root: Path, split_dir: Path, image_id: str, gt: str, dataset: str, spacing: float) -> Sample:
+    senior, junior = load_doctors(root, image_id)
+    image_path = _find_image(split_dir, image_id)
+    official_gt = OFFICIAL_GT[dataset]
+    need_challenge = "challenge" in (gt, official_gt)
+    challenge = load_challenge(root, image_id) if need_challenge else None
+    checked = (("senior", senior), ("junior", junior)) + (
+        (("challenge", challenge),) if need_challenge else ()
+    )
+    for who, points in checked:
+        check_inside(points, annotation_path(root, who, image_id), image_path)
+    labels = ground_truth(senior, junior, gt, challenge)
+    official = ground_truth(senior, junior, official_gt, challenge)
+    return Sample(image_id, image_path, labels, spacing, senior, junior, official)
 
 
 def list_split(root: str | Path, split: str, gt: str = "mean", dataset: str = "isbi2015") -> list[Sample]:
@@ -167,13 +217,5 @@ def list_split(root: str | Path, split: str, gt: str = "mean", dataset: str = "i
     ids = sorted(p.stem for p in split_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not ids:
         raise DataError(f"no images in {split_dir}")
-    if gt not in GROUND_TRUTHS:
-        raise KeyError(f"unknown ground truth {gt!r}; valid: {', '.join(GROUND_TRUTHS)}")
-    samples = []
-    for i in ids:
-        senior, junior = load_doctors(root, i)
-        image_path = _find_image(split_dir, i)
-        for who, points in (("senior", senior), ("junior", junior)):
-            check_inside(points, annotation_path(root, who, i), image_path)
-        samples.append(Sample(i, image_path, ground_truth(senior, junior, gt), spacing, senior, junior))
-    return samples
+    check_labels(gt)
+    return [_load_sample(root, split_dir, i, gt, dataset, spacing) for i in ids]

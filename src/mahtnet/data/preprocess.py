@@ -97,6 +97,7 @@ class PreparedSet:
     spacing: np.ndarray
     senior_orig: np.ndarray
     junior_orig: np.ndarray
+    official_orig: np.ndarray  # the dataset's official ground truth (isbi.OFFICIAL_GT): scored
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -131,6 +132,7 @@ def prepare(samples: Sequence[Sample], height: int, width: int) -> PreparedSet:
         height,
         width,
         doctors=([s.senior for s in samples], [s.junior for s in samples]),
+        official=[s.official for s in samples],
     )
 
 
@@ -142,10 +144,13 @@ def prepare_images(
     height: int,
     width: int,
     doctors: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+    official: Sequence[np.ndarray] | None = None,
 ) -> PreparedSet:
     """Letterbox original images ``(H, W)`` with their landmarks ``(K, 2)`` (original px) and
-    spacing (mm/px); ``doctors``: each one's annotation (default: the landmarks)."""
+    spacing (mm/px); ``doctors``: each one's annotation, ``official``: the scored ground truth
+    (default: the landmarks)."""
     senior, junior = doctors or (landmarks, landmarks)
+    official = landmarks if official is None else official
     prepared, lms, boxes = [], [], []
     for image, points in zip(images, landmarks, strict=True):
         small, box = letterbox_image(image, height, width)
@@ -161,6 +166,7 @@ def prepare_images(
         spacing=np.array(spacing, dtype=np.float64),
         senior_orig=np.stack(senior).astype(np.float64),
         junior_orig=np.stack(junior).astype(np.float64),
+        official_orig=np.stack(official).astype(np.float64),
     )
 
 
@@ -175,12 +181,23 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def split_key(split: str) -> str:
+    """The name of a dataset split in metrics and files: ``Test2Data`` -> ``test2``."""
+    return split.removesuffix("Data").lower()
+
+
 def prepare_splits(d: DataParams, seed: int, make: Callable[[list[Sample]], Any]) -> dict[str, Any]:
-    """``{"train", "val", "test"}``: the sets ``make`` builds from the samples of ``d``'s
-    training and test splits, the validation images carved from the training split by
+    """``{"train", "val", "test", <extra>...}``: the sets ``make`` builds from the samples of
+    ``d``'s training and test splits, the validation images carved from the training split by
     :func:`split_train_val` (so every kind of set, e.g. prepared and fine-resolution, holds the
-    same images in each split)."""
+    same images in each split); each of ``d.extra_test_splits`` under its :func:`split_key`."""
     training = make(list_split(d.root, d.train_split, d.gt, d.dataset))
     test = make(list_split(d.root, d.test_split, d.gt, d.dataset))
     train_idx, val_idx = split_train_val(len(training), d.val_fraction, seed)
-    return {"train": training.subset(train_idx), "val": training.subset(val_idx), "test": test}
+    sets = {"train": training.subset(train_idx), "val": training.subset(val_idx), "test": test}
+    for split in d.extra_test_splits:
+        key = split_key(split)
+        if key in sets or key == split_key(d.test_split):
+            raise ValueError(f"data.extra_test_splits: {split!r} repeats a split")
+        sets[key] = make(list_split(d.root, split, d.gt, d.dataset))
+    return sets
