@@ -6,6 +6,9 @@
         [--out DIR] [--pixel-spacing MM] [--device auto|cpu|cuda] [--batch-size N]
         [--shape-prior data/models/shape_prior.npz] [--refiner data/models/refine_maht_net.pt]
         [--isbi-txt] [--threads N]
+    mahtnet serve --model ... [the model options of predict] [--host 127.0.0.1] [--port 8000]
+        [--workers N] [--queue N] [--max-upload-mb MB] [--max-pixels N] [--timeout-s S]
+        [--review-dir DIR]   (HTTP service and review page, docs/serve.md)
     mahtnet evaluate|export|benchmark ...   (the stage / benchmark scripts, same arguments)
 
 Errors end in one line, ``error: <file or key>: <reason>`` (``--debug`` or
@@ -81,6 +84,14 @@ def run_predict(args: argparse.Namespace) -> int:
     return PredictRun(args).run(files, output_names(files))
 
 
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from mahtnet.serve.server import run_serve
+
+        return run_serve(args)
+    return run_predict(args)
+
+
 def run_wrapped(command: str, argv: Sequence[str]) -> int:
     """``mahtnet evaluate|export|benchmark ARGS``: the repository's script with ``ARGS``."""
     from mahtnet.paths import repo_root
@@ -102,9 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mahtnet", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     predict_parser(sub)
+    from mahtnet.serve.server import add_parser as serve_parser
+
+    serve_parser(sub)
     for name, script in WRAPPED.items():
         sub.add_parser(name, help=f"{script} (same arguments)", add_help=False)
-    return run_cli(lambda: run_predict(parser.parse_args([a for a in argv if a != "--debug"])), argv)
+    return run_cli(lambda: run_command(parser.parse_args([a for a in argv if a != "--debug"])), argv)
 
 
 def entry() -> None:

@@ -1,0 +1,492 @@
+// MAHT-Net review page: plain JavaScript, no build step, no outside resources.
+// The server does every computation (prediction, measurements, export formats); this page
+// shows the landmarks over the image, lets them be dragged, and sends them back.
+"use strict";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const $ = (id) => document.getElementById(id);
+const svg = $("canvas");
+
+const S = {
+  mode: null, // "item" (a file of --review-dir) or "upload"
+  id: null, // the item id (path relative to --review-dir)
+  name: "",
+  width: 0,
+  height: 0,
+  spacing: null,
+  spacingSource: null,
+  names: [],
+  points: [], // [[x, y]] original px, what is being corrected
+  predicted: [], // the model's landmarks
+  confidence: [],
+  low: [],
+  model: null,
+  decoding: null,
+  predictedMeasurements: {},
+  selected: -1,
+};
+const MODEL = { lines: [], threshold: 0.4, names: [], measurements: [] };
+let drag = null;
+let layers = null;
+let measuring = false;
+let measurePending = false;
+let measureCount = 0;
+
+// ----- server calls ---------------------------------------------------------------------------
+
+async function api(method, url, body, headers) {
+  const init = { method, headers: headers || {} };
+  if (body !== undefined) {
+    if (body instanceof Blob) {
+      init.body = body;
+    } else {
+      init.body = JSON.stringify(body);
+      init.headers["Content-Type"] = "application/json";
+    }
+  }
+  const response = await fetch(url, init);
+  if (!response.ok) {
+    let reason = `${response.status} ${response.statusText}`;
+    try {
+      reason = (await response.json()).error || reason;
+    } catch (_) { /* not JSON */ }
+    throw new Error(reason);
+  }
+  return response;
+}
+
+function status(text, isError) {
+  const el = $("status");
+  el.textContent = text;
+  el.classList.toggle("error", Boolean(isError));
+}
+
+const TYPES = {
+  jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", bmp: "image/bmp",
+  tif: "image/tiff", tiff: "image/tiff", dcm: "application/dicom", dicom: "application/dicom",
+};
+
+function contentType(file) {
+  const ext = (file.name.split(".").pop() || "").toLowerCase();
+  return TYPES[ext] || "application/octet-stream";
+}
+
+// ----- opening an image -----------------------------------------------------------------------
+
+async function loadModel() {
+  const info = await (await api("GET", "/model")).json();
+  MODEL.lines = info.measurement_lines;
+  MODEL.threshold = info.low_confidence_threshold;
+  MODEL.names = info.landmark_names;
+  MODEL.measurements = info.measurements;
+  const m = info.model;
+  const decoding = info.refiner ? "refined" : info.shape_prior ? "shape-consistent" : null;
+  $("model-info").textContent =
+    `${m.architecture} (${m.format}), ${m.file}, sha256 ${m.sha256.slice(0, 12)}, decoding: ` +
+    (decoding ? `${decoding} where the pixel spacing is known, else arg-max` : "arg-max");
+}
+
+async function loadItems() {
+  const list = await (await api("GET", "/review/items")).json();
+  if (list.review_dir === null) return;
+  $("items-box").hidden = false;
+  $("review-dir").textContent = list.review_dir;
+  const ul = $("items");
+  ul.replaceChildren();
+  for (const item of list.items) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = item.id;
+    b.dataset.id = item.id;
+    if (item.id === S.id) b.classList.add("current");
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = item.corrected ? "corrected" : item.prediction ? "predicted" : "";
+    b.append(tag);
+    b.addEventListener("click", () => openItem(item.id));
+    li.append(b);
+    ul.append(li);
+  }
+}
+
+async function openItem(id) {
+  status(`opening ${id}…`);
+  try {
+    const doc = await (await api("GET", `/review/item?id=${encodeURIComponent(id)}`)).json();
+    setDocument(doc.prediction, doc.correction);
+    S.mode = "item";
+    S.id = id;
+    await showImage(`/review/image?id=${encodeURIComponent(id)}`);
+    status(
+      `${id}: ${doc.correction ? "your saved correction" : "the model's prediction"} ` +
+      `(prediction ${doc.prediction_source === "file" ? "from " + doc.prediction_file : "made now"})`
+    );
+    await loadItems();
+  } catch (err) {
+    status(err.message, true);
+  }
+}
+
+async function openUpload(file) {
+  status(`predicting ${file.name}…`);
+  try {
+    const url = `/predict?image=true&name=${encodeURIComponent(file.name)}`;
+    const doc = await (await api("POST", url, file, { "Content-Type": contentType(file) })).json();
+    const png = doc.image_png;
+    delete doc.image_png;
+    setDocument(doc, null);
+    S.mode = "upload";
+    S.id = null;
+    await showImage(`data:image/png;base64,${png}`);
+    status(`${file.name}: predicted (uploads can be exported; saving needs --review-dir)`);
+    await loadItems();
+  } catch (err) {
+    status(err.message, true);
+  }
+}
+
+function setDocument(prediction, correction) {
+  S.name = prediction.image;
+  S.width = prediction.width_px;
+  S.height = prediction.height_px;
+  S.spacing = prediction.pixel_spacing_mm;
+  S.spacingSource = prediction.pixel_spacing_source;
+  S.names = prediction.landmarks.map((r) => r.name);
+  S.predicted = prediction.landmarks.map((r) => [r.x_px, r.y_px]);
+  S.confidence = prediction.landmarks.map((r) => r.confidence);
+  S.low = prediction.landmarks.map((r) => r.low_confidence);
+  S.points = (correction ? correction.landmarks : S.predicted).map((p) => p.slice());
+  S.model = prediction.model;
+  S.decoding = prediction.decoding;
+  S.predictedMeasurements = prediction.measurements;
+  S.selected = -1;
+  const spacing = S.spacing === null ? "unknown pixel spacing (mm and MW not shown)"
+    : `${S.spacing} mm/px (${S.spacingSource})`;
+  $("image-info").textContent = `${S.name}: ${S.width}×${S.height} px, ${spacing}, decoding ${S.decoding}`;
+}
+
+function showImage(url) {
+  return new Promise((resolve, reject) => {
+    document.body.dataset.state = "loading";
+    svg.replaceChildren();
+    svg.setAttribute("viewBox", `0 0 ${S.width} ${S.height}`);
+    const image = document.createElementNS(SVG_NS, "image");
+    image.setAttribute("width", S.width);
+    image.setAttribute("height", S.height);
+    image.setAttribute("preserveAspectRatio", "none");
+    image.addEventListener("load", async () => {
+      render();
+      await refreshMeasurements();
+      for (const id of ["reset", "export-txt", "export-json", "export-csv"]) $(id).disabled = false;
+      $("save").disabled = S.mode !== "item";
+      document.body.dataset.state = "ready";
+      resolve();
+    }, { once: true });
+    image.addEventListener("error", () => reject(new Error(`${S.name}: the image did not load`)), { once: true });
+    image.setAttribute("href", url);
+    const lines = document.createElementNS(SVG_NS, "g");
+    lines.setAttribute("class", "lines");
+    const marks = document.createElementNS(SVG_NS, "g");
+    marks.setAttribute("class", "marks");
+    svg.append(image, lines, marks);
+    layers = { image, lines, marks };
+    $("placeholder").hidden = true;
+  });
+}
+
+// ----- drawing --------------------------------------------------------------------------------
+
+function colour(confidence) {
+  const t = Math.min(1, Math.max(0, confidence));
+  const r = Math.round(255 * Math.min(1, 2 * (1 - t)));
+  const g = Math.round(255 * Math.min(1, 2 * t));
+  return `rgb(${r},${g},0)`;
+}
+
+function scale() {
+  const rect = svg.getBoundingClientRect();
+  return Math.min(rect.width / S.width, rect.height / S.height) || 1;
+}
+
+function moved(k) {
+  const [x, y] = S.points[k];
+  const [px, py] = S.predicted[k];
+  return Math.hypot(x - px, y - py) > 1e-6;
+}
+
+function circle(cls, r, extra) {
+  const c = document.createElementNS(SVG_NS, "circle");
+  c.setAttribute("class", cls);
+  c.setAttribute("r", r);
+  for (const [k, v] of Object.entries(extra || {})) c.setAttribute(k, v);
+  return c;
+}
+
+function render() {
+  if (!layers) return;
+  const unit = 1 / scale(); // one screen pixel in image pixels
+  layers.lines.replaceChildren();
+  for (const [i, j] of MODEL.lines) {
+    const line = document.createElementNS(SVG_NS, "line");
+    line.dataset.i = i;
+    line.dataset.j = j;
+    line.setAttribute("stroke-width", 1.5 * unit);
+    layers.lines.append(line);
+  }
+  layers.marks.replaceChildren();
+  S.points.forEach((_, k) => {
+    const g = document.createElementNS(SVG_NS, "g");
+    g.setAttribute("class", "lm");
+    g.dataset.index = k;
+    g.dataset.name = S.names[k];
+    const fill = colour(S.confidence[k]);
+    if (S.low[k]) g.append(circle("low", 11 * unit, { "stroke-width": 1.5 * unit }));
+    g.append(circle("ring", 9 * unit, { "stroke-width": 1.5 * unit, visibility: "hidden" }));
+    g.append(circle("dot", 6 * unit, { fill, "stroke-width": 1.2 * unit }));
+    const text = document.createElementNS(SVG_NS, "text");
+    text.setAttribute("x", 9 * unit);
+    text.setAttribute("y", -6 * unit);
+    text.setAttribute("font-size", 12 * unit);
+    text.setAttribute("stroke-width", 2.5 * unit);
+    text.setAttribute("fill", fill);
+    text.textContent = S.names[k].replaceAll("_", " ");
+    g.append(text);
+    layers.marks.append(g);
+  });
+  renderTable();
+  update();
+}
+
+function update() {
+  if (!layers) return;
+  for (const g of layers.marks.children) {
+    const k = Number(g.dataset.index);
+    const [x, y] = S.points[k];
+    g.setAttribute("transform", `translate(${x} ${y})`);
+    g.querySelector("circle.ring").setAttribute("visibility", moved(k) ? "visible" : "hidden");
+    g.classList.toggle("selected", k === S.selected);
+  }
+  for (const line of layers.lines.children) {
+    const a = S.points[line.dataset.i];
+    const b = S.points[line.dataset.j];
+    line.setAttribute("x1", a[0]);
+    line.setAttribute("y1", a[1]);
+    line.setAttribute("x2", b[0]);
+    line.setAttribute("y2", b[1]);
+  }
+  updateTable();
+}
+
+function renderTable() {
+  const body = $("landmarks").tBodies[0];
+  body.replaceChildren();
+  S.points.forEach((_, k) => {
+    const tr = document.createElement("tr");
+    tr.id = `lm-row-${k}`;
+    tr.dataset.index = k;
+    tr.classList.toggle("low", S.low[k]);
+    for (const [cls, text] of [["num", k + 1], ["", S.names[k]], ["num x", ""], ["num y", ""],
+      ["num", S.confidence[k].toFixed(2)]]) {
+      const td = document.createElement("td");
+      if (cls) td.className = cls;
+      td.textContent = text;
+      tr.append(td);
+    }
+    tr.addEventListener("click", () => select(k));
+    body.append(tr);
+  });
+}
+
+function updateTable() {
+  S.points.forEach(([x, y], k) => {
+    const tr = $(`lm-row-${k}`);
+    if (!tr) return;
+    tr.querySelector(".x").textContent = x.toFixed(1);
+    tr.querySelector(".y").textContent = y.toFixed(1);
+    tr.classList.toggle("moved", moved(k));
+    tr.classList.toggle("selected", k === S.selected);
+  });
+}
+
+function format(m) {
+  if (m.value === null) return "—";
+  return m.unit === "ratio" ? m.value.toFixed(3) : `${m.value.toFixed(2)} ${m.unit === "deg" ? "°" : m.unit}`;
+}
+
+function showMeasurements(measurements) {
+  const body = $("measurements").tBodies[0];
+  body.replaceChildren();
+  for (const [name, m] of Object.entries(measurements)) {
+    const was = S.predictedMeasurements[name];
+    const tr = document.createElement("tr");
+    tr.id = `m-${name}`;
+    if (was && (was.class !== m.class)) tr.classList.add("changed");
+    const cells = [
+      ["name", name, ""],
+      ["value num", format(m), was ? `the model's: ${format(was)}` : ""],
+      [`class class-${m.class}`, m.class === null ? "—" : `C${m.class}`, ""],
+      ["meaning", m.meaning || "", ""],
+    ];
+    for (const [cls, text, title] of cells) {
+      const td = document.createElement("td");
+      td.className = cls;
+      td.textContent = text;
+      if (title) td.title = title;
+      tr.append(td);
+    }
+    body.append(tr);
+  }
+  measureCount += 1;
+  $("measurements").dataset.count = measureCount;
+}
+
+async function refreshMeasurements() {
+  if (measuring) {
+    measurePending = true;
+    return;
+  }
+  measuring = true;
+  $("measurements").dataset.busy = "1"; // a request in flight (the tests wait for its end)
+  try {
+    do {
+      measurePending = false;
+      const body = { landmarks: S.points, pixel_spacing_mm: S.spacing };
+      const out = await (await api("POST", "/measurements", body)).json();
+      showMeasurements(out.measurements);
+    } while (measurePending);
+  } catch (err) {
+    status(err.message, true);
+  } finally {
+    measuring = false;
+    delete $("measurements").dataset.busy;
+  }
+}
+
+// ----- correcting -----------------------------------------------------------------------------
+
+function toImage(event) {
+  const pt = svg.createSVGPoint();
+  pt.x = event.clientX;
+  pt.y = event.clientY;
+  const p = pt.matrixTransform(svg.getScreenCTM().inverse());
+  return [p.x, p.y];
+}
+
+function setPoint(k, x, y) {
+  S.points[k] = [Math.min(Math.max(x, 0), S.width - 1), Math.min(Math.max(y, 0), S.height - 1)];
+  update();
+}
+
+function select(k) {
+  S.selected = k;
+  update();
+}
+
+svg.addEventListener("pointerdown", (event) => {
+  const g = event.target.closest(".lm");
+  if (!g || event.button !== 0) return;
+  const k = Number(g.dataset.index);
+  const [px, py] = toImage(event);
+  drag = { k, dx: S.points[k][0] - px, dy: S.points[k][1] - py, pointer: event.pointerId };
+  g.classList.add("dragging");
+  svg.setPointerCapture(event.pointerId);
+  select(k);
+  event.preventDefault();
+});
+
+svg.addEventListener("pointermove", (event) => {
+  if (!drag || event.pointerId !== drag.pointer) return;
+  const [px, py] = toImage(event);
+  setPoint(drag.k, px + drag.dx, py + drag.dy);
+  refreshMeasurements();
+});
+
+function endDrag(event) {
+  if (!drag || event.pointerId !== drag.pointer) return;
+  const [px, py] = toImage(event);
+  setPoint(drag.k, px + drag.dx, py + drag.dy);
+  for (const g of layers.marks.querySelectorAll(".dragging")) g.classList.remove("dragging");
+  drag = null;
+  refreshMeasurements();
+}
+svg.addEventListener("pointerup", endDrag);
+svg.addEventListener("pointercancel", endDrag);
+
+document.addEventListener("keydown", (event) => {
+  const step = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] }[event.key];
+  if (!step || S.selected < 0 || event.target.closest("input, textarea, select")) return;
+  const f = event.shiftKey ? 10 : 1;
+  const [x, y] = S.points[S.selected];
+  setPoint(S.selected, x + f * step[0], y + f * step[1]);
+  refreshMeasurements();
+  event.preventDefault();
+});
+
+window.addEventListener("resize", () => render());
+
+function correction() {
+  return {
+    image: S.name,
+    landmarks: S.points,
+    predicted: S.predicted,
+    pixel_spacing_mm: S.spacing,
+    pixel_spacing_source: S.spacingSource,
+    width_px: S.width,
+    height_px: S.height,
+    model: S.model,
+    decoding: S.decoding,
+  };
+}
+
+$("save").addEventListener("click", async () => {
+  if (S.mode !== "item") return;
+  try {
+    const out = await (await api("POST", `/review/correction?id=${encodeURIComponent(S.id)}`, correction())).json();
+    status(`saved ${out.saved.join(", ")}`);
+    await loadItems();
+  } catch (err) {
+    status(err.message, true);
+  }
+});
+
+$("reset").addEventListener("click", () => {
+  S.points = S.predicted.map((p) => p.slice());
+  update();
+  refreshMeasurements();
+  status("reset to the model's prediction (not saved)");
+});
+
+for (const fmt of ["txt", "json", "csv"]) {
+  $(`export-${fmt}`).addEventListener("click", async () => {
+    try {
+      const response = await api("POST", `/export?format=${fmt}`, correction());
+      const blob = await response.blob();
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = `${S.name.split("/").pop()}.corrected.${fmt}`;
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+      status(`exported ${a.download}`);
+    } catch (err) {
+      status(err.message, true);
+    }
+  });
+}
+
+$("upload").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  if (file) openUpload(file);
+});
+
+(async () => {
+  try {
+    await loadModel();
+    await loadItems();
+    document.body.dataset.state = "idle";
+  } catch (err) {
+    status(err.message, true);
+  }
+})();

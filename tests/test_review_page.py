@@ -1,0 +1,208 @@
+"""The review page of ``mahtnet serve`` in a real headless chromium (Playwright driving the
+system's chromium, e.g. Debian's ``/usr/bin/chromium``; no browser download): open an X-ray of
+the review folder, drag a landmark with the mouse, see the measurement change, save the
+correction and export it; upload another X-ray from the browser.
+
+The tiny untrained model of the tests puts its landmarks anywhere, even outside the image, so
+the review image starts from a saved correction at the synthetic X-ray's true landmarks (a
+review resumed where it was left). ``MAHTNET_SCREENSHOT=1`` also writes
+``docs/figures/review_page.png``; ``MAHTNET_SCREENSHOT_MODEL=data/models/stage3.pt`` takes it
+with that (trained) model and its own prediction instead.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO, tiny_unet_checkpoint
+from test_serve import ENV, call, mahtnet, post_json, serving
+
+from mahtnet.data.synthetic import generate_sample
+from mahtnet.landmarks import LANDMARK_NAMES
+from mahtnet.serve import load_corrections
+
+pytestmark = pytest.mark.slow
+K = len(LANDMARK_NAMES)
+SPACING_MM = 0.5  # the synthetic X-rays'
+A_POINT = LANDMARK_NAMES.index("subspinale")  # moves SNA and ANB
+DRAG_PX = (40, 25)  # screen pixels
+SCREENSHOT = os.environ.get("MAHTNET_SCREENSHOT") == "1"
+SCREENSHOT_MODEL = os.environ.get("MAHTNET_SCREENSHOT_MODEL")
+
+
+def chromium_executable() -> str | None:
+    """``MAHTNET_CHROMIUM``, else a chromium or chrome on the PATH, else Playwright's own download."""
+    candidates = [os.environ.get("MAHTNET_CHROMIUM")]
+    candidates += [
+        shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    ]
+    for path in candidates:
+        if path and Path(path).is_file():
+            return path
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            own = p.chromium.executable_path
+        return own if Path(own).is_file() else None
+    except Exception:  # playwright missing or no browser
+        return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    executable = chromium_executable()
+    if executable is None:
+        pytest.skip("no chromium executable (apt-get install chromium, or set MAHTNET_CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review")
+    review = root / "xrays"
+    review.mkdir()
+    image, truth = generate_sample(7, 384, 480, SPACING_MM, 5.0, 0.05, 8.0)
+    cv2.imwrite(str(review / "ceph.png"), image)
+    upload, _ = generate_sample(8, 384, 480, SPACING_MM, 5.0, 0.05, 8.0)
+    cv2.imwrite(str(root / "upload.png"), upload)
+    # a screenshot model as given (relative: the figure shows no machine path)
+    model = Path(SCREENSHOT_MODEL) if SCREENSHOT_MODEL else tiny_unet_checkpoint(root / "unet.pt", (64, 48))
+    options = ["--out", review, "--device", "cpu", "--no-overlay", "--pixel-spacing", SPACING_MM]
+    cmd = mahtnet("predict", review / "ceph.png", "--model", model, *options)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
+    assert result.returncode == 0, result.stderr
+    return {"root": root, "review": review, "model": model, "truth": truth, "upload": root / "upload.png"}
+
+
+@pytest.fixture(scope="module")
+def server(setup):
+    options = ["--pixel-spacing", SPACING_MM, "--review-dir", setup["review"]]
+    with serving(setup["root"] / "serve.log", setup["model"], *options) as s:
+        yield s
+
+
+def start_from_truth(server, setup) -> np.ndarray:
+    """Save a correction at the true landmarks through the API; the landmarks the page starts from."""
+    item = call(server["port"], "GET", "/review/item?id=ceph.png").json()
+    predicted = [[r["x_px"], r["y_px"]] for r in item["prediction"]["landmarks"]]
+    if SCREENSHOT_MODEL:
+        return np.array(predicted)  # a trained model: start from its own prediction
+    start = setup["truth"].tolist()
+    r = post_json(
+        server["port"],
+        "/review/correction?id=ceph.png",
+        {"landmarks": start, "predicted": predicted, "pixel_spacing_mm": SPACING_MM},
+    )
+    assert r.status == 200, r.body
+    return np.array(start)
+
+
+def text(page, selector: str) -> str:
+    return page.locator(selector).inner_text().strip()
+
+
+def test_drag_a_landmark_save_and_export(browser, server, setup, tmp_path):
+    review = setup["review"]
+    prediction_before = (review / "ceph.json").read_bytes()
+    start = start_from_truth(server, setup)
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(f"{server['url']}/review")
+    page.wait_for_selector("body[data-state=idle]")
+    page.click("#items button[data-id='ceph.png']")
+    page.wait_for_selector("body[data-state=ready]")
+    assert page.locator("#canvas .lm").count() == K
+    assert page.locator("#measurements tbody tr").count() == 8
+    sna_before, anb_before = text(page, "#m-SNA .value"), text(page, "#m-ANB .value")
+    assert sna_before.endswith("°")
+
+    # drag the A point with the mouse
+    dot = page.locator(f"#canvas .lm[data-index='{A_POINT}'] circle.dot")
+    box = dot.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    hit = page.evaluate(f"document.elementFromPoint({cx}, {cy}).closest('.lm').dataset.index")
+    assert hit == str(A_POINT)  # the mouse grabs this marker, not another one
+    px_per_image_px = page.evaluate("document.getElementById('canvas').getScreenCTM().a")
+    count = int(page.locator("#measurements").get_attribute("data-count"))
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + DRAG_PX[0], cy + DRAG_PX[1], steps=8)
+    page.mouse.up()
+    page.wait_for_function(
+        f"document.querySelector('#m-SNA .value').textContent.trim() !== {json.dumps(sna_before)}"
+        f" && Number(document.getElementById('measurements').dataset.count) > {count}"
+    )
+    page.wait_for_function(  # dropped, and the measurements of the final position shown
+        "!document.querySelector('.lm.dragging')"
+        " && !('busy' in document.getElementById('measurements').dataset)"
+    )
+    assert text(page, "#m-SNA .value") != sna_before and text(page, "#m-ANB .value") != anb_before
+    assert "moved" in page.locator(f"#lm-row-{A_POINT}").get_attribute("class")
+    expected = start[A_POINT] + np.array(DRAG_PX) / px_per_image_px
+
+    if SCREENSHOT:
+        target = REPO / "docs" / "figures" / "review_page.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target))
+
+    # save: next to the image, the model's prediction untouched
+    page.click("#save")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('saved')")
+    assert text(page, "#status") == "saved ceph.png.corrected.json, ceph.png.corrected.txt"
+    assert (review / "ceph.json").read_bytes() == prediction_before
+    saved = json.loads((review / "ceph.png.corrected.json").read_text())
+    points = np.array([[r["x_px"], r["y_px"]] for r in saved["landmarks"]])
+    np.testing.assert_allclose(points[A_POINT], expected, atol=0.75)  # within a screen pixel or so
+    others = np.arange(K) != A_POINT
+    np.testing.assert_allclose(points[others], start[others], atol=1e-9)
+    shown = text(page, "#m-SNA .value")
+    assert shown == f"{saved['measurements']['SNA']['value']:.2f} °"  # the server's value is what is shown
+    loaded = load_corrections(review)[review / "ceph.png"]
+    np.testing.assert_allclose(loaded.landmarks, points)
+    lines = (review / "ceph.png.corrected.txt").read_text().splitlines()
+    assert len(lines) == K and lines[A_POINT] == f"{round(points[A_POINT][0])},{round(points[A_POINT][1])}"
+
+    # export: the downloaded files hold the same coordinate
+    with page.expect_download() as info:
+        page.click("#export-json")
+    exported = json.loads(Path(info.value.path()).read_text())
+    assert info.value.suggested_filename == "ceph.png.corrected.json"
+    np.testing.assert_allclose(
+        [exported["landmarks"][A_POINT]["x_px"], exported["landmarks"][A_POINT]["y_px"]], points[A_POINT]
+    )
+    with page.expect_download() as info:
+        page.click("#export-csv")
+    rows = Path(info.value.path()).read_text().splitlines()
+    assert len(rows) == K + 1 and rows[1 + A_POINT].startswith("ceph.png,subspinale,")
+
+    # a fine move with the keyboard: the selected landmark, one pixel
+    x_before = float(text(page, f"#lm-row-{A_POINT} .x"))
+    page.keyboard.press("ArrowRight")
+    assert float(text(page, f"#lm-row-{A_POINT} .x")) == pytest.approx(x_before + 1, abs=0.051)
+    assert errors == []
+
+
+def test_upload_from_the_browser(browser, server, setup):
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(f"{server['url']}/review")
+    page.wait_for_selector("body[data-state=idle]")
+    page.set_input_files("#upload", str(setup["upload"]))
+    page.wait_for_selector("body[data-state=ready]")
+    assert page.locator("#canvas .lm").count() == K
+    assert text(page, "#image-info").startswith("upload.png: 384×480 px, 0.5 mm/px")
+    assert page.locator("#save").is_disabled()  # nowhere to save an upload: export only
+    assert text(page, "#m-MW .value") != "—"  # the spacing is known: MW in mm
