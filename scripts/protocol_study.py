@@ -181,6 +181,14 @@ def markdown(rows: list[dict], tests: dict, choice: dict) -> str:
         "`docs/protocol/runs/` (`docs/protocol.json` holds every figure). Final decoding variant "
         "(shape-consistent + refiner where trained); mean ± SD over seeds (no SD: one seed).",
         "",
+        "The protocols (`data.gt`, the only setting that differs; `profiles.yaml`): **senior**, "
+        "the official annotation of 001-300 (the literature's protocol); **mean**, the mean of both "
+        "doctors; **doctors**, each training draw labelled with one doctor's annotation at random "
+        "(their disagreement as label noise, at the same compute). Every model is scored on its "
+        "validation images, Test1 and Test2 against the challenge's official ground truth and "
+        "against the mean of both doctors. The protocol is chosen on validation against the mean "
+        "of both doctors only; Test1 and Test2 are read once per reported model.",
+        "",
         f"**Chosen on validation:** {choice['chosen']} ({choice['why']}).",
         "",
         head,

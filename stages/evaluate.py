@@ -118,6 +118,23 @@ def set_block(results: dict) -> dict:
     return block
 
 
+SUMMARY_KEYS = ("mre_mm", "sdr_2mm", "sdr_4mm", "max_mm", "n_over_15mm")
+
+
+def summary(out: dict) -> dict:
+    """The dozen figures a reader compares, per set: the final variant against the official
+    ground truth and the mean of both doctors, and the coarse + shape-consistent variant (the
+    network without the refiner) against the official one."""
+    figures = {}
+    for name, block in out.items():
+        s = {"official": {k: block["official"][k] for k in SUMMARY_KEYS}}
+        s["mean"] = {k: block["mean"][k] for k in ("mre_mm", "sdr_2mm")}
+        if "shape" in block["variants"]:
+            s["shape_official"] = {"mre_mm": block["variants"]["shape"]["mre_mm"]}
+        figures[name] = s
+    return figures
+
+
 def write_predictions(folder: Path, name: str, results: dict) -> None:
     """Every variant's landmarks (original px) and confidences of one set, and its per-image
     errors against the official ground truth and the mean of both doctors (paired tests)."""
@@ -149,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--coarse-per-image", type=Path, help="CSV of the coarse (arg-max) variant's errors")
     parser.add_argument("--sets-dir", type=Path, help="folder for every set's predictions in every variant")
+    parser.add_argument(
+        "--summary", type=Path, help="the headline figures of every set (dvc exp show's columns)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     return parser
@@ -209,6 +229,8 @@ def main() -> None:
                 write_predictions(args.sets_dir, name, results)
         write_primary(args, all_results[primary])
         write_json(args.out, {**out, "seconds": time.perf_counter() - t0})
+        if args.summary:
+            write_json(args.summary, summary(out))
         run.log_metrics({k: v for k, v in flatten(json.loads(args.out.read_text())).items()})
         for path in (args.out, args.per_image):
             if path:

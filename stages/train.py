@@ -90,7 +90,12 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, help="distill: the teacher's checkpoint")
     parser.add_argument("--sparsity-pct", type=int, help="prune: %% of the channels removed")
     parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--state-dir", required=True, type=Path, help="resume state (persisted)")
+    parser.add_argument(
+        "--state-dir",
+        required=True,
+        type=Path,
+        help="resume state (scratch: kept between runs, no DVC output)",
+    )
     parser.add_argument("--history", required=True, type=Path, help="per-epoch CSV (DVC plot)")
     parser.add_argument("--grad-flow", required=True, type=Path, help="gradient-flow plot (PNG)")
     parser.add_argument("--metrics", required=True, type=Path)

@@ -163,11 +163,12 @@ def test_undecodable_files(tmp_path):
 
 
 def isbi_layout(root, senior_lines: list[str], width: int = 64, height: int = 48):
-    """One image (001.png, ``width`` x ``height``) and its two annotation files."""
+    """One image (001.png, ``width`` x ``height``), its two doctors' annotation files and the
+    official ground truth (the senior's, as on ISBI 001-300)."""
     (root / "RawImage" / "TrainingData").mkdir(parents=True)
     assert cv2.imwrite(str(root / "RawImage" / "TrainingData" / "001.png"), noise(height, width))
     inside = [f"{i},{2 * i}" for i in range(19)]
-    for who, lines in (("senior", senior_lines), ("junior", inside)):
+    for who, lines in (("senior", senior_lines), ("junior", inside), ("challenge", senior_lines)):
         (root / "AnnotationsByMD" / f"400_{who}").mkdir(parents=True)
         (root / "AnnotationsByMD" / f"400_{who}" / "001.txt").write_text("\n".join(lines) + "\n")
     return root

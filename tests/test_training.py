@@ -80,6 +80,7 @@ def _prepared(n: int, seed: int) -> PreparedSet:
         spacing=np.full(n, 0.1),
         senior_orig=landmarks + 1.0,
         junior_orig=landmarks - 1.0,
+        official_orig=landmarks.copy(),
     )
 
 

@@ -64,7 +64,7 @@ HIGHER_IS_BETTER = {"val_mre_mm": False, "val_sdr_2mm": True, "val_loss": False}
 @dataclasses.dataclass
 class StageOutputs:
     checkpoint: Path  # the stage's model checkpoint (best or averaged)
-    state_dir: Path  # resume state and per-epoch weights (a DVC ``persist`` output)
+    state_dir: Path  # resume state and per-epoch weights (scratch, no DVC output: data/runs/)
     history: Path  # per-epoch CSV (DVC plots)
     grad_flow: Path  # gradient-flow plot of the last epoch (PNG)
 
