@@ -78,6 +78,21 @@ def test_predict_jpeg_and_dicom(checkpoint, tmp_path):
     assert len(csv) == 2 * K and set(csv.landmark) == set(LANDMARK_NAMES)
 
 
+def test_a_model_trained_on_synthetic_images_is_flagged(checkpoint, onnx_model, tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "a.png"), xray(3))
+    for model in (checkpoint, onnx_model):  # the card travels into the ONNX file
+        assert (
+            main(["predict", str(tmp_path / "a.png"), "--model", str(model), "--out", str(tmp_path / "o")])
+            == 0
+        )
+        err = capsys.readouterr().err
+        assert f"warning: {model}: trained on synthetic images" in err
+    real = tiny_unet_checkpoint(tmp_path / "real.pt", (64, 48), {"data": {"dataset": "isbi2015", "root": "x",
+                                "train_split": "T", "gt": "mean", "val_fraction": 0.1}})  # fmt: skip
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(real), "--out", str(tmp_path / "o")]) == 0
+    assert "synthetic" not in capsys.readouterr().err
+
+
 def test_pixel_spacing_option_wins(checkpoint, tmp_path):
     write_dicom(tmp_path / "b.dcm", xray(2).astype(np.uint16) * 257, PixelSpacing=[0.1, 0.1])
     out = tmp_path / "out"

@@ -44,6 +44,18 @@ def card_meta(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def synthetic_warning(card: ModelCard) -> str | None:
+    """A one-line warning when ``card`` says its model was trained on synthetic images (the
+    ``dvc repro`` default), whose landmarks on real X-rays mean nothing; else None."""
+    if not (card.training_data or "").startswith("synthetic"):
+        return None
+    return (
+        f"warning: {card.file}: trained on synthetic images ({card.training_data}); its landmarks on "
+        "real X-rays are not meaningful. Use the released model (mahtnet predict without --model) "
+        "or one trained on real data (scripts/run_profile.py)"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelCard:
     """Who made a prediction: the model file and what it expects."""

@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mahtnet.calibration import ErrorCalibration
+from mahtnet.card import synthetic_warning
 from mahtnet.data.images import XRay, read_xray
 from mahtnet.io import write_text
 from mahtnet.predict import Prediction, Refinement, isbi_text, load_backend, predict_xrays, to_json
@@ -34,6 +35,9 @@ class PredictRun:
             raise ValueError(f"--batch-size: must be at least 1, got {args.batch_size}")
         self.args = args
         self.backend = load_backend(args.model, args.device, args.threads)
+        warning = synthetic_warning(self.backend.card)
+        if warning:
+            print(warning, file=sys.stderr)
         self.prior = ShapePrior.load(args.shape_prior) if args.shape_prior else None
         self.refiner = Refinement(args.refiner, args.device) if args.refiner else None
         self.calibration = self._calibration(args.calibration)
