@@ -35,7 +35,9 @@ WRAPPED = {
 def predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="landmarks of new X-rays (JPEG, PNG, BMP, TIFF, DICOM)")
     p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (walked recursively)")
-    p.add_argument("--model", required=True, type=Path, help="a checkpoint (.pt) or an exported .onnx")
+    p.add_argument(
+        "--model", type=Path, help="a checkpoint (.pt) or an exported .onnx (default: the released model)"
+    )
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     p.add_argument("--pixel-spacing", type=float, help="mm per pixel; wins over the file's own (DICOM)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -85,6 +87,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from mahtnet.release import use_release
+
+    use_release(args)
     if args.command == "serve":
         from mahtnet.serve.server import run_serve
 

@@ -11,7 +11,9 @@ from pathlib import Path
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="HTTP inference service and review page (docs/serve.md)")
     # the model options of `mahtnet predict`
-    p.add_argument("--model", required=True, type=Path, help="a checkpoint (.pt) or an exported .onnx")
+    p.add_argument(
+        "--model", type=Path, help="a checkpoint (.pt) or an exported .onnx (default: the released model)"
+    )
     p.add_argument("--pixel-spacing", type=float, help="mm per pixel; wins over the file's own (DICOM)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument(

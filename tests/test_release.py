@@ -1,0 +1,55 @@
+"""The released model: ``mahtnet predict`` without ``--model`` uses it, its card matches its files."""
+
+import argparse
+import json
+
+import pytest
+
+import mahtnet.release as release
+from mahtnet.card import sha256
+from mahtnet.cli import main
+
+
+def _args(**kw):
+    return argparse.Namespace(**({"model": None, "shape_prior": None, "refiner": None} | kw))
+
+
+def test_without_a_release_the_error_names_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(release, "RELEASE_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no released model.*maht_net.onnx.*give --model"):
+        release.use_release(_args())
+    given = _args(model=tmp_path / "mine.pt")
+    release.use_release(given)  # an explicit model: the release is not looked at
+    assert given.model == tmp_path / "mine.pt" and given.refiner is None
+
+
+def test_the_release_fills_in_what_the_command_does_not_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(release, "RELEASE_DIR", tmp_path)
+    for name in release.FILES:
+        (tmp_path / name).write_bytes(b"x")
+    args = _args(refiner=tmp_path / "my_refiner.pt")
+    release.use_release(args)
+    assert args.model == tmp_path / "maht_net.onnx" and args.shape_prior == tmp_path / "shape_prior.npz"
+    assert args.refiner == tmp_path / "my_refiner.pt"
+
+
+shipped = pytest.mark.skipif(not release.CARD.is_file(), reason="no released model in this checkout")
+
+
+@shipped
+def test_the_card_lists_the_shipped_files():
+    card = json.loads(release.CARD.read_text())
+    for name in release.FILES:
+        assert sha256(release.RELEASE_DIR / name) == card["files"][name]["sha256"], name
+    assert {"test1", "test2"} <= set(card["scores"]) and "not a medical device" in card["intended_use"]
+
+
+@shipped
+def test_predict_an_isbi_test2_image_without_model(isbi_root, tmp_path, capsys):
+    image = isbi_root / "RawImage" / "Test2Data" / "301.jpg"
+    out = tmp_path / "out"
+    assert main(["predict", str(image), "--pixel-spacing", "0.1", "--out", str(out), "--no-overlay"]) == 0
+    doc = json.loads((out / "301.json").read_text())
+    assert doc["decoding"] == "refined" and len(doc["landmarks"]) == 19
+    assert doc["model"]["sha256"] == json.loads(release.CARD.read_text())["files"]["maht_net.onnx"]["sha256"]
+    assert "synthetic" not in capsys.readouterr().err
