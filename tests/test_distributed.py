@@ -80,7 +80,7 @@ def launch(ws: Path, launcher: list[str]) -> subprocess.Popen:
 
 
 def node_launchers(port: int, run_id: str) -> list[list[str]]:
-    """The README's multi-node command for two nodes on loopback, one process each."""
+    """The multi-node command of docs/team.md for two nodes on loopback, one process each."""
     common = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
     common += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id, "--local-addr", "127.0.0.1"]
     return [[*common, "--node-rank", str(rank)] for rank in (0, 1)]
