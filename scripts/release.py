@@ -7,7 +7,8 @@ scores the shipped files through ``mahtnet predict``'s own code path on Test1 an
 spacing) and writes the model card ``card.json`` beside them. ``check`` scores the shipped
 files again and compares every figure and checksum with the card.
 
-    python scripts/release.py build --rev isbi-mean-s42      # rebuild from that experiment
+    python scripts/release.py build --profile isbi-mean      # train (the profile, seed 42), then build
+    python scripts/release.py build --rev isbi-mean-s42      # rebuild from a finished experiment
     python scripts/release.py check                          # the card against the shipped files
 
 Both read the ISBI data at ``--data-root`` (default ``../shared/datasets/isbi2015``).
@@ -112,6 +113,16 @@ def experiment_record(rev: str) -> dict:
     }
 
 
+def train(profile: str, seed: int) -> str:
+    """Run the profile's MAHT-Net as a DVC experiment (up to its evaluation); its name."""
+    import subprocess
+
+    name = f"release-{profile}-s{seed}"
+    cmd = [sys.executable, "scripts/run_profile.py", profile, "-n", name, "-S", f"seed={seed}"]
+    subprocess.run([*cmd, "--temp", "--target", "evaluate@maht_net"], check=True)
+    return name
+
+
 def build(rev: str, data_root: Path) -> None:
     from mahtnet.export import export_onnx
 
@@ -174,7 +185,10 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="the release from a finished ISBI experiment")
-    b.add_argument("--rev", required=True, help="the DVC experiment (or commit) whose MAHT-Net is released")
+    source = b.add_mutually_exclusive_group(required=True)
+    source.add_argument("--rev", help="the DVC experiment (or commit) whose MAHT-Net is released")
+    source.add_argument("--profile", help="train this profile first (profiles.yaml), then release it")
+    b.add_argument("--seed", type=int, default=42, help="with --profile")
     c = sub.add_parser("check", help="the card against the shipped files")
     for p in (b, c):
         p.add_argument("--data-root", type=Path, default=Path("../shared/datasets/isbi2015"))
@@ -182,7 +196,7 @@ def main() -> None:
     args.data_root = args.data_root.resolve()
     os.chdir(REPO)  # the build folder and the paths recorded in the ONNX metadata are relative to it
     if args.command == "build":
-        build(args.rev, args.data_root)
+        build(args.rev or train(args.profile, args.seed), args.data_root)
     else:
         sys.exit(check(args.data_root))
 

@@ -5,6 +5,7 @@ of a dozen ``-S`` flags.
     python scripts/run_profile.py isbi-senior             # dvc exp run -n isbi-senior -S ...
     python scripts/run_profile.py isbi-senior --print     # print the command only
     python scripts/run_profile.py isbi-senior --queue -S seed=1 -n isbi-senior-seed1
+    python scripts/run_profile.py isbi-mean --temp --target evaluate@maht_net   # MAHT-Net only
 
 Extra ``-S key=value`` settings follow the profile's, so they win.
 """
@@ -28,11 +29,13 @@ def command(name: str, settings: dict[str, object], args: argparse.Namespace) ->
     cmd = ["dvc", "exp", "run", "-n", args.name or name]
     if args.queue:
         cmd.append("--queue")
+    if args.temp:
+        cmd.append("--temp")
     for key, value in settings.items():
         cmd += ["-S", f"{key}={yaml_value(value)}"]
     for extra in args.set:
         cmd += ["-S", extra]
-    return cmd
+    return cmd + args.target
 
 
 def main() -> None:
@@ -46,6 +49,12 @@ def main() -> None:
         "-S", "--set", action="append", default=[], help="extra key=value (after the profile's)"
     )
     parser.add_argument("-n", "--name", help="experiment name (default: the profile's)")
+    parser.add_argument(
+        "--temp", action="store_true", help="run in a temporary copy (keep working meanwhile)"
+    )
+    parser.add_argument(
+        "--target", action="append", default=[], help="stop at this stage (e.g. evaluate@maht_net)"
+    )
     args = parser.parse_args()
     profiles = load_profiles(REPO / "profiles.yaml", REPO)
     if args.profile is None:

@@ -47,4 +47,22 @@ def test_profile_script_prints_the_dvc_command_with_extra_settings_last():
     cmd = result.stdout.split()
     assert cmd[:5] == ["dvc", "exp", "run", "-n", "isbi-senior"]
     assert "data.gt=senior" in cmd and cmd[-2:] == ["-S", "seed=7"]
+    temp = subprocess.run(
+        [
+            sys.executable,
+            "scripts/run_profile.py",
+            "isbi-mean",
+            "--print",
+            "--temp",
+            "--target",
+            "evaluate@maht_net",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    assert (
+        "--temp" in temp and temp[-1] == "evaluate@maht_net" and "data.extra_test_splits=[Test2Data]" in temp
+    )
     assert yaml_value(False) == "false" and yaml_value([0.95, 1.05]) == "[0.95, 1.05]"
