@@ -29,7 +29,7 @@ import yaml
 
 from mahtnet.card import sha256
 from mahtnet.data.images import read_xray
-from mahtnet.data.isbi import list_split
+from mahtnet.data.isbi import ground_truth, list_split
 from mahtnet.data.preprocess import split_key
 from mahtnet.io import write_json
 from mahtnet.metrics import gross_errors, radial_errors_mm, summarize
@@ -79,7 +79,7 @@ def score(release: Path, data_root: Path) -> dict[str, dict]:
         block = {"images": len(samples), "seconds_per_image": (time.perf_counter() - t0) / len(samples)}
         for gt, points in (
             ("official", [s.official for s in samples]),
-            ("mean", [(s.senior + s.junior) / 2 for s in samples]),
+            ("mean", [ground_truth(s.senior, s.junior, "mean") for s in samples]),
         ):
             errors = radial_errors_mm(pred, np.stack(points), spacing)
             block[gt] = summarize(errors, (2.0, 2.5, 3.0, 4.0)) | gross_errors(errors)
