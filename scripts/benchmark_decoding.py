@@ -30,15 +30,18 @@ sys.path.insert(0, str(ROOT / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mahtnet.card import ModelCard  # noqa: E402
 from mahtnet.codec import HeatmapCodec  # noqa: E402
+from mahtnet.data.fine import FineSet  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.data.synthetic import load_shape_model, sample_landmarks  # noqa: E402
-from mahtnet.inference import predict  # noqa: E402
+from mahtnet.decoding import LandmarkReader, TorchBackend, TorchRefiner  # noqa: E402
+from mahtnet.decoding.shape import ShapePrior  # noqa: E402
+from mahtnet.decoding.tta import tta_transforms  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
+from mahtnet.landmarks import LANDMARK_NAMES  # noqa: E402
 from mahtnet.models.unet import UNet  # noqa: E402
-from mahtnet.refine import FineSet, build_refiner, patch_codec, refine_points  # noqa: E402
-from mahtnet.shape_decode import ShapePrior, prepared_to_mm, shape_consistent_decode  # noqa: E402
-from mahtnet.tta import predict_tta, tta_transforms  # noqa: E402
+from mahtnet.refine import build_refiner  # noqa: E402
 
 H, W, K = 320, 256, 19
 
@@ -93,25 +96,27 @@ def main() -> None:
     shape_model = load_shape_model()
     prior = ShapePrior.fit(np.stack([sample_landmarks(rng, shape_model) for _ in range(150)]))
 
-    def shape_decode(logs, index):
-        return shape_consistent_decode(logs, codec, prior, prepared_to_mm(prepared, index))[0]
+    backend = TorchBackend.from_module(model, "logits", codec, cpu)
+    card = ModelCard(
+        "(random)", "", "pytorch", "refiner", (64, 64), 2.0, 1, tuple(LANDMARK_NAMES), None, "refiner", 0.3
+    )
+    refine = TorchRefiner.from_module(refiner, card, cpu)
 
-    def coarse(decode=None):
-        return predict(model, prepared.images, codec, "logits", cpu, 1, decode=decode)[0]
+    def read(**options):
+        return LandmarkReader(backend, batch_size=1, **options).read_prepared(prepared, fine).final
 
     cases = {
-        "coarse": coarse,
-        "shape": lambda: coarse(shape_decode),
-        "refine": lambda: refine_points(
-            refiner, fine, prepared.to_original(coarse()), 64, patch_codec(64, 2.0), cpu
+        "coarse": read,
+        "shape": lambda: read(prior=prior),
+        "refine": lambda: read(refiner=refine),
+        "tta_5": lambda: read(transforms=tta_transforms([2], [])),
+        "tta_9": lambda: read(transforms=tta_transforms([2, 4], [])),
+        "ensemble_2": lambda: (
+            read(),
+            LandmarkReader(TorchBackend.from_module(model_b, "logits", codec, cpu))
+            .read_prepared(prepared)
+            .final,
         ),
-        "tta_5": lambda: predict_tta(
-            model, prepared.images, codec, "logits", cpu, tta_transforms([2], []), 1
-        ),
-        "tta_9": lambda: predict_tta(
-            model, prepared.images, codec, "logits", cpu, tta_transforms([2, 4], []), 1
-        ),
-        "ensemble_2": lambda: (coarse(), predict(model_b, prepared.images, codec, "logits", cpu, 1)),
     }
     ms = {name: median_ms(fn, args.repeats) for name, fn in cases.items()}
     result = {

@@ -1,7 +1,8 @@
 """The released model: what ``mahtnet predict`` and ``mahtnet serve`` use without ``--model``.
 
 ``build`` takes the MAHT-Net of one finished ISBI experiment (coarse network, shape prior,
-refiner), exports the coarse network to ONNX, copies the rest into ``src/mahtnet/release/``,
+refiner), exports both networks to ONNX, copies them and the shape prior into
+``src/mahtnet/release/`` (so the released pipeline runs on onnxruntime without PyTorch),
 scores the shipped files through ``mahtnet predict``'s own code path on Test1 and Test2
 (official ground truth and mean of both doctors; ``--pixel-spacing`` 0.1 mm, the ISBI
 spacing) and writes the model card ``card.json`` beside them. ``check`` scores the shipped
@@ -31,11 +32,12 @@ from mahtnet.card import sha256
 from mahtnet.data.images import read_xray
 from mahtnet.data.isbi import ground_truth, list_split
 from mahtnet.data.preprocess import split_key
+from mahtnet.decoding import LandmarkReader, load_backend, load_refiner
+from mahtnet.decoding.shape import ShapePrior
 from mahtnet.io import write_json
 from mahtnet.metrics import gross_errors, radial_errors_mm, summarize
-from mahtnet.predict import Refinement, load_backend, predict_xrays
+from mahtnet.predict import predict_xrays
 from mahtnet.release import CARD, FILES, RELEASE_DIR
-from mahtnet.shape_decode import ShapePrior
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("Test1Data", "Test2Data")
@@ -44,7 +46,7 @@ TOLERANCE_MM = 1e-3  # floating-point kernels differ between CPUs; a figure furt
 SOURCES = {  # shipped file <- the experiment's output
     "maht_net.onnx": "data/models/stage3.pt",
     "shape_prior.npz": "data/models/shape_prior.npz",
-    "refiner.pt": "data/models/refine_maht_net.pt",
+    "refiner.onnx": "data/models/refine_maht_net.pt",
 }
 
 
@@ -67,13 +69,13 @@ def score(release: Path, data_root: Path) -> dict[str, dict]:
     through ``mahtnet predict``'s code: scores against the official ground truth and the mean."""
     backend = load_backend(release / "maht_net.onnx", "cpu", threads=2)
     prior = ShapePrior.load(release / "shape_prior.npz")
-    refiner = Refinement(release / "refiner.pt", "cpu")
+    reader = LandmarkReader(backend, prior, load_refiner(release / "refiner.onnx", "cpu", threads=2))
     out = {}
     for split in SPLITS:
         samples = list_split(data_root, split, "mean", "isbi2015")
         t0, pred = time.perf_counter(), []
         for s in samples:
-            p = predict_xrays(backend, [read_xray(s.image_path)], ISBI_SPACING_MM, prior, refiner)[0]
+            p = predict_xrays(reader, [read_xray(s.image_path)], ISBI_SPACING_MM)[0]
             pred.append(p.landmarks)
         pred, spacing = np.stack(pred), np.full(len(samples), ISBI_SPACING_MM)
         block = {"images": len(samples), "seconds_per_image": (time.perf_counter() - t0) / len(samples)}
@@ -124,14 +126,14 @@ def train(profile: str, seed: int) -> str:
 
 
 def build(rev: str, data_root: Path) -> None:
-    from mahtnet.export import export_onnx
+    from mahtnet.export import export_onnx, export_refiner_onnx
 
     build_dir = Path("data/release_build")  # relative: the ONNX metadata records this path
     files = fetch(rev, build_dir)
     RELEASE_DIR.mkdir(parents=True, exist_ok=True)
     export_onnx(files["maht_net.onnx"], RELEASE_DIR / "maht_net.onnx")
-    for name in ("shape_prior.npz", "refiner.pt"):
-        shutil.copyfile(files[name], RELEASE_DIR / name)
+    export_refiner_onnx(files["refiner.onnx"], RELEASE_DIR / "refiner.onnx")
+    shutil.copyfile(files["shape_prior.npz"], RELEASE_DIR / "shape_prior.npz")
     card = {
         "name": "MAHT-Net, ISBI 2015 release",
         "intended_use": (
@@ -144,8 +146,8 @@ def build(rev: str, data_root: Path) -> None:
             "organisers for research use; cite the paper when reporting results."
         ),
         "pipeline": (
-            "ONNX coarse network + shape-consistent decoding + refiner (PyTorch); the last two need "
-            "the pixel spacing (DICOM, or --pixel-spacing)"
+            "ONNX coarse network + shape-consistent decoding + ONNX refiner (onnxruntime, no PyTorch); "
+            "the last two need the pixel spacing (DICOM, or --pixel-spacing)"
         ),
         "training": experiment_record(rev),
         "files": {

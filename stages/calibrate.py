@@ -1,13 +1,17 @@
-"""Stage: calibrate a model's confidence into an expected radial error (mm): an isotonic map
-fitted on the validation images, checked on the test images (reliability, calibration error,
-per-landmark correlation, the low-confidence flag)::
+"""Stage: calibrate a model's confidence into an expected radial error (mm), on the landmarks
+``mahtnet predict`` emits with the same files (shape decoding with ``--shape-prior``, the
+refiner with ``--refiner`` and ``--fine``): an isotonic map fitted on the validation images
+(per landmark where there are enough of them, else pooled), cross-validated on them against a
+constant guess, and checked on the test images (reliability, calibration error, per-landmark
+correlation, the low-confidence flag). Errors are against the dataset's official ground truth::
 
-    python stages/calibrate.py --checkpoint data/models/stage3.pt --val data/prepared/val.npz \\
+    python stages/calibrate.py --checkpoint data/models/stage3.pt --shape-prior data/models/shape_prior.npz \\
+        --refiner data/models/refine_maht_net.pt --fine data/fine --val data/prepared/val.npz \\
         --test data/prepared/test.npz --out data/models/calibration_maht_net.json \\
         --metrics metrics/calibration_maht_net.json --plot plots/calibration/maht_net.png
 
-``mahtnet predict --calibration data/models/calibration_maht_net.json`` then reports the
-expected error of every landmark.
+``mahtnet predict --calibration data/models/calibration_maht_net.json`` (with the same shape
+prior and refiner) then reports the expected error of every landmark.
 """
 
 import argparse
@@ -16,22 +20,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mahtnet.calibration import ErrorCalibration, flagged, per_landmark_spearman, reliability  # noqa: E402
+from mahtnet.calibration import (  # noqa: E402
+    cross_validated,
+    fit_calibration,
+    flagged,
+    per_landmark_spearman,
+    reliability,
+)
 from mahtnet.config import load_params  # noqa: E402
+from mahtnet.data.fine import FineSet  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.decoding import LandmarkReader, TorchBackend, load_refiner  # noqa: E402
+from mahtnet.decoding.shape import ShapePrior  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.export import decode_with_confidence  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.metrics import radial_errors_mm  # noqa: E402
 from mahtnet.plots import plot_reliability  # noqa: E402
-from mahtnet.predict import LOW_CONFIDENCE, TorchBackend  # noqa: E402
+from mahtnet.predict import DECODING_NAMES, LOW_CONFIDENCE  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
 
-def errors_and_confidence(backend, path: Path):
+def errors_and_confidence(reader: LandmarkReader, path: Path, fine_dir: Path | None):
+    """The official-ground-truth errors ``(N, K)`` mm of the reader's final landmarks on a
+    prepared split, and their confidence."""
     data = PreparedSet.load(path)
-    pred, conf = decode_with_confidence(backend, data)
-    return radial_errors_mm(pred, data.landmarks_orig, data.spacing), conf
+    fine = FineSet.load(fine_dir / path.name) if reader.refiner is not None else None
+    out = reader.read_prepared(data, fine)
+    return radial_errors_mm(out.final, data.official_orig, data.spacing), out.confidence
 
 
 def main() -> None:
@@ -39,6 +54,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--shape-prior", type=Path, help="shape_prior stage model (as predict gets it)")
+    parser.add_argument("--refiner", type=Path, help="train_refine checkpoint (as predict gets it)")
+    parser.add_argument("--fine", type=Path, help="prepare_fine folder (with --refiner)")
     parser.add_argument("--val", required=True, type=Path, help="validation split: the fit")
     parser.add_argument("--test", required=True, type=Path, help="test split: the check")
     parser.add_argument("--out", required=True, type=Path, help="the calibration (JSON)")
@@ -46,20 +64,30 @@ def main() -> None:
     parser.add_argument("--plot", required=True, type=Path)
     args = parser.parse_args()
     params = load_params()
+    if args.refiner and not args.fine:
+        raise SystemExit("--refiner needs --fine (the prepare_fine folder)")
     backend = TorchBackend(args.checkpoint, params.train.device)
+    prior = ShapePrior.load(args.shape_prior) if args.shape_prior else None
+    refiner = load_refiner(args.refiner, params.train.device) if args.refiner else None
+    reader = LandmarkReader(backend, prior, refiner)
     card = backend.card.to_dict()
     model = {
         k: card[k]
         for k in ("architecture", "input_size", "sigma", "stride", "landmark_names", "training_data")
     }
-    val_err, val_conf = errors_and_confidence(backend, args.val)
-    test_err, test_conf = errors_and_confidence(backend, args.test)
-    cal = ErrorCalibration.fit(val_conf, val_err, model | {"checkpoint": str(args.checkpoint)})
+    decoding = DECODING_NAMES[reader.variants()[-1]]
+    val_err, val_conf = errors_and_confidence(reader, args.val, args.fine)
+    test_err, test_conf = errors_and_confidence(reader, args.test, args.fine)
+    fitted_for = model | {"checkpoint": str(args.checkpoint), "decoding": decoding}
+    cal = fit_calibration(val_conf, val_err, fitted_for)
     write_json(args.out, cal.to_dict())
     expected = cal.expected_error(test_conf)
     rel = reliability(expected, test_err)
     summary = {
+        "decoding": decoding,
         "fitted_on": f"{val_err.size} validation landmarks ({val_err.shape[0]} images)",
+        "per_landmark": cal.per_landmark is not None,
+        "validation_cross_validated": cross_validated(val_conf, val_err),
         "test_landmarks": int(test_err.size),
         "calibration_error_mm": rel["calibration_error_mm"],
         # per landmark: |expected - observed|, against a constant guess (the validation MRE)

@@ -38,17 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.checkpoint import load_checkpoint  # noqa: E402
 from mahtnet.config import flatten, load_params, to_dict  # noqa: E402
+from mahtnet.data.fine import FineSet, prepare_fine  # noqa: E402
 from mahtnet.data.isbi import list_split  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet, prepare, split_key  # noqa: E402
+from mahtnet.decoding import load_refiner  # noqa: E402
+from mahtnet.decoding.shape import ShapePrior  # noqa: E402
+from mahtnet.decoding.tta import tta_transforms  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.evaluate import Decoding, evaluate_variants, write_csv  # noqa: E402
 from mahtnet.explain import attention_figures  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
-from mahtnet.refine import FineSet, prepare_fine  # noqa: E402
-from mahtnet.refine_train import load_refiner  # noqa: E402
-from mahtnet.shape_decode import ShapePrior  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
-from mahtnet.tta import tta_transforms  # noqa: E402
 
 
 def prepared_sets(args: argparse.Namespace, params) -> dict[str, tuple[Path, Path | None]]:
@@ -88,11 +88,11 @@ def decoding(args: argparse.Namespace, params, samples: list | None, fine: Path 
     if e.tta_shifts_px or e.tta_scales:
         how.transforms = tta_transforms(e.tta_shifts_px, e.tta_scales)
     if args.refiner:
-        how.refiner = load_refiner(args.refiner)
+        how.refiner = load_refiner(args.refiner, args.device)
         if fine:
             how.fine = FineSet.load(fine)
         elif samples is not None:
-            how.fine = prepare_fine(samples, how.refiner[1]["spacing_mm"])
+            how.fine = prepare_fine(samples, how.refiner.card.spacing_mm)
         else:
             raise SystemExit("--refiner with --prepared needs --fine (the prepare_fine stage's split)")
     return how

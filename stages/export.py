@@ -1,8 +1,11 @@
 """Stage: export each trained model to ONNX (``<out-dir>/<name>.onnx``) and measure it against
 PyTorch on the prepared test split: the largest and mean landmark difference in original
-pixels, each MRE, and the network latency at batch 1 (1 and 2 threads)::
+pixels, each MRE, and the network latency at batch 1 (1 and 2 threads). Each ``--refiner
+NAME=CHECKPOINT`` (the refiner of model NAME) goes to ``<out-dir>/refine_<NAME>.onnx``, its
+parity measured from the same coarse landmarks on the fine-resolution test split (``--fine``)::
 
     python stages/export.py --model maht_net=data/models/stage3.pt --model baseline=data/models/baseline.pt \\
+        --refiner maht_net=data/models/refine_maht_net.pt --fine data/fine/test.npz \\
         --prepared data/prepared/test.npz --out-dir data/models --metrics metrics/export.json
 """
 
@@ -13,9 +16,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.config import load_params  # noqa: E402
+from mahtnet.data.fine import FineSet  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.export import OPSET, export_onnx, named_path, parity  # noqa: E402
+from mahtnet.export import (  # noqa: E402
+    OPSET,
+    export_onnx,
+    export_refiner_onnx,
+    named_path,
+    parity,
+    refiner_parity,
+)
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.model_registry import log_onnx_export  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
@@ -26,7 +37,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", required=True, type=named_path, action="append", help="NAME=CHECKPOINT")
+    parser.add_argument(
+        "--refiner", type=named_path, action="append", default=[], help="NAME=REFINER_CHECKPOINT"
+    )
     parser.add_argument("--prepared", required=True, type=Path, help="the test split (test.npz)")
+    parser.add_argument("--fine", type=Path, help="the fine-resolution test split (with --refiner)")
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--metrics", required=True, type=Path)
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per latency figure")
@@ -51,6 +66,18 @@ def main() -> None:
             f"PyTorch {lat['pytorch_1_threads_ms']:.1f} / {lat['pytorch_2_threads_ms']:.1f} ms, onnxruntime "
             f"{lat['onnxruntime_1_threads_ms']:.1f} / {lat['onnxruntime_2_threads_ms']:.1f} ms "
             "(1 / 2 threads)"
+        )
+    models = dict(args.model)
+    for name, checkpoint in args.refiner:
+        if name not in models or args.fine is None:
+            raise SystemExit(f"--refiner {name}=...: needs --model {name}=... and --fine")
+        onnx_path = export_refiner_onnx(checkpoint, args.out_dir / f"refine_{name}.onnx")
+        s = summary[f"refine_{name}"] = refiner_parity(
+            checkpoint, onnx_path, models[name], data, FineSet.load(args.fine)
+        )
+        print(
+            f"refine_{name}: {onnx_path} ({s['onnx_mb']:.1f} MB), max diff {s['max_diff_px']:.4f} px, "
+            f"refined MRE {s['mre_mm_pytorch']:.4f} (PyTorch) / {s['mre_mm_onnx']:.4f} mm (ONNX)"
         )
     write_json(args.metrics, summary)
 

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mahtnet.codec import HeatmapCodec, encode_set  # noqa: E402
 from mahtnet.config import load_params, to_dict  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.decoding.reader import read_peaks  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.io import atomic_write, write_json  # noqa: E402
 from mahtnet.plots import plot_targets  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
             for split in ("train", "val"):
                 data = PreparedSet.load(args.prepared / f"{split}.npz")
                 targets, visible = encode_set(codec, data.landmarks)
-                decoded, _ = codec.decode(targets.astype(np.float32))
+                decoded, _ = read_peaks(targets.astype(np.float32), codec, is_log=False)
                 errors.append(np.linalg.norm(decoded - data.landmarks, axis=-1)[visible])
                 if split == "train" and codec is codecs[-1]:
                     n = min(3, len(data))

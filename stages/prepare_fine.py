@@ -11,9 +11,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.config import load_params, to_dict  # noqa: E402
+from mahtnet.data.fine import prepare_fine  # noqa: E402
 from mahtnet.data.preprocess import prepare_splits  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.refine import prepare_fine  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
 

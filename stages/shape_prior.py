@@ -1,5 +1,5 @@
 """Stage: the statistical shape model of the training annotations (Procrustes + PCA, in mm)
-that shape-consistent decoding scores heatmap peaks with (:mod:`mahtnet.shape_decode`)."""
+that shape-consistent decoding scores heatmap peaks with (:mod:`mahtnet.decoding.shape`)."""
 
 import argparse
 import sys
@@ -10,10 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.config import load_params  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
+from mahtnet.decoding.shape import fit_prior_from_prepared  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.landmarks import LANDMARK_NAMES  # noqa: E402
-from mahtnet.shape_decode import fit_prior_from_prepared  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 
 

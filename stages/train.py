@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mahtnet.codec import HeatmapCodec  # noqa: E402
 from mahtnet.config import PRUNE_STAGE, STAGES, STUDENT_STAGES, load_params, to_dict  # noqa: E402
+from mahtnet.data.fine import FineSet  # noqa: E402
 from mahtnet.data.preprocess import PreparedSet  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
 from mahtnet.io import write_json  # noqa: E402
 from mahtnet.model_registry import log_stage_model  # noqa: E402
-from mahtnet.refine import FineSet  # noqa: E402
 from mahtnet.refine_train import train_refiner  # noqa: E402
 from mahtnet.tracking import start_run  # noqa: E402
 from mahtnet.train import stage_codec, train  # noqa: E402

@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 from test_predict import checkpoint, xray  # noqa: F401  (module fixture)
 
-from mahtnet.calibration import CalibrationError, ErrorCalibration, flagged, reliability
+from mahtnet.calibration import (
+    MIN_IMAGES_PER_LANDMARK,
+    CalibrationError,
+    ErrorCalibration,
+    cross_validated,
+    fit_calibration,
+    flagged,
+    reliability,
+)
 from mahtnet.cli import main
+from mahtnet.decoding import TorchBackend
 from mahtnet.io import write_json
-from mahtnet.predict import TorchBackend
 
 MODEL = {"architecture": "unet", "input_size": [64, 48]}
 
@@ -58,6 +66,37 @@ def test_predict_reports_the_expected_error_and_refuses_another_models_map(check
     write_json(tmp_path / "other.json", other.to_dict())
     with pytest.raises(CalibrationError, match=r"other.json.*input_size"):
         main([*args, "--calibration", str(tmp_path / "other.json"), "--debug"])
+    refined = ErrorCalibration.fit(
+        np.array([0.0, 1.0]), np.array([2.0, 1.0]), model | {"decoding": "refined"}
+    )
+    write_json(tmp_path / "refined.json", refined.to_dict())
+    with pytest.raises(
+        ValueError, match=r"refined.json: fitted on refined landmarks, but this run emits arg-max"
+    ):
+        main([*args, "--calibration", str(tmp_path / "refined.json"), "--debug"])
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CalibrationError, match="bad.json"):
         ErrorCalibration.load(tmp_path / "bad.json")
+
+
+def test_per_landmark_maps_where_the_data_support_them(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 2 * MIN_IMAGES_PER_LANDMARK  # the cross-validation folds too fit per landmark
+    conf = rng.uniform(0, 1, (n, 3))
+    err = np.array([1.0, 3.0, 5.0]) * (1.5 - conf) + rng.normal(0, 0.05, (n, 3))  # landmark-specific
+    pooled = fit_calibration(conf[: MIN_IMAGES_PER_LANDMARK - 1], err[: MIN_IMAGES_PER_LANDMARK - 1], MODEL)
+    assert pooled.per_landmark is None  # too few images: one map
+    cal = fit_calibration(conf, err, MODEL)
+    assert cal.per_landmark is not None and len(cal.per_landmark) == 3
+    at = np.full((1, 3), 0.5)
+    np.testing.assert_allclose(cal.expected_error(at)[0], [1.0, 3.0, 5.0], atol=0.3)
+    write_json(tmp_path / "c.json", cal.to_dict())
+    again = ErrorCalibration.load(tmp_path / "c.json")
+    np.testing.assert_array_equal(again.expected_error(conf), cal.expected_error(conf))
+    with pytest.raises(CalibrationError, match="3"):
+        cal.expected_error(np.zeros((1, 2)))
+    # cross-validated on the same data: the maps beat a constant guess; pure noise does not
+    cv = cross_validated(conf, err)
+    assert cv["folds"] == 5 and cv["expected_error_mae_mm"] < 0.5 * cv["constant_guess_mae_mm"]
+    noise = cross_validated(conf, rng.normal(2.0, 0.5, (n, 3)))
+    assert noise["expected_error_mae_mm"] > 0.9 * noise["constant_guess_mae_mm"]

@@ -10,10 +10,10 @@ import torch
 from conftest import tiny_unet_checkpoint
 
 from mahtnet.config import ParamsError, parse_params
+from mahtnet.decoding import OnnxBackend
 from mahtnet.export import export_onnx
 from mahtnet.landmarks import LANDMARK_NAMES
 from mahtnet.losses import heatmap_distillation
-from mahtnet.predict import OnnxBackend
 from mahtnet.quantize import excluded_nodes, quantize_int8
 
 K = len(LANDMARK_NAMES)

@@ -13,9 +13,9 @@ from conftest import tiny_unet_checkpoint, write_dicom
 
 from mahtnet.cli import main
 from mahtnet.data.preprocess import Letterbox, letterbox_image
+from mahtnet.decoding import OnnxBackend, TorchBackend
 from mahtnet.export import export_onnx
 from mahtnet.landmarks import LANDMARK_NAMES
-from mahtnet.predict import OnnxBackend, TorchBackend
 
 K = len(LANDMARK_NAMES)
 
@@ -171,3 +171,80 @@ def test_empty_folder_and_missing_model(checkpoint, tmp_path, capsys):
 
 def test_wrapped_commands_run_the_scripts(capsys):
     assert main(["export", "--help"]) == 0  # stages/export.py's own help, through a subprocess
+
+
+# ---- the headline pipeline (shape decoding + refiner) on ONNX files alone ------------------
+
+
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory):
+    import torch
+
+    from mahtnet.checkpoint import save_checkpoint
+    from mahtnet.refine import build_refiner
+
+    torch.manual_seed(1)
+    meta = {
+        "kind": "refiner",
+        "model": {"name": "refiner", "channels": 4, "depth": 2},
+        "patch_size": 16,
+        "sigma": 2.0,
+        "spacing_mm": 0.3,
+        "landmark_names": list(LANDMARK_NAMES),
+    }
+    path = tmp_path_factory.mktemp("refiner") / "refiner.pt"
+    return save_checkpoint(path, build_refiner(K, 4, 2), meta)
+
+
+@pytest.fixture(scope="module")
+def shape_prior(tmp_path_factory):
+    from mahtnet.data.synthetic import load_shape_model, sample_landmarks
+    from mahtnet.decoding.shape import ShapePrior
+
+    rng = np.random.default_rng(0)
+    prior = ShapePrior.fit(np.stack([sample_landmarks(rng, load_shape_model()) for _ in range(40)]))
+    return prior.save(tmp_path_factory.mktemp("prior") / "shape_prior.npz")
+
+
+def test_refiner_onnx_export_matches_pytorch(refiner, tmp_path):
+    from mahtnet.decoding import OnnxRefiner, TorchRefiner
+    from mahtnet.export import export_refiner_onnx
+
+    onnx = export_refiner_onnx(refiner, tmp_path / "refiner.onnx")
+    ref, got = TorchRefiner(refiner, "cpu"), OnnxRefiner(onnx)
+    assert got.card.kind == "refiner" and got.card.spacing_mm == 0.3 and got.card.input_size == (16, 16)
+    patches = np.random.default_rng(2).integers(0, 256, (5, 16, 16), dtype=np.uint8)
+    landmark = np.array([0, 3, 18, 7, 7])
+    out = got(patches, landmark)
+    assert out.shape == (5, 16, 16)
+    np.testing.assert_allclose(np.exp(out).sum(axis=(1, 2)), 1.0, atol=1e-5)  # a log-softmax per patch
+    np.testing.assert_allclose(out, ref(patches, landmark), atol=1e-4)
+    with pytest.raises(ValueError, match="refiner model, not a coarse"):
+        OnnxBackend(onnx)
+
+
+def test_headline_pipeline_on_onnx_runs_without_torch(checkpoint, onnx_model, refiner, shape_prior, tmp_path):
+    """``mahtnet predict --model X.onnx --refiner R.onnx --shape-prior P``: PyTorch is never
+    imported, and the landmarks are the PyTorch files' to 0.05 px."""
+    from mahtnet.export import export_refiner_onnx
+
+    refiner_onnx = export_refiner_onnx(refiner, tmp_path / "refiner.onnx")
+    cv2.imwrite(str(tmp_path / "a.png"), xray(5, 300, 240))
+    runs = {"onnx": (onnx_model, refiner_onnx), "pt": (checkpoint, refiner)}
+    docs = {}
+    for name, (model, ref) in runs.items():
+        out = tmp_path / name
+        code = (
+            "import sys; from mahtnet.cli import main; "
+            f"rc = main(['predict', {str(tmp_path / 'a.png')!r}, '--model', {str(model)!r}, '--refiner', "
+            f"{str(ref)!r}, '--shape-prior', {str(shape_prior)!r}, '--pixel-spacing', '0.1', "
+            f"'--out', {str(out)!r}, '--no-overlay', '--device', 'cpu']); print(rc, 'torch' in sys.modules)"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        rc, torch_loaded = result.stdout.split()[-2:]
+        assert rc == "0", result.stderr
+        assert torch_loaded == ("False" if name == "onnx" else "True")
+        docs[name] = json.loads((out / "a.json").read_text())
+        assert docs[name]["decoding"] == "refined"
+    pts = [np.array([[r["x_px"], r["y_px"]] for r in d["landmarks"]]) for d in docs.values()]
+    assert np.abs(pts[0] - pts[1]).max() <= 0.05

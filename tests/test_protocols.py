@@ -5,8 +5,9 @@ import pytest
 
 from mahtnet.codec import HeatmapCodec
 from mahtnet.data.dataset import LandmarkDataset
+from mahtnet.data.fine import fine_from_images
 from mahtnet.data.preprocess import prepare_images, split_key
-from mahtnet.refine import PatchDataset, fine_from_images
+from mahtnet.refine import PatchDataset
 
 K = 19
 

@@ -7,21 +7,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mahtnet.codec import HeatmapCodec
+from mahtnet.card import ModelCard
+from mahtnet.data.fine import FineSet, extract_patch, patch_codec, patch_origin, prepare_fine
 from mahtnet.data.isbi import Sample
+from mahtnet.decoding import TorchRefiner
+from mahtnet.decoding.reader import refine_landmarks
 from mahtnet.models.head import landmark_output
-from mahtnet.refine import (
-    FineSet,
-    JitterModel,
-    PatchDataset,
-    build_refiner,
-    extract_patch,
-    patch_codec,
-    patch_origin,
-    prepare_fine,
-    refine_loss,
-    refine_points,
-)
+from mahtnet.refine import JitterModel, PatchDataset, build_refiner, refine_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -354,7 +346,15 @@ def test_refine_loss_uses_each_items_own_channel():
     assert float(refine_loss(logits, landmark, wrong, visible)) > 0.01
 
 
-# ----------------------------------------------------------------------------- refine_points
+# ----------------------------------------------------------------------------- refine_landmarks
+
+
+def refine_points(model, fine, coarse, size, sigma, batch_size=64):
+    """A network in memory as a refiner backend (patches of ``size``, target ``sigma``) on
+    ``coarse`` points: :func:`refine_landmarks`, what the reader runs."""
+    names = tuple(f"L{k}" for k in range(fine.num_landmarks))
+    card = ModelCard("(test)", "", "pytorch", "refiner", (size, size), sigma, 1, names, None, "refiner", 0.1)
+    return refine_landmarks(TorchRefiner.from_module(model, card, "cpu"), fine, coarse, batch_size)
 
 
 class PeakStub(nn.Module):
@@ -381,7 +381,6 @@ class PeakStub(nn.Module):
 
 def test_refine_points_maps_a_known_peak_back_to_the_original():
     size = 32
-    codec = HeatmapCodec((size, size), 2.0)
     coarse = np.array(
         [
             [[100.0, 60.0], [3.0, 1000.0]],  # image 0, scale 0.5
@@ -392,7 +391,7 @@ def test_refine_points_maps_a_known_peak_back_to_the_original():
     fine = make_fine([0.5, 0.25, 1.0], [(50, 60), (30, 40), (60, 70)], np.zeros((3, 2, 2)))
     peaks = np.array([[10.3, 20.6], [25.0, 4.75]])
     model = PeakStub(peaks, size, as_output=True)
-    refined, conf = refine_points(model, fine, coarse, size, codec, "cpu", batch_size=4)
+    refined = refine_points(model, fine, coarse, size, 2.0, batch_size=4)
     assert model.calls == [4, 2]
     # image 0, landmark 0 by hand: fine (49.75, 29.75) -> origin (50, 30) - 16 = (34, 14);
     # patch (10.3, 20.6) -> fine (44.3, 34.6) -> original (44.8 / 0.5 - 0.5, 35.1 / 0.5 - 0.5)
@@ -407,10 +406,6 @@ def test_refine_points_maps_a_known_peak_back_to_the_original():
             s = fine.scales[i]
             origin = np.floor((coarse[i, k] + 0.5) * s - 0.5 + 0.5) - size // 2
             np.testing.assert_allclose(refined[i, k], (peaks[k] + origin + 0.5) / s - 0.5, atol=1e-6)
-    # confidence: the peak probability of the spatial softmax of the stub's logits
-    logits = model(torch.zeros(1, 1, size, size)).heatmaps[0]
-    prob = torch.softmax(logits.reshape(2, -1), -1)
-    np.testing.assert_allclose(conf, np.tile(prob.max(-1).values.numpy(), (3, 1)), rtol=1e-5)
     assert model.training  # mode restored
 
 
@@ -423,9 +418,8 @@ def test_refine_points_identity_stub_returns_the_coarse_points():
     fine = make_fine(scales, [(50, 50), (50, 50)], np.zeros((2, 5, 2)))
     model = PeakStub(np.full((5, 2), size // 2, dtype=np.float64), size)
     model.eval()
-    refined, conf = refine_points(model, fine, coarse, size, patch_codec(size, 2.0), "cpu", batch_size=64)
+    refined = refine_points(model, fine, coarse, size, 2.0, batch_size=64)
     np.testing.assert_allclose(refined, coarse, rtol=0, atol=1e-6)
-    assert conf.shape == (2, 5) and np.all((conf > 0) & (conf <= 1))
     assert not model.training
 
 
@@ -460,7 +454,7 @@ def test_refine_points_follows_the_image_content():
     rng = np.random.default_rng(7)
     coarse_fine = bright + rng.uniform(-4, 4, size=bright.shape)
     coarse = (coarse_fine + 0.5) / scales[:, None, None] - 0.5
-    refined, _ = refine_points(BrightStub(), fine, coarse, size, patch_codec(size, 1.0), "cpu", batch_size=5)
+    refined = refine_points(BrightStub(), fine, coarse, size, 1.0, batch_size=5)
     expected = (bright + np.array([0.3, -0.2]) + 0.5) / scales[:, None, None] - 0.5
     np.testing.assert_allclose(refined, expected, atol=1e-5)
 
@@ -469,6 +463,4 @@ def test_refine_points_checks_shapes():
     fine = make_fine([1.0], [(20, 20)], np.zeros((1, 2, 2)))
     model = PeakStub(np.zeros((2, 2)), 16)
     with pytest.raises(ValueError, match="do not match"):
-        refine_points(model, fine, np.zeros((1, 3, 2)), 16, patch_codec(16, 2.0), "cpu")
-    with pytest.raises(ValueError, match="codec"):
-        refine_points(model, fine, np.zeros((1, 2, 2)), 16, patch_codec(32, 2.0), "cpu")
+        refine_points(model, fine, np.zeros((1, 3, 2)), 16, 2.0)

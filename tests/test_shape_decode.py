@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mahtnet.codec import HeatmapCodec
-from mahtnet.shape_decode import (
+from mahtnet.decoding.shape import (
     ShapePrior,
     choose_peaks,
     fit_prior_from_prepared,

@@ -11,10 +11,11 @@ from test_training import _prepared, _set, run_stage, tiny_raw
 from mahtnet.checkpoint import load_checkpoint
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import parse_params
+from mahtnet.data.fine import FineSet
+from mahtnet.decoding import load_refiner
+from mahtnet.decoding.shape import fit_prior_from_prepared
 from mahtnet.evaluate import Decoding, evaluate_variants
-from mahtnet.refine import FineSet
-from mahtnet.refine_train import load_refiner, train_refiner
-from mahtnet.shape_decode import fit_prior_from_prepared
+from mahtnet.refine_train import train_refiner
 from mahtnet.train import SigmaCurriculum, stage_task
 from mahtnet.trainer import Callback, StageOutputs, Trainer, TrainerSettings
 
@@ -97,9 +98,11 @@ def test_refiner_trains_and_evaluation_reports_every_variant(data, tmp_path):
     train_set, val_set = data
     result = train_refiner(params, tmp_path / "baseline.pt", _fine(train_set), _fine(val_set), val_set, out)
     assert result.epochs_run == 2 and np.isfinite(result.best_val_mre_mm)
-    model, meta = load_refiner(out.checkpoint)
+    meta = load_checkpoint(out.checkpoint)["meta"]
     assert meta["patch_size"] == 16 and len(meta["jitter"]["sd_mm"]) == 19
-    how = Decoding(prior=fit_prior_from_prepared(train_set), refiner=(model, meta), fine=_fine(val_set))
+    refiner = load_refiner(out.checkpoint, "cpu")
+    assert refiner.card.kind == "refiner" and refiner.card.input_size == (16, 16)
+    how = Decoding(prior=fit_prior_from_prepared(train_set), refiner=refiner, fine=_fine(val_set))
     results = evaluate_variants(tmp_path / "baseline.pt", val_set, [2.0], "cpu", 4, how)
     assert list(results) == ["coarse", "shape", "refined"]
     assert np.all(np.isfinite(results["refined"].pred))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mahtnet.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from mahtnet.inference import predict
+from mahtnet.decoding import LandmarkReader, TorchBackend
 from mahtnet.models.unet import UNet
 from mahtnet.paths import repo_root
 
@@ -43,8 +43,10 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
     model.eval()
     torch.testing.assert_close(rebuilt(x), model(x))
     assert codec.input_size == (32, 32) and kind == "logits"
-    coords, conf = predict(rebuilt, np.zeros((3, 32, 32), np.uint8), codec, kind, torch.device("cpu"), 2)
-    assert coords.shape == (3, 3, 2) and conf.shape == (3, 3)
+    out = LandmarkReader(TorchBackend(path, "cpu"), batch_size=2).read_images(
+        [np.zeros((32, 32), np.uint8)] * 3, [None] * 3
+    )
+    assert out.final.shape == (3, 3, 2) and out.confidence.shape == (3, 3)
 
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -4,18 +4,17 @@ import torch
 from torch import nn
 
 from mahtnet.codec import HeatmapCodec
-from mahtnet.inference import predict
-from mahtnet.models.head import landmark_output
-from mahtnet.tta import (
+from mahtnet.data.preprocess import Letterbox
+from mahtnet.decoding import LandmarkReader, TorchBackend
+from mahtnet.decoding.tta import (
     IDENTITY,
     about_centre,
     apply_affine,
     invert_affine,
-    predict_tta,
-    predict_tta_stack,
     tta_transforms,
     warp_images,
 )
+from mahtnet.models.head import landmark_output
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,8 +67,26 @@ def blobs() -> tuple[np.ndarray, np.ndarray]:
     return points, blob_images(points)
 
 
+BOX = Letterbox(1.0, 1.0, 0, 0, W, H)  # network input = original image
+
+
+def predict_tta(model, images, transforms=None, batch_size: int = 8):
+    """The reader's arg-max landmarks (original px = input px here) and confidence under TTA."""
+    reader = LandmarkReader(
+        TorchBackend.from_module(model, "logits", CODEC, CPU), transforms=transforms, batch_size=batch_size
+    )
+    points, conf = reader.coarse(images, [BOX] * len(images), [None] * len(images))
+    return points["coarse"], conf
+
+
+def predict(model, images, batch_size: int = 8):
+    return predict_tta(model, images, None, batch_size)
+
+
 def run(model, images, transforms):
-    return predict_tta_stack(model, images, CODEC, "logits", CPU, transforms, batch_size=4)
+    """Per-transform landmarks ``(T, N, K, 2)`` and confidences ``(T, N, K)``."""
+    each = [predict_tta(model, images, [t], batch_size=4) for t in transforms]
+    return np.stack([c for c, _ in each]), np.stack([p for _, p in each])
 
 
 # ---- transforms ---------------------------------------------------------------------------
@@ -135,8 +152,8 @@ def test_warp_convention_pixel_centres_at_integers():
 def test_identity_only_is_predict(blobs):
     _, images = blobs
     model = BlobModel()
-    ref_c, ref_p = predict(model, images, CODEC, "logits", CPU, batch_size=4)
-    c, p = predict_tta(model, images, CODEC, "logits", CPU, [IDENTITY], batch_size=4)
+    ref_c, ref_p = predict(model, images, batch_size=4)
+    c, p = predict_tta(model, images, [IDENTITY], batch_size=4)
     assert np.array_equal(c, ref_c) and np.array_equal(p, ref_p)
     assert c.dtype == ref_c.dtype and p.dtype == ref_p.dtype
 
@@ -144,13 +161,13 @@ def test_identity_only_is_predict(blobs):
 def test_identity_model_integer_shifts_change_nothing(blobs):
     points, images = blobs
     model = BlobModel()
-    ref_c, ref_p = predict(model, images, CODEC, "logits", CPU)
+    ref_c, ref_p = predict(model, images)
     assert np.abs(ref_c - points).max() < 0.05  # the model finds the blobs
     ts = tta_transforms([1, 3], [])
     stack_c, stack_p = run(model, images, ts)
     assert stack_c.shape == (len(ts), *ref_c.shape) and stack_p.shape == (len(ts), *ref_p.shape)
     np.testing.assert_allclose(stack_c, np.broadcast_to(ref_c, stack_c.shape), rtol=0, atol=1e-6)
-    c, p = predict_tta(model, images, CODEC, "logits", CPU, ts)
+    c, p = predict_tta(model, images, ts)
     np.testing.assert_allclose(c, ref_c, rtol=0, atol=1e-6)
     np.testing.assert_allclose(p, ref_p, rtol=0, atol=1e-6)
 
@@ -158,13 +175,13 @@ def test_identity_model_integer_shifts_change_nothing(blobs):
 def test_identity_model_scales_change_little(blobs):
     _, images = blobs
     model = BlobModel()
-    ref_c, _ = predict(model, images, CODEC, "logits", CPU)
+    ref_c, _ = predict(model, images)
     ts = tta_transforms([2], [0.95, 1.05])
     stack_c, stack_p = run(model, images, ts)
     err = np.abs(stack_c - ref_c)
     assert err.max() < 0.05  # cv2 bilinear (1/32 px sample grid) and uint8 rounding
     assert np.abs(stack_c.mean(axis=0) - ref_c).max() < 0.03
-    c, p = predict_tta(model, images, CODEC, "logits", CPU, ts, batch_size=4)
+    c, p = predict_tta(model, images, ts, batch_size=4)
     np.testing.assert_allclose(c, stack_c.mean(axis=0), rtol=0, atol=1e-12)
     np.testing.assert_allclose(p, stack_p.mean(axis=0), rtol=0, atol=1e-12)
     assert np.abs(stack_p - stack_p[0]).max() > 1e-4  # the confidences differ across transforms
@@ -174,14 +191,14 @@ def test_constant_bias_is_kept(blobs):
     """Landmarks are mapped back through each transform, not just averaged: a model that puts
     every peak 1 px right of its blob keeps that 1 px under TTA."""
     _, images = blobs
-    plain = predict(BlobModel(), images, CODEC, "logits", CPU)[0]
+    plain = predict(BlobModel(), images)[0]
     biased = BlobModel(bias_px=1)
-    ref_c, _ = predict(biased, images, CODEC, "logits", CPU)
+    ref_c, _ = predict(biased, images)
     np.testing.assert_allclose(ref_c - plain, np.broadcast_to([1.0, 0.0], plain.shape), atol=1e-6)
 
     # asymmetric shifts: averaging the unmapped landmarks would be off by (1, 0.5) px
     ts = [IDENTITY, np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])]
-    c, _ = predict_tta(biased, images, CODEC, "logits", CPU, ts)
+    c, _ = predict_tta(biased, images, ts)
     np.testing.assert_allclose(c, ref_c, rtol=0, atol=1e-6)
 
     stack_c, _ = run(biased, images, tta_transforms([1, 2], []))
@@ -200,6 +217,6 @@ def test_constant_bias_is_kept(blobs):
 def test_rejects_bad_transforms(blobs):
     _, images = blobs
     with pytest.raises(ValueError):
-        predict_tta(BlobModel(), images, CODEC, "logits", CPU, [])
+        predict_tta(BlobModel(), images, [])
     with pytest.raises(ValueError):
-        predict_tta(BlobModel(), images, CODEC, "logits", CPU, [np.zeros((2, 3))])
+        predict_tta(BlobModel(), images, [np.zeros((2, 3))])

@@ -33,7 +33,21 @@ def training_data(meta: dict[str, Any]) -> str:
 
 
 def card_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """The part of a checkpoint's meta a deployed model needs (stored in the ONNX file)."""
+    """The part of a checkpoint's meta a deployed model needs (stored in the ONNX file): a
+    coarse model's or, for ``meta["kind"] == "refiner"``, a refiner's (its input is a square
+    patch at ``spacing_mm`` per pixel, its heatmaps at stride 1)."""
+    if meta.get("kind") == "refiner":
+        size = int(meta["patch_size"])
+        return {
+            "kind": "refiner",
+            "architecture": "refiner",
+            "input_size": [size, size],
+            "heatmap": {"sigma": float(meta["sigma"]), "stride": 1},
+            "spacing_mm": float(meta["spacing_mm"]),
+            "landmark_names": list(meta["landmark_names"]),
+            "training_data": training_data(meta),
+            "stage": "refine",
+        }
     return {
         "architecture": meta["model"]["name"] if isinstance(meta["model"], dict) else str(meta["model"]),
         "input_size": list(meta["input_size"]),
@@ -58,7 +72,8 @@ def synthetic_warning(card: ModelCard) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelCard:
-    """Who made a prediction: the model file and what it expects."""
+    """Who made a prediction: the model file and what it expects (a coarse model, or a
+    refiner: ``kind``, with the patch resolution ``spacing_mm``)."""
 
     file: str
     sha256: str
@@ -69,6 +84,8 @@ class ModelCard:
     stride: int
     landmark_names: tuple[str, ...]
     training_data: str | None
+    kind: str = "coarse"  # coarse | refiner
+    spacing_mm: float | None = None  # refiner: mm per patch px
 
     @classmethod
     def from_meta(cls, path: str | Path, fmt: str, meta: dict[str, Any]) -> ModelCard:
@@ -82,6 +99,8 @@ class ModelCard:
             stride=int(meta["heatmap"]["stride"]),
             landmark_names=tuple(meta["landmark_names"]),
             training_data=meta.get("training_data"),
+            kind=meta.get("kind", "coarse"),
+            spacing_mm=meta.get("spacing_mm"),
         )
 
     def codec(self) -> HeatmapCodec:

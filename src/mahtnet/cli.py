@@ -5,7 +5,7 @@
     mahtnet predict IMAGE_OR_FOLDER... --model data/models/stage3.pt|data/models/maht_net.onnx
         [--out DIR] [--pixel-spacing MM] [--device auto|cpu|cuda] [--batch-size N]
         [--shape-prior data/models/shape_prior.npz] [--refiner data/models/refine_maht_net.pt]
-        [--isbi-txt] [--threads N]
+        [--tta] [--calibration FILE] [--isbi-txt] [--threads N]
     mahtnet serve --model ... [the model options of predict] [--host 127.0.0.1] [--port 8000]
         [--workers N] [--queue N] [--max-upload-mb MB] [--max-pixels N] [--timeout-s S]
         [--review-dir DIR]   (HTTP service and review page, docs/serve.md)
@@ -44,7 +44,14 @@ def predict_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
     p.add_argument("--shape-prior", type=Path, help="shape_prior stage model: shape-consistent decoding")
-    p.add_argument("--refiner", type=Path, help="train_refine checkpoint: coarse-to-fine (PyTorch)")
+    p.add_argument(
+        "--refiner", type=Path, help="train_refine checkpoint (.pt) or its .onnx export: coarse-to-fine"
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: +/-2 px shifts, 5 forward passes (helps without a refiner)",
+    )
     p.add_argument(
         "--calibration", type=Path, help="calibrate stage file: each landmark's expected error (mm)"
     )

@@ -9,19 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 
 from mahtnet import clinical, metrics
-from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
+from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet
-from mahtnet.inference import select_device
+from mahtnet.decoding import LandmarkReader, TorchBackend
+from mahtnet.decoding.reader import refine_landmarks
+from mahtnet.decoding.shape import ShapePrior
 from mahtnet.io import atomic_write
 from mahtnet.plots import plot_confidence, plot_predictions
-from mahtnet.refine import FineSet
-from mahtnet.refine_train import apply_refiner
-from mahtnet.shape_decode import ShapePrior, prepared_to_mm, shape_consistent_decode
-from mahtnet.tta import IDENTITY, predict_tta
 
 SDR_CURVE_MM = tuple(np.round(np.arange(0.5, 10.01, 0.25), 2))
 
@@ -180,49 +177,30 @@ def write_csv(path: str | Path, df: pd.DataFrame, float_format: str = "%.4f") ->
 class Decoding:
     """How landmarks are read from a coarse model, beyond the arg-max: shape-consistent peak
     choice (``prior``), test-time augmentation (``transforms``, centre-relative 2x3 matrices
-    from :func:`mahtnet.tta.tta_transforms`; identity only = off), and the refinement network
-    (``refiner`` = (model, meta) of :func:`mahtnet.refine_train.load_refiner`, on ``fine``)."""
+    from :func:`mahtnet.decoding.tta.tta_transforms`; identity only = off), and the refiner
+    (a backend of :func:`mahtnet.decoding.load_refiner`, on ``fine``)."""
 
     prior: ShapePrior | None = None
     candidates: int = 3
     transforms: list[np.ndarray] | None = None
-    refiner: tuple[torch.nn.Module, dict] | None = None
+    refiner: object | None = None
     fine: FineSet | None = None
 
-    def variants(self) -> list[str]:
-        """The evaluated variants in order: each adds one step to the previous."""
-        return ["coarse"] + ["shape"] * (self.prior is not None) + ["refined"] * (self.refiner is not None)
+    def reader(self, backend, batch_size: int = 8) -> LandmarkReader:
+        """The coarse reader of ``backend`` (the refiner runs after any ensemble averaging)."""
+        return LandmarkReader(
+            backend, self.prior, None, self.transforms, self.candidates, batch_size=batch_size
+        )
 
 
-def _coarse(path, data: PreparedSet, dev, batch_size: int, how: Decoding):
-    """One checkpoint's landmarks (original px) per coarse variant (``coarse``, and ``shape``
-    when ``how.prior`` is set: both decoded from the same forward passes), its confidences
-    and landmark names."""
-    payload = load_checkpoint(path)
-    model, codec, output_kind = model_from_checkpoint(payload)
-    if tuple(data.images.shape[1:]) != codec.input_size:
+def _backend(path, data: PreparedSet, device: str) -> TorchBackend:
+    backend = TorchBackend(path, device)
+    if tuple(data.images.shape[1:]) != backend.codec.input_size:
         raise ValueError(
             f"prepared images are {data.images.shape[1:]} but checkpoint {path} expects "
-            f"{codec.input_size}; re-run preprocess with the checkpoint's input size"
+            f"{backend.codec.input_size}; re-run preprocess with the checkpoint's input size"
         )
-    decode = None
-    if how.prior is not None:
-
-        def decode(logs: np.ndarray, index: np.ndarray) -> np.ndarray:  # (B, 2, K, 2)
-            argmax = codec.decode(logs, is_log=True)[0]
-            to_mm = prepared_to_mm(data, index)
-            shape = shape_consistent_decode(logs, codec, how.prior, to_mm, k=how.candidates)[0]
-            return np.stack([argmax, shape], axis=1)
-
-    transforms = how.transforms or [IDENTITY]
-    coords, conf = predict_tta(
-        model.to(dev), data.images, codec, output_kind, dev, transforms, batch_size, decode=decode
-    )
-    if decode is None:
-        coords = coords[:, None]  # (N, 1, K, 2): the arg-max only
-    variants = [v for v in how.variants() if v != "refined"]
-    preds = {v: data.to_original(coords[:, i]) for i, v in enumerate(variants)}
-    return preds, conf, list(payload["meta"]["landmark_names"])
+    return backend
 
 
 def evaluate_variants(
@@ -234,32 +212,31 @@ def evaluate_variants(
     how: Decoding | None = None,
 ) -> dict[str, Evaluation]:
     """Evaluate a checkpoint, or an ensemble (landmarks averaged in original px), in each
-    variant of ``how``: ``coarse`` (arg-max; with TTA when set), ``shape`` (shape-consistent
-    peaks) and ``refined`` (the refiner applied to the previous variant's landmarks)."""
+    variant of ``how`` (:class:`mahtnet.decoding.LandmarkReader`): ``coarse`` (arg-max; with
+    TTA when set), ``shape`` (shape-consistent peaks) and ``refined`` (the refiner applied to
+    the previous variant's landmarks)."""
     how = how or Decoding()
     paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
     if not paths:
         raise ValueError("no checkpoint to evaluate")
-    dev = select_device(device)
-    runs = [_coarse(p, data, dev, batch_size, how) for p in paths]
-    names = runs[0][2]
-    for path, run in zip(paths, runs, strict=True):
-        if run[2] != names:
+    backends = [_backend(p, data, device) for p in paths]
+    names = list(backends[0].card.landmark_names)
+    for path, backend in zip(paths, backends, strict=True):
+        if list(backend.card.landmark_names) != names:
             raise ValueError(f"checkpoint {path} predicts other landmarks than {paths[0]}")
-    conf = np.mean([r[1] for r in runs], axis=0)
+    runs = [how.reader(b, batch_size).read_prepared(data) for b in backends]
+    conf = np.mean([r.confidence for r in runs], axis=0)
     out: dict[str, Evaluation] = {}
-    for variant in runs[0][0]:
-        pred = np.mean([r[0][variant] for r in runs], axis=0)
+    for variant in runs[0].landmarks:
+        pred = np.mean([r.landmarks[variant] for r in runs], axis=0)
         out[variant] = make_evaluation(data, pred, conf, names, thresholds_mm)
     if how.refiner is not None:
         if how.fine is None or list(how.fine.ids) != list(data.ids):
             raise ValueError(
                 "the refiner needs the fine-resolution images of the evaluated split (prepare_fine)"
             )
-        last = out[list(out)[-1]]
-        model, meta = how.refiner
-        pred, conf = apply_refiner(model, meta, how.fine, last.pred, dev)
-        out["refined"] = make_evaluation(data, pred, conf, last.landmark_names, thresholds_mm)
+        pred = refine_landmarks(how.refiner, how.fine, out[list(out)[-1]].pred)
+        out["refined"] = make_evaluation(data, pred, conf, names, thresholds_mm)
     return out
 
 

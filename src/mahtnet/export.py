@@ -1,10 +1,12 @@
 """ONNX export of a trained model, and its parity and latency against PyTorch.
 
-The exported graph is :class:`mahtnet.deploy.HeatmapNet`: input ``images`` ``(batch, 1, H,
-W)`` float32 in [0, 1], output ``log_heatmaps`` ``(batch, K, h, w)``; the batch axis is
-dynamic. The model card (:func:`mahtnet.predict.card_meta`: architecture, input size,
-heatmap sigma and stride, landmark names, training data) is stored as the ONNX metadata
-entry ``mahtnet``, so ``mahtnet predict --model X.onnx`` needs nothing else.
+A coarse model's graph is :class:`mahtnet.deploy.HeatmapNet`: input ``images`` ``(batch, 1,
+H, W)`` float32 in [0, 1], output ``log_heatmaps`` ``(batch, K, h, w)``. A refiner's is
+:class:`mahtnet.deploy.RefinerNet`: inputs ``patches`` ``(batch, 1, P, P)`` and ``landmark``
+``(batch,)``, output ``log_probs`` ``(batch, P, P)``. The batch axis is dynamic. The model card
+(:func:`mahtnet.card.card_meta`: kind, architecture, input size, heatmap sigma and stride,
+landmark names, training data; a refiner's patch resolution) is stored as the ONNX metadata
+entry ``mahtnet``, so ``mahtnet predict --model X.onnx --refiner R.onnx`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -21,40 +23,61 @@ import torch
 
 from mahtnet.card import card_meta, sha256
 from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
+from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet
+from mahtnet.decoding import LandmarkReader, OnnxBackend, OnnxRefiner, TorchBackend, TorchRefiner
+from mahtnet.decoding.backends import ONNX_META_KEY
+from mahtnet.decoding.reader import refine_landmarks
 from mahtnet.deploy import HeatmapNet
 from mahtnet.io import atomic_write
 from mahtnet.metrics import radial_errors_mm
-from mahtnet.predict import ONNX_META_KEY, OnnxBackend, TorchBackend, ideal_peak
 
 OPSET = 17
 THREADS = (1, 2)  # CPU threads of the latency figures
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
-    """Write ``checkpoint``'s network as ONNX (atomically) with the model card as metadata."""
-    import onnx
-
+    """Write a coarse ``checkpoint``'s network as ONNX (atomically) with its card as metadata."""
     payload = load_checkpoint(checkpoint)
     model, _, output_kind = model_from_checkpoint(payload)
     net = HeatmapNet(model, output_kind).eval()
-    example = torch.zeros(1, 1, *payload["meta"]["input_size"])
-    meta = card_meta(payload["meta"]) | {
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": sha256(checkpoint),
-    }
+    example = (torch.zeros(1, 1, *payload["meta"]["input_size"]),)
+    names = (["images"], ["log_heatmaps"], {"images": {0: "batch"}, "log_heatmaps": {0: "batch"}})
+    return _write_onnx(net, example, names, _card(checkpoint, payload["meta"]), out, opset)
+
+
+def export_refiner_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
+    """Write a refiner checkpoint as ONNX (atomically): inputs ``patches (B, 1, P, P)`` float32
+    in [0, 1] and ``landmark (B,)`` int64, output ``log_probs (B, P, P)``
+    (:class:`mahtnet.deploy.RefinerNet`), with its card as metadata."""
+    refiner = TorchRefiner(checkpoint, "cpu")
+    size = refiner.card.input_size[0]
+    example = (torch.zeros(2, 1, size, size), torch.zeros(2, dtype=torch.int64))
+    axes = {"patches": {0: "batch"}, "landmark": {0: "batch"}, "log_probs": {0: "batch"}}
+    names = (["patches", "landmark"], ["log_probs"], axes)
+    meta = load_checkpoint(checkpoint)["meta"]
+    return _write_onnx(refiner.net.eval(), example, names, _card(checkpoint, meta), out, opset)
+
+
+def _card(checkpoint: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
+    return card_meta(meta) | {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint)}
+
+
+def _write_onnx(net: torch.nn.Module, example: tuple, names: tuple, card: dict, out, opset: int) -> Path:
+    import onnx
+
+    inputs, outputs, axes = names
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():  # tracer notes on shape checks that are constant here
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                net, (example,), str(tmp), dynamo=False, opset_version=opset,
-                input_names=["images"], output_names=["log_heatmaps"],
-                dynamic_axes={"images": {0: "batch"}, "log_heatmaps": {0: "batch"}},
+                net, example, str(tmp), dynamo=False, opset_version=opset,
+                input_names=inputs, output_names=outputs, dynamic_axes=axes,
             )  # fmt: skip
         graph = onnx.load(str(tmp))
         entry = graph.metadata_props.add()
-        entry.key, entry.value = ONNX_META_KEY, json.dumps(meta)
+        entry.key, entry.value = ONNX_META_KEY, json.dumps(card)
         onnx.checker.check_model(graph)
         onnx.save(graph, str(tmp))
 
@@ -63,20 +86,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> 
 
 def decode_all(backend, data: PreparedSet, batch_size: int = 8) -> np.ndarray:
     """Arg-max landmarks ``(N, K, 2)`` original px of every prepared image."""
-    return decode_with_confidence(backend, data, batch_size)[0]
-
-
-def decode_with_confidence(backend, data: PreparedSet, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Arg-max landmarks ``(N, K, 2)`` original px and their confidence ``(N, K)`` (heatmap
-    peak / the target's peak, as ``mahtnet predict`` reports it)."""
-    codec = backend.card.codec()
-    decoded = [
-        codec.decode(backend(data.images[s : s + batch_size]), is_log=True)
-        for s in range(0, len(data.images), batch_size)
-    ]
-    coords = np.concatenate([c for c, _ in decoded])
-    confidence = np.exp(np.concatenate([p for _, p in decoded])) / ideal_peak(codec.sigma)
-    return data.to_original(coords), confidence
+    return LandmarkReader(backend, batch_size=batch_size).read_prepared(data).final
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -126,9 +136,33 @@ def parity(checkpoint: Path, onnx_path: Path, data: PreparedSet, repeats: int = 
         "images": len(data.images),
         "max_diff_px": float(diff.max()),
         "mean_diff_px": float(diff.mean()),
-        "mre_mm_pytorch": float(radial_errors_mm(ref, data.landmarks_orig, data.spacing).mean()),
-        "mre_mm_onnx": float(radial_errors_mm(got, data.landmarks_orig, data.spacing).mean()),
+        "mre_mm_pytorch": float(radial_errors_mm(ref, data.official_orig, data.spacing).mean()),
+        "mre_mm_onnx": float(radial_errors_mm(got, data.official_orig, data.spacing).mean()),
         "latency_batch1": latency_ms(checkpoint, onnx_path, data.images[0], repeats),
+    }
+
+
+def refiner_parity(
+    checkpoint: Path, onnx_path: Path, coarse: Path, data: PreparedSet, fine: FineSet
+) -> dict[str, Any]:
+    """The refiner on PyTorch vs onnxruntime, from the same arg-max landmarks of the
+    ``coarse`` checkpoint on ``data`` (``fine``: the same images at the refiner's resolution):
+    the refined landmark difference (original px) and each refined MRE."""
+    if list(fine.ids) != list(data.ids):
+        raise ValueError("the fine-resolution images are not the prepared split (re-run prepare_fine)")
+    start = decode_all(TorchBackend(coarse, "cpu"), data)
+    ref = refine_landmarks(TorchRefiner(checkpoint, "cpu"), fine, start)
+    got = refine_landmarks(OnnxRefiner(onnx_path), fine, start)
+    diff = np.linalg.norm(got - ref, axis=-1)
+    return {
+        "onnx_file": str(onnx_path),
+        "onnx_mb": onnx_path.stat().st_size / 2**20,
+        "opset": OPSET,
+        "images": len(data.images),
+        "max_diff_px": float(diff.max()),
+        "mean_diff_px": float(diff.mean()),
+        "mre_mm_pytorch": float(radial_errors_mm(ref, data.official_orig, data.spacing).mean()),
+        "mre_mm_onnx": float(radial_errors_mm(got, data.official_orig, data.spacing).mean()),
     }
 
 

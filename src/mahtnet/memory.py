@@ -50,7 +50,7 @@ def _measure(backend: str, model: str, threads: int) -> dict[str, float]:
     import numpy as np
 
     if backend == "onnx":
-        from mahtnet.predict import OnnxBackend
+        from mahtnet.decoding import OnnxBackend
 
         before = _rss_mb()
         net = OnnxBackend(model, threads)
@@ -59,7 +59,7 @@ def _measure(backend: str, model: str, threads: int) -> dict[str, float]:
         import torch
 
         import mahtnet.models.factory  # noqa: F401  (timm and the model code: libraries, not the model)
-        from mahtnet.predict import TorchBackend
+        from mahtnet.decoding import TorchBackend
 
         torch.set_num_threads(threads)
         before = _rss_mb()

@@ -25,8 +25,8 @@ import numpy as np
 
 from mahtnet.card import sha256, training_data
 from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
+from mahtnet.decoding import TorchRefiner
 from mahtnet.deploy import HeatmapNet
-from mahtnet.refine_train import load_refiner
 from mahtnet.tracking import Run, log_onnx_model, log_torch_model
 
 OUTPUT = "log-heatmaps (B, K, h, w): HeatmapCodec.decode(is_log=True) reads the landmarks"
@@ -65,7 +65,7 @@ def _heatmap_model(payload: dict) -> tuple[str, HeatmapNet, tuple[int, int], dic
 
 
 def _refiner(path: Path, coarse: str | Path | None) -> tuple[str, HeatmapNet, tuple[int, int], dict]:
-    model, meta = load_refiner(path)
+    model, meta = TorchRefiner(path, "cpu").net.model, load_checkpoint(path)["meta"]
     coarse = Path(coarse or meta["coarse_checkpoint"])
     coarse_name = load_checkpoint(coarse)["meta"]["model"]["name"]
     size = int(meta["patch_size"])

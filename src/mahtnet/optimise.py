@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from mahtnet.data.preprocess import PreparedSet
+from mahtnet.decoding import OnnxBackend
 from mahtnet.export import decode_all, export_onnx, latency_ms, onnx_latency_ms
 from mahtnet.memory import memory_columns
 from mahtnet.metrics import radial_errors_mm, summarize
-from mahtnet.predict import OnnxBackend
 from mahtnet.stats import compare_paired
 
 

@@ -30,3 +30,9 @@ def resolve(path: str | Path, base: str | Path | None = None) -> Path:
     """A path from ``params.yaml``: absolute as is, relative to ``base`` (default: cwd)."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path(base or Path.cwd()) / p
+
+
+def relative_to_repo(path: str | Path) -> str:
+    """``path`` relative to the repository root (``../shared/...`` for data beside it): what a
+    committed file records, never a machine's absolute path."""
+    return Path(os.path.relpath(Path(path).resolve(), repo_root())).as_posix()

@@ -21,12 +21,15 @@ from tqdm import tqdm
 from mahtnet.calibration import ErrorCalibration
 from mahtnet.card import synthetic_warning
 from mahtnet.data.images import XRay, read_xray
+from mahtnet.decoding import LandmarkReader, load_backend, load_refiner
+from mahtnet.decoding.shape import ShapePrior
+from mahtnet.decoding.tta import tta_transforms
 from mahtnet.io import write_text
-from mahtnet.predict import Prediction, Refinement, isbi_text, load_backend, predict_xrays, to_json
-from mahtnet.shape_decode import ShapePrior
+from mahtnet.predict import DECODING_NAMES, Prediction, isbi_text, predict_xrays, to_json
 
 CSV_COLUMNS = ["image", "landmark", "x_px", "y_px", "x_mm", "y_mm", "confidence", "low_confidence"]
 CALIBRATED = "expected_error_mm"  # a column and JSON field with --calibration
+TTA_SHIFTS_PX = (2.0,)  # --tta: the transforms screened on the ISBI validation images (docs/evaluation.md)
 
 
 class PredictRun:
@@ -39,8 +42,13 @@ class PredictRun:
         if warning:
             print(warning, file=sys.stderr)
         self.prior = ShapePrior.load(args.shape_prior) if args.shape_prior else None
-        self.refiner = Refinement(args.refiner, args.device) if args.refiner else None
+        self.refiner = load_refiner(args.refiner, args.device, args.threads) if args.refiner else None
         self.calibration = self._calibration(args.calibration)
+        transforms = tta_transforms(TTA_SHIFTS_PX, ()) if getattr(args, "tta", False) else None
+        self.reader = LandmarkReader(
+            self.backend, self.prior, self.refiner, transforms, calibration=self.calibration
+        )
+        self._check_calibrated_decoding(args.calibration)
         self.failed: list[tuple[Path, str]] = []
         self.rows: list[dict] = []
 
@@ -69,6 +77,17 @@ class PredictRun:
         cal.check_model(self.backend.card.to_dict(), path)
         return cal
 
+    def _check_calibrated_decoding(self, path: Path | None) -> None:
+        """Refuse a calibration fitted on other landmarks than this run emits (e.g. fitted on
+        refined landmarks, used without the refiner): their errors differ."""
+        fitted = None if self.calibration is None else self.calibration.model.get("decoding")
+        emitted = DECODING_NAMES[self.reader.variants()[-1]]
+        if fitted is not None and fitted != emitted:
+            raise ValueError(
+                f"{path}: fitted on {fitted} landmarks, but this run emits {emitted} ones "
+                "(give predict the shape prior and refiner the calibrate stage used)"
+            )
+
     def _fail(self, path: Path, err: Exception) -> None:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         if str(path) not in message:
@@ -90,9 +109,7 @@ class PredictRun:
         if not good:
             return
         try:
-            preds = predict_xrays(
-                self.backend, [x for x, _ in good], self.args.pixel_spacing, self.prior, self.refiner
-            )
+            preds = predict_xrays(self.reader, [x for x, _ in good], self.args.pixel_spacing)
         except (ValueError, RuntimeError) as err:
             if len(good) == 1:
                 self._fail(good[0][0].path, err)
@@ -105,7 +122,7 @@ class PredictRun:
 
     def _write(self, p: Prediction, name: str) -> None:
         out: Path = self.args.out
-        doc = to_json(p, self.backend.card, calibration=self.calibration)
+        doc = to_json(p, self.backend.card)
         write_text(out / f"{name}.json", json.dumps(doc, indent=2) + "\n")
         if self.args.isbi_txt:
             write_text(out / f"{name}.txt", isbi_text(p))

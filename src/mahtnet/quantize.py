@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 
 from mahtnet.config import ParamsError, QuantizeParams
+from mahtnet.decoding.backends import network_input
 from mahtnet.io import atomic_write
-from mahtnet.predict import network_input
 
 METHODS = ("minmax", "percentile", "entropy")
 

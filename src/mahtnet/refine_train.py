@@ -15,21 +15,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mahtnet import metrics
-from mahtnet.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from mahtnet.card import ModelCard
 from mahtnet.config import Params, RefineParams, to_dict, train_fingerprint
+from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet
+from mahtnet.decoding import LandmarkReader, TorchBackend, TorchRefiner
+from mahtnet.decoding.reader import refine_landmarks
 from mahtnet.distributed import init_distributed, shutdown
-from mahtnet.inference import predict
 from mahtnet.landmarks import LANDMARK_NAMES
-from mahtnet.refine import (
-    FineSet,
-    JitterModel,
-    PatchDataset,
-    build_refiner,
-    patch_codec,
-    refine_loss,
-    refine_points,
-)
+from mahtnet.refine import JitterModel, PatchDataset, build_refiner, refine_loss
 from mahtnet.tracking import Run
 from mahtnet.train import configure_stage
 from mahtnet.trainer import StageOutputs, Trainer, TrainerSettings, TrainResult, TrainTask, seed_everything
@@ -39,9 +33,7 @@ def coarse_predictions(
     checkpoint: str | Path, data: PreparedSet, device: torch.device, batch_size: int
 ) -> np.ndarray:
     """Landmarks ``(N, K, 2)`` (original px) of a coarse checkpoint on ``data`` (arg-max decoding)."""
-    model, codec, output_kind = model_from_checkpoint(load_checkpoint(checkpoint))
-    coords, _ = predict(model.to(device), data.images, codec, output_kind, device, batch_size)
-    return data.to_original(coords)
+    return LandmarkReader(TorchBackend(checkpoint, device), batch_size=batch_size).read_prepared(data).final
 
 
 def check_aligned(fine: FineSet, data: PreparedSet, what: str) -> None:
@@ -137,9 +129,7 @@ def validate_refiner(
         value = refine_loss(out.heatmaps.float(), batch["landmark"], batch["target"], batch["visible"])
         total, count = total + value.item() * len(batch["image"]), count + len(batch["image"])
     fine = val_ds.fine
-    refined, _ = refine_points(
-        model, fine, coarse_val, r.patch_size, patch_codec(r.patch_size, r.sigma), device
-    )
+    refined = refine_landmarks(TorchRefiner.from_module(model, refiner_card(r), device), fine, coarse_val)
     model.train(was_training)
     errors = metrics.radial_errors_mm(refined, fine.landmarks_orig, fine.spacing)
     return {
@@ -149,23 +139,14 @@ def validate_refiner(
     }
 
 
-def load_refiner(path: str | Path) -> tuple[nn.Module, dict]:
-    """A trained refiner and its checkpoint meta (patch size, sigma, spacing)."""
-    payload = load_checkpoint(path)
-    meta = payload["meta"]
-    if meta.get("kind") != "refiner":
-        raise CheckpointError(f"{path} is not a refiner checkpoint (train_refine writes those)")
-    model = build_refiner(len(meta["landmark_names"]), meta["model"]["channels"], meta["model"]["depth"])
-    model.load_state_dict(payload["model_state"])
-    return model.eval(), meta
-
-
-def apply_refiner(
-    model: nn.Module, meta: dict, fine: FineSet, coarse_orig: np.ndarray, device: torch.device
-) -> tuple[np.ndarray, np.ndarray]:
-    """Refined landmarks ``(N, K, 2)`` original px and their confidence ``(N, K)``."""
-    size, sigma = meta["patch_size"], meta["sigma"]
-    return refine_points(model.to(device), fine, coarse_orig, size, patch_codec(size, sigma), device)
+def refiner_card(r: RefineParams) -> ModelCard:
+    """The card of a refiner being trained with ``r`` (no file yet)."""
+    size = int(r.patch_size)
+    return ModelCard(
+        file="(training)", sha256="", format="pytorch", architecture="refiner", input_size=(size, size),
+        sigma=float(r.sigma), stride=1, landmark_names=tuple(LANDMARK_NAMES), training_data=None,
+        kind="refiner", spacing_mm=float(r.spacing_mm),
+    )  # fmt: skip
 
 
 def train_refiner(

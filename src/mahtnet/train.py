@@ -45,6 +45,7 @@ from mahtnet.config import (
 )
 from mahtnet.data.dataset import LandmarkDataset, build_augmentation
 from mahtnet.data.preprocess import PreparedSet
+from mahtnet.decoding.reader import read_peaks
 from mahtnet.distributed import init_distributed, shutdown
 from mahtnet.inference import autocast
 from mahtnet.landmarks import LANDMARK_NAMES
@@ -194,7 +195,7 @@ def validate(model, loader, data: PreparedSet, codec, loss_fn: CompositeLoss, de
             out = model(x)
         value, _ = batch_loss(loss_fn, out, batch, device)
         total += value.item() * len(x)
-        coords.append(codec.decode(log_heatmaps(out.heatmaps, loss_fn.output).cpu().numpy(), is_log=True)[0])
+        coords.append(read_peaks(log_heatmaps(out.heatmaps, loss_fn.output).cpu().numpy(), codec)[0])
     model.train(was_training)
     pred = data.to_original(np.concatenate(coords))
     errors = metrics.radial_errors_mm(pred, data.landmarks_orig, data.spacing)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 RELEASE_DIR = Path(__file__).parent
 CARD = RELEASE_DIR / "card.json"
-FILES = ("maht_net.onnx", "shape_prior.npz", "refiner.pt")
+FILES = ("maht_net.onnx", "shape_prior.npz", "refiner.onnx")  # onnxruntime only: no PyTorch
 
 
 def use_release(args: argparse.Namespace) -> None:
@@ -25,4 +25,4 @@ def use_release(args: argparse.Namespace) -> None:
         )
     args.model = RELEASE_DIR / "maht_net.onnx"
     args.shape_prior = args.shape_prior or RELEASE_DIR / "shape_prior.npz"
-    args.refiner = args.refiner or RELEASE_DIR / "refiner.pt"
+    args.refiner = args.refiner or RELEASE_DIR / "refiner.onnx"

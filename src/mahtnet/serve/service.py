@@ -197,13 +197,8 @@ class Model:
             batch_size=1,
         )
         run = PredictRun(args)  # exactly what `mahtnet predict` loads, with its checks
-        self.backend, self.prior, self.refiner, self.calibration = (
-            run.backend,
-            run.prior,
-            run.refiner,
-            run.calibration,
-        )
-        self.card = self.backend.card
+        self.reader = run.reader
+        self.card = run.backend.card
         self.pixel_spacing = pixel_spacing
         self.files = {
             "model": str(model),
@@ -245,8 +240,8 @@ class Model:
                 f"of {max_pixels}",
             )
         xray = dataclasses.replace(read_xray(path), path=Path(label))
-        pred = predict_xrays(self.backend, [xray], self.pixel_spacing, self.prior, self.refiner)[0]
-        doc = to_json(pred, self.card, calibration=self.calibration)
+        pred = predict_xrays(self.reader, [xray], self.pixel_spacing)[0]
+        doc = to_json(pred, self.card)
         if overlay:
             from mahtnet.overlay import draw_overlay
 

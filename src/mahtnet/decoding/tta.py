@@ -8,10 +8,9 @@ size; :func:`about_centre` turns one into the pixel-space matrix ``M`` (``p -> M
 of an image of a given size, which is what ``cv2.warpAffine`` gets (OpenCV also puts pixel
 centres at integers).
 
-:func:`predict_tta` warps the images with every transform, runs
-:func:`mahtnet.inference.predict` on each warped set, maps the decoded landmarks back with
-the inverse transform and averages over the transforms. Its cost is ``len(transforms)``
-forward passes.
+:class:`mahtnet.decoding.LandmarkReader` warps the images with every transform, reads the
+landmarks of each warped set, maps them back with the inverse transform and averages over
+the transforms. Its cost is ``len(transforms)`` forward passes.
 """
 
 from __future__ import annotations
@@ -20,11 +19,6 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
-
-from mahtnet.codec import HeatmapCodec
-from mahtnet.inference import predict
 
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
@@ -49,7 +43,7 @@ def tta_transforms(shifts_px: Sequence[float], scales: Sequence[float]) -> list[
     ]
 
 
-def _check(transform: np.ndarray) -> np.ndarray:
+def check_transform(transform: np.ndarray) -> np.ndarray:
     a = np.asarray(transform, dtype=np.float64)
     if a.shape != (2, 3) or not np.all(np.isfinite(a)):
         raise ValueError(f"a TTA transform must be a finite 2x3 matrix, got {transform!r}")
@@ -60,7 +54,7 @@ def _check(transform: np.ndarray) -> np.ndarray:
 
 def about_centre(transform: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Centre-relative ``transform`` -> pixel-space 2x3 matrix for an image of ``size (H, W)``."""
-    a = _check(transform)
+    a = check_transform(transform)
     h, w = size
     c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
     out = a.copy()
@@ -70,7 +64,7 @@ def about_centre(transform: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:
     """The inverse of a 2x3 affine matrix (float64)."""
-    a = _check(matrix)
+    a = check_transform(matrix)
     full = np.vstack([a, [0.0, 0.0, 1.0]])
     return np.linalg.inv(full)[:2]
 
@@ -93,66 +87,3 @@ def warp_images(images: np.ndarray, matrix: np.ndarray) -> np.ndarray:
             images[i], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
         )
     return out
-
-
-@torch.no_grad()
-def predict_tta_stack(
-    model: nn.Module,
-    images: np.ndarray,
-    codec: HeatmapCodec,
-    output_kind: str,
-    device: torch.device,
-    transforms: Sequence[np.ndarray],
-    batch_size: int = 8,
-    amp: bool = False,
-    decode=None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-transform predictions: landmarks ``(T, N, K, 2)`` (input px, mapped back to the
-    unwarped images) and confidences ``(T, N, K)`` for ``T = len(transforms)``.
-
-    The identity transform is neither warped nor mapped back: its entry is exactly
-    :func:`mahtnet.inference.predict`'s output. ``decode``: as there (it sees the warped
-    images' heatmaps; its choice is mapped back with them)."""
-    if len(transforms) == 0:
-        raise ValueError("no TTA transforms")
-    images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
-    size = images.shape[1:]
-    coords, conf = [], []
-    for transform in transforms:
-        a = _check(transform)
-        if np.array_equal(a, IDENTITY):
-            c, p = predict(model, images, codec, output_kind, device, batch_size, amp, decode)
-        else:
-            matrix = about_centre(a, size)
-            warped = warp_images(images, matrix)
-            c, p = predict(model, warped, codec, output_kind, device, batch_size, amp, decode)
-            c = apply_affine(invert_affine(matrix), c)
-        coords.append(c)
-        conf.append(p)
-    return np.stack(coords), np.stack(conf)
-
-
-@torch.no_grad()
-def predict_tta(
-    model: nn.Module,
-    images: np.ndarray,
-    codec: HeatmapCodec,
-    output_kind: str,
-    device: torch.device,
-    transforms: Sequence[np.ndarray],
-    batch_size: int = 8,
-    amp: bool = False,
-    decode=None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`mahtnet.inference.predict` with test-time augmentation: ``images (N, H, W)``
-    uint8 -> landmarks ``(N, K, 2)`` input px (the mean over ``transforms`` of the landmarks
-    mapped back to the unwarped images) and confidence ``(N, K)`` (the mean peak probability).
-
-    ``transforms``: centre-relative 2x3 matrices, e.g. from :func:`tta_transforms`; costs
-    ``len(transforms)`` forward passes. ``[IDENTITY]`` gives exactly ``predict``'s output."""
-    coords, conf = predict_tta_stack(
-        model, images, codec, output_kind, device, transforms, batch_size=batch_size, amp=amp, decode=decode
-    )
-    return coords.mean(axis=0), conf.mean(axis=0)
