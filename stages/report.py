@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mahtnet.config import load_params  # noqa: E402
 from mahtnet.data.preprocess import split_key  # noqa: E402
 from mahtnet.errors import run_cli  # noqa: E402
+from mahtnet.paths import relative_to_repo  # noqa: E402
 from mahtnet.report import build_report  # noqa: E402
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     d = params.data
     context = {
         "dataset": d.dataset,
-        "root": d.root,
+        "root": relative_to_repo(d.root),
         "test_split": d.test_split,
         "gt": d.gt,
         "sets": sets,

@@ -53,8 +53,10 @@ def storage_url(params: Params) -> str:
 
 
 def redacted(url: str) -> str:
-    """A storage URL without its password (for logs and metrics)."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    """A storage URL without its password, and a SQLite file inside the repository relative to
+    it (for logs and metrics: no machine's absolute path)."""
+    url = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    return url.replace(f"sqlite:///{repo_root()}/", "sqlite:///", 1)
 
 
 def dims(params: Params) -> list[SearchDim]:
