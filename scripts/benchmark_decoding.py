@@ -20,28 +20,26 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from mahtnet.codec import HeatmapCodec
+from mahtnet.data.fine import FineSet
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.data.synthetic import load_shape_model, sample_landmarks
+from mahtnet.decoding import LandmarkReader, TorchBackend, TorchRefiner
+from mahtnet.decoding.shape import ShapePrior
+from mahtnet.decoding.tta import tta_transforms
+from mahtnet.io import write_json
+from mahtnet.landmarks import LANDMARK_NAMES
+from mahtnet.models.card import ModelCard
+from mahtnet.models.factory import build_refiner
+from mahtnet.models.unet import UNet
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from mahtnet.card import ModelCard  # noqa: E402
-from mahtnet.codec import HeatmapCodec  # noqa: E402
-from mahtnet.data.fine import FineSet  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet  # noqa: E402
-from mahtnet.data.synthetic import load_shape_model, sample_landmarks  # noqa: E402
-from mahtnet.decoding import LandmarkReader, TorchBackend, TorchRefiner  # noqa: E402
-from mahtnet.decoding.shape import ShapePrior  # noqa: E402
-from mahtnet.decoding.tta import tta_transforms  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.landmarks import LANDMARK_NAMES  # noqa: E402
-from mahtnet.models.unet import UNet  # noqa: E402
-from mahtnet.refine import build_refiner  # noqa: E402
 
 H, W, K = 320, 256, 19
 

@@ -30,22 +30,20 @@ import dataclasses
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mahtnet.config import load_params
+from mahtnet.io import write_json
+from mahtnet.landmarks import NUM_LANDMARKS
+from mahtnet.models.device import select_device
+from mahtnet.models.factory import build_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 MMAP_THRESHOLD = 65536  # bytes; see track_live_memory()
-
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from mahtnet.config import load_params  # noqa: E402
-from mahtnet.inference import select_device  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.landmarks import NUM_LANDMARKS  # noqa: E402
-from mahtnet.models.factory import build_model  # noqa: E402
 
 REFERENCE = "maht_net_b0_tf4"  # the variant the latency target is about
 VARIANTS = {

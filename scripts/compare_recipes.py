@@ -10,18 +10,16 @@ and over all runs, the Wilcoxon test on the per-image MRE averaged over the runs
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import stats as sstats
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from mahtnet.analysis.evaluation import read_per_image
+from mahtnet.analysis.stats import compare_paired, mean_sd
+from mahtnet.io import write_json
 
-from mahtnet.evaluate import read_per_image  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.stats import compare_paired, mean_sd  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 KEEP = ("images", "mre_a", "mre_b", "mre_diff", "sdr_a", "sdr_b", "wilcoxon", "bootstrap")
 

@@ -17,17 +17,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import timm
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from mahtnet.io import atomic_write
+from mahtnet.models.encoder import remap_in_order
 
-from mahtnet.io import atomic_write  # noqa: E402
-from mahtnet.models.encoder import remap_in_order  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_OUT = ROOT / "data" / "weights" / "efficientnet_lite0_imagenet.pth"
 EXPECTED_TENSORS = 296

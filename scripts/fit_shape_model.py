@@ -8,7 +8,7 @@ covering ~98 % of the variance in ``src/mahtnet/data/shape_model.json``.
 
 Usage::
 
-    python scripts/fit_shape_model.py [--data /work/shared/datasets/isbi2015] [--out PATH]
+    python scripts/fit_shape_model.py [--data ../shared/datasets/isbi2015] [--out PATH]
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from mahtnet.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
-from mahtnet.landmarks import LANDMARK_NAMES, NUM_LANDMARKS  # noqa: E402
-
-DEFAULT_DATA = Path("/work/shared/datasets/isbi2015")
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "isbi2015"  # ../shared beside the clone
 DEFAULT_OUT = ROOT / "src" / "mahtnet" / "data" / "shape_model.json"
 PIXEL_SPACING_MM = 0.1
 TRAIN_IDS = range(1, 151)

@@ -7,13 +7,10 @@ with this project's evaluated models beside them (the README's literature table)
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.literature import HEADER, comparison_rows  # noqa: E402
-from mahtnet.report import table  # noqa: E402
+from mahtnet.analysis.literature import HEADER, comparison_rows
+from mahtnet.analysis.report import table
 
 
 def main() -> None:

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 STAGE_OF_MODEL = {"maht_net": "stage3", "baseline": "baseline"}
 MODES = ("train", "infer")
@@ -88,7 +87,7 @@ def random_batch(params, stage: str, b: int, device) -> dict:
     import torch
 
     from mahtnet.codec import encode_set
-    from mahtnet.train import stage_codec
+    from mahtnet.training.stages import stage_codec
 
     h, w = params.preprocess.height, params.preprocess.width
     landmarks = torch.rand(b, 19, 2).numpy() * [w - 1, h - 1]
@@ -107,9 +106,9 @@ def measured_steps(model, params, s, groups, batch: dict, device) -> dict:
     import torch
 
     from mahtnet.config import to_dict
-    from mahtnet.inference import autocast
-    from mahtnet.losses import CompositeLoss
-    from mahtnet.train import batch_loss
+    from mahtnet.models.device import autocast
+    from mahtnet.training.losses import CompositeLoss
+    from mahtnet.training.stages import batch_loss
 
     tp = params.train
     loss_fn = CompositeLoss.from_params(params.loss, to_dict(s.loss_weights), s.uncertainty_weighting)
@@ -138,7 +137,7 @@ def peak_of_two(step, device) -> dict:
     """``step()`` twice: ``{"peak_mb", "step_mb"[, "reserved_mb"]}``, or the out-of-memory marker."""
     import torch
 
-    from mahtnet import autobatch
+    from mahtnet.training import autobatch
 
     before = autobatch.reset_peak(device)
     try:
@@ -158,7 +157,7 @@ def measure_case(case: dict) -> dict:
     import torch
 
     from mahtnet.config import stage_params
-    from mahtnet.train import build_stage_model, configure_stage
+    from mahtnet.training.stages import build_stage_model, configure_stage
 
     if case["threads"] > 0:
         torch.set_num_threads(case["threads"])

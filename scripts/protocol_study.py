@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mahtnet.analysis.stats import mean_sd, signed_rank_test
 from mahtnet.io import atomic_write, write_json
-from mahtnet.stats import mean_sd, signed_rank_test
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = Path("docs/protocol/runs")

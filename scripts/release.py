@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mahtnet.card import sha256
 from mahtnet.data.images import read_xray
 from mahtnet.data.isbi import ground_truth, list_split
 from mahtnet.data.preprocess import split_key
@@ -36,7 +35,8 @@ from mahtnet.decoding import LandmarkReader, load_backend, load_refiner
 from mahtnet.decoding.shape import ShapePrior
 from mahtnet.io import write_json
 from mahtnet.metrics import gross_errors, radial_errors_mm, summarize
-from mahtnet.predict import predict_xrays
+from mahtnet.models.card import sha256
+from mahtnet.predict.result import predict_xrays
 from mahtnet.release import CARD, FILES, RELEASE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def train(profile: str, seed: int) -> str:
 
 
 def build(rev: str, data_root: Path) -> None:
-    from mahtnet.export import export_onnx, export_refiner_onnx
+    from mahtnet.deploy.export import export_onnx, export_refiner_onnx
 
     build_dir = Path("data/release_build")  # relative: the ONNX metadata records this path
     files = fetch(rev, build_dir)

@@ -17,11 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from mahtnet.analysis.stats import mean_sd
+from mahtnet.io import write_json
 
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.stats import mean_sd  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ("baseline", "maht_net")
 

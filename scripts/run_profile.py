@@ -19,10 +19,9 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from mahtnet.config import load_profiles, with_settings, yaml_value
 
-from mahtnet.config import load_profiles, with_settings, yaml_value  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def command(name: str, settings: dict[str, object], args: argparse.Namespace) -> list[str]:

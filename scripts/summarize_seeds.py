@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from mahtnet.analysis.evaluation import read_per_image
+from mahtnet.analysis.stats import compare_paired, mean_sd
+from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM
+from mahtnet.io import write_json
 
-from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM  # noqa: E402
-from mahtnet.evaluate import read_per_image  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.stats import compare_paired, mean_sd  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ("baseline", "maht_net")
 KEYS = ("mre_mm", "sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm", "max_mm", "n_over_10mm")

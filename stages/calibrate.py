@@ -15,29 +15,26 @@ prior and refiner) then reports the expected error of every landmark.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.calibration import (  # noqa: E402
+from mahtnet.analysis.calibration import (
     cross_validated,
     fit_calibration,
     flagged,
     per_landmark_spearman,
     reliability,
 )
-from mahtnet.config import load_params  # noqa: E402
-from mahtnet.data.fine import FineSet  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet  # noqa: E402
-from mahtnet.decoding import LandmarkReader, TorchBackend, load_refiner  # noqa: E402
-from mahtnet.decoding.shape import ShapePrior  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.metrics import radial_errors_mm  # noqa: E402
-from mahtnet.plots import plot_reliability  # noqa: E402
-from mahtnet.predict import DECODING_NAMES, LOW_CONFIDENCE  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.analysis.plots import plot_reliability
+from mahtnet.config import load_params
+from mahtnet.data.fine import FineSet
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.decoding import LandmarkReader, TorchBackend, load_refiner
+from mahtnet.decoding.shape import ShapePrior
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.metrics import radial_errors_mm
+from mahtnet.predict.result import DECODING_NAMES, LOW_CONFIDENCE
+from mahtnet.tracking import start_run
 
 
 def errors_and_confidence(reader: LandmarkReader, path: Path, fine_dir: Path | None):

@@ -8,22 +8,19 @@ and plots.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet import metrics  # noqa: E402
-from mahtnet.config import load_params, to_dict  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.evaluate import SDR_CURVE_MM, read_per_image, write_csv  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.plots import plot_paired_mre, plot_per_landmark_bars, plot_sdr_curves  # noqa: E402
-from mahtnet.stats import compare_many, holm_across  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet import metrics
+from mahtnet.analysis.evaluation import SDR_CURVE_MM, read_per_image, write_csv
+from mahtnet.analysis.plots import plot_paired_mre, plot_per_landmark_bars, plot_sdr_curves
+from mahtnet.analysis.stats import compare_many, holm_across
+from mahtnet.config import load_params, to_dict
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.tracking import start_run
 
 
 def compare_pairs(errors: dict, pairs: list[str], params, names) -> dict[str, dict]:

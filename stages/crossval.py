@@ -5,17 +5,14 @@ models of ``params.crossval`` over the training images; mean and spread of MRE /
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import flatten, load_params, to_dict  # noqa: E402
-from mahtnet.crossval import concat, crossvalidate  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.config import flatten, load_params, to_dict
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.tracking import start_run
+from mahtnet.training.crossval import concat, crossvalidate
 
 
 def main() -> None:

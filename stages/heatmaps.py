@@ -3,22 +3,19 @@ use (the U-Net's 1 and MAHT-Net's ``model.output_stride``), a picture of a few t
 targets, and the codec's encode -> decode round-trip error (a sanity metric)."""
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.codec import HeatmapCodec, encode_set  # noqa: E402
-from mahtnet.config import load_params, to_dict  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet  # noqa: E402
-from mahtnet.decoding.reader import read_peaks  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.io import atomic_write, write_json  # noqa: E402
-from mahtnet.plots import plot_targets  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.analysis.plots import plot_targets
+from mahtnet.codec import HeatmapCodec, encode_set
+from mahtnet.config import load_params, to_dict
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.decoding.reader import read_peaks
+from mahtnet.errors import run_cli
+from mahtnet.io import atomic_write, write_json
+from mahtnet.tracking import start_run
 
 
 def save_targets(path: Path, codec: HeatmapCodec, targets: np.ndarray, visible: np.ndarray) -> None:

@@ -9,19 +9,16 @@ students with and without the teacher, the pruned MAHT-Nets), all on the same te
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import load_params  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.export import named_path  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.optimise import pruned_models, tradeoff  # noqa: E402
-from mahtnet.plots import plot_tradeoff  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.analysis.plots import plot_tradeoff
+from mahtnet.config import load_params
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.deploy.export import named_path
+from mahtnet.deploy.tradeoffs import pruned_models, tradeoff
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.tracking import start_run
 
 
 def main() -> None:

@@ -1,20 +1,17 @@
 """Stage: the images of every split at the refinement resolution (``refine.spacing_mm``),
 with the same validation split as ``preprocess`` (the same ``prepare_splits``): ``train.npz``,
-``val.npz``, ``test.npz`` (:class:`mahtnet.refine.FineSet`) under ``--out``, for the
+``val.npz``, ``test.npz`` (:class:`mahtnet.training.refiner.FineSet`) under ``--out``, for the
 refinement stage and evaluation."""
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import load_params, to_dict  # noqa: E402
-from mahtnet.data.fine import prepare_fine  # noqa: E402
-from mahtnet.data.preprocess import prepare_splits  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.config import load_params, to_dict
+from mahtnet.data.fine import prepare_fine
+from mahtnet.data.preprocess import prepare_splits
+from mahtnet.errors import run_cli
+from mahtnet.tracking import start_run
 
 
 def main() -> None:

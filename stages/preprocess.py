@@ -4,17 +4,14 @@ Writes ``train.npz``, ``val.npz`` (from the training split) and ``test.npz`` und
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import load_params, to_dict  # noqa: E402
-from mahtnet.data.preprocess import prepare, prepare_splits  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.config import load_params, to_dict
+from mahtnet.data.preprocess import prepare, prepare_splits
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.tracking import start_run
 
 
 def main() -> None:

@@ -8,23 +8,20 @@ the largest landmark shift, file size and batch-1 latency with 1 and 2 threads::
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import load_params, to_dict  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.export import onnx_latency_ms  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.model_registry import log_onnx_export  # noqa: E402
-from mahtnet.optimise import score_onnx  # noqa: E402
-from mahtnet.quantize import quantize_int8  # noqa: E402
-from mahtnet.stats import compare_paired  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.analysis.stats import compare_paired
+from mahtnet.config import load_params, to_dict
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.deploy.export import onnx_latency_ms
+from mahtnet.deploy.mlflow_models import log_onnx_export
+from mahtnet.deploy.quantize import quantize_int8
+from mahtnet.deploy.tradeoffs import score_onnx
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.tracking import start_run
 
 
 def score(path: Path, data: PreparedSet, thresholds, repeats: int) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -3,18 +3,15 @@ evaluate, compare and training stages' outputs."""
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import load_params  # noqa: E402
-from mahtnet.data.preprocess import split_key  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.paths import relative_to_repo  # noqa: E402
-from mahtnet.report import build_report  # noqa: E402
+from mahtnet.analysis.report import build_report
+from mahtnet.config import load_params
+from mahtnet.data.preprocess import split_key
+from mahtnet.errors import run_cli
+from mahtnet.paths import relative_to_repo
 
 
 def read_json(path: Path) -> dict:

@@ -8,24 +8,21 @@
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import load_params  # noqa: E402
-from mahtnet.data.isbi import list_split  # noqa: E402
-from mahtnet.data.preprocess import read_image  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.evaluate import evaluate, write_csv  # noqa: E402
-from mahtnet.export import named_path  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.plots import plot_robustness  # noqa: E402
-from mahtnet.robustness import robustness  # noqa: E402
-from mahtnet.stats import compare_paired  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.analysis.evaluation import evaluate, write_csv
+from mahtnet.analysis.plots import plot_robustness
+from mahtnet.analysis.robustness import robustness
+from mahtnet.analysis.stats import compare_paired
+from mahtnet.config import load_params
+from mahtnet.data.isbi import list_split
+from mahtnet.data.preprocess import read_image
+from mahtnet.deploy.export import named_path
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.tracking import start_run
 
 
 def table(results: dict) -> pd.DataFrame:

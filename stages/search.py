@@ -9,18 +9,15 @@ the study's plots. More workers, on this or other machines, join the same study 
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import load_params  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.search import create_study, plot_study, search, study_run  # noqa: E402
+from mahtnet.config import load_params
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.training.search import create_study, plot_study, search, study_run
 
 
 def main() -> None:

@@ -2,19 +2,16 @@
 that shape-consistent decoding scores heatmap peaks with (:mod:`mahtnet.decoding.shape`)."""
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import load_params  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet  # noqa: E402
-from mahtnet.decoding.shape import fit_prior_from_prepared  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.landmarks import LANDMARK_NAMES  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.config import load_params
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.decoding.shape import fit_prior_from_prepared
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.landmarks import LANDMARK_NAMES
+from mahtnet.tracking import start_run
 
 
 def main() -> None:

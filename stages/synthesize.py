@@ -1,16 +1,13 @@
 """Stage: write the synthetic cephalogram dataset (ISBI 2015 layout)."""
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.config import load_params, to_dict  # noqa: E402
-from mahtnet.data.synthetic import generate_dataset  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
+from mahtnet.config import load_params, to_dict
+from mahtnet.data.synthetic import generate_dataset
+from mahtnet.errors import run_cli
+from mahtnet.tracking import start_run
 
 
 def main() -> None:

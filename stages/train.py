@@ -12,25 +12,22 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from mahtnet.codec import HeatmapCodec  # noqa: E402
-from mahtnet.config import PRUNE_STAGE, STAGES, STUDENT_STAGES, load_params, to_dict  # noqa: E402
-from mahtnet.data.fine import FineSet  # noqa: E402
-from mahtnet.data.preprocess import PreparedSet  # noqa: E402
-from mahtnet.errors import run_cli  # noqa: E402
-from mahtnet.io import write_json  # noqa: E402
-from mahtnet.model_registry import log_stage_model  # noqa: E402
-from mahtnet.refine_train import train_refiner  # noqa: E402
-from mahtnet.tracking import start_run  # noqa: E402
-from mahtnet.train import stage_codec, train  # noqa: E402
-from mahtnet.trainer import StageOutputs  # noqa: E402
+from mahtnet.codec import HeatmapCodec
+from mahtnet.config import PRUNE_STAGE, STAGES, STUDENT_STAGES, load_params, to_dict
+from mahtnet.data.fine import FineSet
+from mahtnet.data.preprocess import PreparedSet
+from mahtnet.deploy.mlflow_models import log_stage_model
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json
+from mahtnet.tracking import start_run
+from mahtnet.training.loop import StageOutputs
+from mahtnet.training.refiner_task import train_refiner
+from mahtnet.training.stages import stage_codec, train
 
 
 def load_val_targets(folder: Path, codec: HeatmapCodec) -> np.ndarray:

@@ -82,8 +82,8 @@ def tiny_unet_checkpoint(path, input_size=(32, 32), params=None):
     """A saved, untrained 4-channel U-Net checkpoint with the 19 ISBI landmarks."""
     import torch
 
-    from mahtnet.checkpoint import save_checkpoint
     from mahtnet.landmarks import LANDMARK_NAMES
+    from mahtnet.models.checkpoint import save_checkpoint
     from mahtnet.models.unet import UNet
 
     torch.manual_seed(0)

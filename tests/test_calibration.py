@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_predict import checkpoint, xray  # noqa: F401  (module fixture)
 
-from mahtnet.calibration import (
+from mahtnet.analysis.calibration import (
     MIN_IMAGES_PER_LANDMARK,
     CalibrationError,
     ErrorCalibration,

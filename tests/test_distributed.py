@@ -24,8 +24,8 @@ import yaml
 from conftest import REPO
 from test_training import TIMING, _prepared, _set, tiny_raw
 
-from mahtnet.checkpoint import load_checkpoint, load_train_state
 from mahtnet.codec import HeatmapCodec, encode_set
+from mahtnet.models.checkpoint import load_checkpoint, load_train_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SIZE = 64

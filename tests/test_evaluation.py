@@ -9,11 +9,11 @@ import pytest
 from conftest import edited
 
 from mahtnet import metrics
+from mahtnet.analysis.evaluation import Evaluation
 from mahtnet.config import parse_params
-from mahtnet.crossval import concat, fold_indices, summarize_folds
 from mahtnet.data.preprocess import PreparedSet
-from mahtnet.evaluate import Evaluation
 from mahtnet.landmarks import LANDMARK_NAMES
+from mahtnet.training.crossval import concat, fold_indices, summarize_folds
 
 K = 19
 

@@ -1,7 +1,7 @@
 """The published-results table is data: complete entries, and the rows it makes."""
 
-from mahtnet.literature import HEADER, comparison_rows, load_literature
-from mahtnet.report import literature_section
+from mahtnet.analysis.literature import HEADER, comparison_rows, load_literature
+from mahtnet.analysis.report import literature_section
 
 
 def test_every_published_entry_is_complete_and_sourced():

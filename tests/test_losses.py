@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mahtnet.codec import HeatmapCodec
-from mahtnet.losses import (
+from mahtnet.training.losses import (
     TERMS,
     CompositeLoss,
     UncertaintyWeighting,

@@ -16,12 +16,12 @@ import torch
 from conftest import DELETE, REPO, edited
 from test_training import _prepared, _set, tiny_raw
 
-from mahtnet import autobatch
-from mahtnet.checkpoint import load_train_state
 from mahtnet.config import ParamsError, parse_params, train_fingerprint
-from mahtnet.distributed import DistInfo
-from mahtnet.train import loaded_batch, stage_task
-from mahtnet.trainer import StageOutputs, Trainer, TrainerSettings
+from mahtnet.models.checkpoint import load_train_state
+from mahtnet.training import autobatch
+from mahtnet.training.distributed import DistInfo
+from mahtnet.training.loop import StageOutputs, Trainer, TrainerSettings
+from mahtnet.training.stages import loaded_batch, stage_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

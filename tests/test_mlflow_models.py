@@ -1,4 +1,4 @@
-"""Trained networks as MLflow models (mahtnet.model_registry, mahtnet.tracking): logged into a
+"""Trained networks as MLflow models (mahtnet.deploy.mlflow_models, mahtnet.tracking): logged into a
 run, registered per architecture, loadable with mlflow.pytorch / mlflow.pyfunc, and giving the
 network's own output."""
 
@@ -8,13 +8,12 @@ import pytest
 import torch
 from conftest import edited
 
-from mahtnet.checkpoint import save_checkpoint
 from mahtnet.config import TrackingParams, parse_params, to_dict
-from mahtnet.deploy import HeatmapNet
+from mahtnet.deploy.mlflow_models import deployable, log_onnx_export, log_stage_model, sha256
 from mahtnet.landmarks import LANDMARK_NAMES
-from mahtnet.model_registry import deployable, log_onnx_export, log_stage_model, sha256
-from mahtnet.models.factory import build_model
-from mahtnet.refine import build_refiner
+from mahtnet.models.checkpoint import save_checkpoint
+from mahtnet.models.factory import build_model, build_refiner
+from mahtnet.models.readout import HeatmapNet
 from mahtnet.tracking import log_onnx_model, log_torch_model, start_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,7 +120,7 @@ def test_stage_checkpoint_is_registered_under_its_architecture_with_tags(store, 
     assert tags["stage"] == "baseline" and tags["val_mre_mm"] == "1.5"
     assert tags["landmark_names"].split(",") == list(LANDMARK_NAMES)
     assert [tags[k] for k in ("heatmap_sigma", "heatmap_stride", "output_kind")] == ["2.0", "1", "logits"]
-    assert tags["training_data"].startswith("synthetic at data/synthetic, split TrainingData")
+    assert tags["training_data"].startswith("synthetic, split TrainingData")  # no machine path
     info = mlflow.models.get_model_info(f"models:/unet/{version}")
     assert info.metadata["input_size"] == [SIZE, SIZE] and info.metadata["architecture"] == "unet"
     assert [m.key for m in mlflow.get_logged_model(info.model_id).metrics] == ["output_val_mre_mm"]

@@ -12,17 +12,17 @@ import timm
 import torch
 from conftest import REPO, edited
 
-from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from mahtnet.analysis.plots import plot_attention_maps
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import ModelParams, ParamsError, parse_params
-from mahtnet.losses import log_heatmaps, softmax_ce
 from mahtnet.models.bottleneck import Attention, TransformerBottleneck, window_partition, window_reverse
+from mahtnet.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mahtnet.models.encoder import Encoder, EncoderWeightsError, remap_in_order
 from mahtnet.models.factory import MAHT_NET_KEYS, build_model
-from mahtnet.models.head import LandmarkOutput, landmark_output
+from mahtnet.models.head import LandmarkOutput, landmark_output, log_heatmaps
 from mahtnet.models.maht_net import MAHTNet, attention_maps
 from mahtnet.models.unet import UNet
-from mahtnet.plots import plot_attention_maps
+from mahtnet.training.losses import softmax_ce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 K = 3

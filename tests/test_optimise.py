@@ -11,10 +11,10 @@ from conftest import tiny_unet_checkpoint
 
 from mahtnet.config import ParamsError, parse_params
 from mahtnet.decoding import OnnxBackend
-from mahtnet.export import export_onnx
+from mahtnet.deploy.export import export_onnx
+from mahtnet.deploy.quantize import excluded_nodes, quantize_int8
 from mahtnet.landmarks import LANDMARK_NAMES
-from mahtnet.losses import heatmap_distillation
-from mahtnet.quantize import excluded_nodes, quantize_int8
+from mahtnet.training.losses import heatmap_distillation
 
 K = len(LANDMARK_NAMES)
 
@@ -83,10 +83,10 @@ def tiny_maht_net_checkpoint(tmp_path, sparsity=None, params_raw=None):
     """A saved tiny MAHT-Net (random weights), channel-pruned to ``sparsity`` when given."""
     from test_models import TINY
 
-    from mahtnet.checkpoint import save_checkpoint
     from mahtnet.config import ModelParams
+    from mahtnet.models.checkpoint import save_checkpoint
     from mahtnet.models.factory import build_model
-    from mahtnet.prune import prune_model
+    from mahtnet.training.prune import prune_model
 
     torch.manual_seed(0)
     p = ModelParams(unet_channels=4, unet_depth=2, **TINY)
@@ -105,8 +105,8 @@ def tiny_maht_net_checkpoint(tmp_path, sparsity=None, params_raw=None):
 
 
 def test_pruning_shrinks_the_network_which_still_loads_exports_and_predicts(tmp_path, params_raw):
-    from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
-    from mahtnet.prune import count_parameters
+    from mahtnet.models.checkpoint import load_checkpoint, model_from_checkpoint
+    from mahtnet.training.prune import count_parameters
 
     full, _ = tiny_maht_net_checkpoint(tmp_path)
     pruned, path = tiny_maht_net_checkpoint(tmp_path, 0.5, params_raw)
@@ -140,7 +140,7 @@ def test_prune_params_name_their_key(params_raw):
 
 
 def test_peak_memory_is_the_childs_own_not_the_callers(onnx_model):
-    from mahtnet.memory import peak_memory_mb
+    from mahtnet.deploy.memory import peak_memory_mb
 
     ballast = np.ones(2**27)  # 1 GiB resident in this (the calling) process
     got = peak_memory_mb("onnx", onnx_model)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from mahtnet.clinical import MEASUREMENTS
+from mahtnet.analysis.clinical import MEASUREMENTS
 
 pytestmark = pytest.mark.slow
 
@@ -250,8 +250,8 @@ def test_unknown_params_key_fails_with_its_name(pipeline, tmp_path):
 
 
 def test_ensemble_of_checkpoints(pipeline, tmp_path):
+    from mahtnet.analysis.evaluation import evaluate
     from mahtnet.data.preprocess import PreparedSet
-    from mahtnet.evaluate import evaluate
 
     data = PreparedSet.load(pipeline / "data" / "prepared" / "test.npz")
     models = pipeline / "data" / "models"

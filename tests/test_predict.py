@@ -14,7 +14,7 @@ from conftest import tiny_unet_checkpoint, write_dicom
 from mahtnet.cli import main
 from mahtnet.data.preprocess import Letterbox, letterbox_image
 from mahtnet.decoding import OnnxBackend, TorchBackend
-from mahtnet.export import export_onnx
+from mahtnet.deploy.export import export_onnx
 from mahtnet.landmarks import LANDMARK_NAMES
 
 K = len(LANDMARK_NAMES)
@@ -169,8 +169,9 @@ def test_empty_folder_and_missing_model(checkpoint, tmp_path, capsys):
     assert "missing.onnx" in capsys.readouterr().err
 
 
-def test_wrapped_commands_run_the_scripts(capsys):
-    assert main(["export", "--help"]) == 0  # stages/export.py's own help, through a subprocess
+def test_wrapped_commands_are_library_commands(capsys):
+    assert main(["export", "--help"]) == 0  # mahtnet.commands.export's own help, in this process
+    assert "--refiner" in capsys.readouterr().out
 
 
 # ---- the headline pipeline (shape decoding + refiner) on ONNX files alone ------------------
@@ -180,8 +181,8 @@ def test_wrapped_commands_run_the_scripts(capsys):
 def refiner(tmp_path_factory):
     import torch
 
-    from mahtnet.checkpoint import save_checkpoint
-    from mahtnet.refine import build_refiner
+    from mahtnet.models.checkpoint import save_checkpoint
+    from mahtnet.models.factory import build_refiner
 
     torch.manual_seed(1)
     meta = {
@@ -208,7 +209,7 @@ def shape_prior(tmp_path_factory):
 
 def test_refiner_onnx_export_matches_pytorch(refiner, tmp_path):
     from mahtnet.decoding import OnnxRefiner, TorchRefiner
-    from mahtnet.export import export_refiner_onnx
+    from mahtnet.deploy.export import export_refiner_onnx
 
     onnx = export_refiner_onnx(refiner, tmp_path / "refiner.onnx")
     ref, got = TorchRefiner(refiner, "cpu"), OnnxRefiner(onnx)
@@ -226,7 +227,7 @@ def test_refiner_onnx_export_matches_pytorch(refiner, tmp_path):
 def test_headline_pipeline_on_onnx_runs_without_torch(checkpoint, onnx_model, refiner, shape_prior, tmp_path):
     """``mahtnet predict --model X.onnx --refiner R.onnx --shape-prior P``: PyTorch is never
     imported, and the landmarks are the PyTorch files' to 0.05 px."""
-    from mahtnet.export import export_refiner_onnx
+    from mahtnet.deploy.export import export_refiner_onnx
 
     refiner_onnx = export_refiner_onnx(refiner, tmp_path / "refiner.onnx")
     cv2.imwrite(str(tmp_path / "a.png"), xray(5, 300, 240))

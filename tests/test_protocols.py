@@ -7,7 +7,7 @@ from mahtnet.codec import HeatmapCodec
 from mahtnet.data.dataset import LandmarkDataset
 from mahtnet.data.fine import fine_from_images
 from mahtnet.data.preprocess import prepare_images, split_key
-from mahtnet.refine import PatchDataset
+from mahtnet.training.refiner import PatchDataset
 
 K = 19
 

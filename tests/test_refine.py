@@ -7,13 +7,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mahtnet.card import ModelCard
 from mahtnet.data.fine import FineSet, extract_patch, patch_codec, patch_origin, prepare_fine
 from mahtnet.data.isbi import Sample
 from mahtnet.decoding import TorchRefiner
 from mahtnet.decoding.reader import refine_landmarks
+from mahtnet.models.card import ModelCard
+from mahtnet.models.factory import build_refiner
 from mahtnet.models.head import landmark_output
-from mahtnet.refine import JitterModel, PatchDataset, build_refiner, refine_loss
+from mahtnet.training.refiner import JitterModel, PatchDataset, refine_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

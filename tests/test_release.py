@@ -6,8 +6,8 @@ import json
 import pytest
 
 import mahtnet.release as release
-from mahtnet.card import sha256
 from mahtnet.cli import main
+from mahtnet.models.card import sha256
 
 
 def _args(**kw):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from mahtnet.analysis.robustness import PERTURBATIONS, perturb, robustness
 from mahtnet.config import ParamsError, parse_params
-from mahtnet.robustness import PERTURBATIONS, perturb, robustness
 
 
 def dot_image(points, h=120, w=100):

@@ -13,7 +13,7 @@ import pytest
 from test_training import _prepared, tiny_raw
 
 from mahtnet.config import ParamsError, parse_params
-from mahtnet.search import ReportToOptuna, create_study, plot_study, search, summary, trial_params
+from mahtnet.training.search import ReportToOptuna, create_study, plot_study, search, summary, trial_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -88,7 +88,7 @@ WORKER = textwrap.dedent(
     import os, sys, time, yaml
     import optuna
     from mahtnet.config import parse_params
-    from mahtnet.search import create_study, run_worker
+    from mahtnet.training.search import create_study, run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = parse_params(yaml.safe_load(open(sys.argv[1])))
@@ -105,7 +105,7 @@ WORKER = textwrap.dedent(
 
 
 def test_sampler_seeds_of_resumed_studies_and_workers_do_not_collide():
-    from mahtnet.search import sampler_seed
+    from mahtnet.training.search import sampler_seed
 
     assert sampler_seed(7, 0) == 7  # a fresh study is reproducible
     assert sampler_seed(7, 3) == sampler_seed(7, 3) != sampler_seed(7, 4)
@@ -168,8 +168,8 @@ def test_a_tiny_study_trains_reads_no_test_image_and_reports(tmp_path, monkeypat
 
 
 def test_grid_sampler_needs_choices_and_covers_the_grid(tmp_path):
-    from mahtnet.search import dims as search_dims
-    from mahtnet.search import make_sampler, run_worker, suggest
+    from mahtnet.training.search import dims as search_dims
+    from mahtnet.training.search import make_sampler, run_worker, suggest
 
     raw = search_raw(tmp_path, sampler="grid", trials=10)
     with pytest.raises(ParamsError, match="search.sampler"):
@@ -188,7 +188,7 @@ def test_grid_sampler_needs_choices_and_covers_the_grid(tmp_path):
 def test_workers_and_resumed_sessions_nest_their_trials_under_one_study_run(tmp_path):
     import mlflow
 
-    from mahtnet.search import STUDY_RUN, study_run
+    from mahtnet.training.search import STUDY_RUN, study_run
 
     sets = (_prepared(8, 0), _prepared(4, 1))
     for trials, worker in ((1, False), (2, True), (3, False)):  # first process, a worker, a resume

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from conftest import tiny_unet_checkpoint, write_dicom
 
-from mahtnet.card import sha256
 from mahtnet.data.isbi import read_annotation
 from mahtnet.landmarks import LANDMARK_NAMES
+from mahtnet.models.card import sha256
 from mahtnet.serve import load_corrections
 
 pytestmark = pytest.mark.slow
@@ -380,7 +380,7 @@ def test_review_correction_is_saved_next_to_the_image_and_read_back(server, file
 
 def test_onnx_model(files, predicted, tmp_path):
     """The exported model (onnxruntime, no PyTorch): the same JSON as ``mahtnet predict`` on it."""
-    from mahtnet.export import export_onnx
+    from mahtnet.deploy.export import export_onnx
 
     onnx = export_onnx(files["model"], tmp_path / "unet.onnx")
     predict_cli(onnx, [files["images"] / "j.jpg"], tmp_path / "out", "--no-overlay")

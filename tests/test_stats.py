@@ -5,7 +5,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from mahtnet import stats
+from mahtnet.analysis import stats
 from mahtnet.landmarks import LANDMARK_NAMES
 
 K = 19

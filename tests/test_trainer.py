@@ -8,16 +8,16 @@ import pytest
 import torch
 from test_training import _prepared, _set, run_stage, tiny_raw
 
-from mahtnet.checkpoint import load_checkpoint
+from mahtnet.analysis.evaluation import Decoding, evaluate_variants
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import parse_params
 from mahtnet.data.fine import FineSet
 from mahtnet.decoding import load_refiner
 from mahtnet.decoding.shape import fit_prior_from_prepared
-from mahtnet.evaluate import Decoding, evaluate_variants
-from mahtnet.refine_train import train_refiner
-from mahtnet.train import SigmaCurriculum, stage_task
-from mahtnet.trainer import Callback, StageOutputs, Trainer, TrainerSettings
+from mahtnet.models.checkpoint import load_checkpoint
+from mahtnet.training.loop import Callback, StageOutputs, Trainer, TrainerSettings
+from mahtnet.training.refiner_task import train_refiner
+from mahtnet.training.stages import SigmaCurriculum, stage_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -69,7 +69,7 @@ def test_callbacks_see_each_epoch_and_may_stop_training(data, tmp_path):
 
 
 def _info():
-    from mahtnet.distributed import DistInfo
+    from mahtnet.training.distributed import DistInfo
 
     return DistInfo()
 

@@ -20,12 +20,12 @@ import torch
 import yaml
 from conftest import REPO
 
-from mahtnet.checkpoint import CheckpointError, average_state_dicts, load_checkpoint, load_train_state
 from mahtnet.codec import HeatmapCodec, encode_set
 from mahtnet.config import EarlyStoppingParams, parse_params
 from mahtnet.data.preprocess import PreparedSet
-from mahtnet.train import build_stage_model, configure_stage, train
-from mahtnet.trainer import EarlyStopping, StageOutputs
+from mahtnet.models.checkpoint import CheckpointError, average_state_dicts, load_checkpoint, load_train_state
+from mahtnet.training.loop import EarlyStopping, StageOutputs
+from mahtnet.training.stages import build_stage_model, configure_stage, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SIZE = 64
@@ -154,8 +154,8 @@ sys.path.insert(0, {src!r})
 import torch
 torch.set_num_threads(1)
 from mahtnet.config import parse_params
-from mahtnet.train import train
-from mahtnet.trainer import StageOutputs
+from mahtnet.training.stages import train
+from mahtnet.training.loop import StageOutputs
 from pathlib import Path
 raw, train_set, val_set, out = pickle.load(open(sys.argv[1], "rb"))
 out = Path(out)
@@ -320,7 +320,7 @@ def test_cpu_bf16_autocast_and_plateau_scheduler(data, tmp_path):
 
 
 def test_crossvalidation_trains_and_evaluates_every_fold(data, tmp_path):
-    from mahtnet.crossval import concat, crossvalidate
+    from mahtnet.training.crossval import concat, crossvalidate
 
     raw = _set(tiny_raw(), baseline__epochs=1, crossval__folds=2, crossval__models=["baseline"])
     result = crossvalidate(parse_params(raw), concat(list(data)), tmp_path)

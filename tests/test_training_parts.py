@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mahtnet.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from mahtnet.decoding import LandmarkReader, TorchBackend
+from mahtnet.models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from mahtnet.models.unet import UNet
 from mahtnet.paths import repo_root
 

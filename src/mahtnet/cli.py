@@ -9,7 +9,7 @@
     mahtnet serve --model ... [the model options of predict] [--host 127.0.0.1] [--port 8000]
         [--workers N] [--queue N] [--max-upload-mb MB] [--max-pixels N] [--timeout-s S]
         [--review-dir DIR]   (HTTP service and review page, docs/serve.md)
-    mahtnet evaluate|export|benchmark ...   (the stage / benchmark scripts, same arguments)
+    mahtnet evaluate|export|benchmark ...   (mahtnet.commands: what the DVC stages run, same arguments)
 
 Errors end in one line, ``error: <file or key>: <reason>`` (``--debug`` or
 ``MAHTNET_DEBUG=1``: the traceback). In a folder run, a bad file is reported and skipped,
@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-WRAPPED = {
-    "evaluate": "stages/evaluate.py",
-    "export": "stages/export.py",
-    "benchmark": "scripts/benchmark_predict.py",
+WRAPPED = {  # mahtnet COMMAND -> the module whose main(argv) runs it (the DVC stage's too)
+    "evaluate": "mahtnet.commands.evaluate",
+    "export": "mahtnet.commands.export",
+    "benchmark": "mahtnet.commands.benchmark",
 }
 
 
@@ -87,7 +86,7 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from mahtnet.predict_run import PredictRun
+    from mahtnet.predict.run import PredictRun
 
     files = list(iter_images(args.inputs))
     return PredictRun(args).run(files, output_names(files))
@@ -105,15 +104,15 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def run_wrapped(command: str, argv: Sequence[str]) -> int:
-    """``mahtnet evaluate|export|benchmark ARGS``: the repository's script with ``ARGS``."""
-    from mahtnet.paths import repo_root
+    """``mahtnet evaluate|export|benchmark ARGS``: the library command with ``ARGS`` (0 after
+    ``--help``)."""
+    import importlib
 
-    script = repo_root() / WRAPPED[command]
-    if not script.is_file():
-        raise FileNotFoundError(
-            f"{script}: not found (mahtnet {command} runs from a clone of the repository)"
-        )
-    return subprocess.call([sys.executable, str(script), *argv])
+    try:
+        importlib.import_module(WRAPPED[command]).main(list(argv))
+    except SystemExit as done:  # argparse's --help and usage errors
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve_parser(sub)
     for name, script in WRAPPED.items():
-        sub.add_parser(name, help=f"{script} (same arguments)", add_help=False)
+        sub.add_parser(
+            name, help=f"{script} (the DVC stage's command; --help for its arguments)", add_help=False
+        )
     return run_cli(lambda: run_command(parser.parse_args([a for a in argv if a != "--debug"])), argv)
 
 

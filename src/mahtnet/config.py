@@ -275,7 +275,7 @@ class RobustnessParams:
 class TrackingParams:
     experiment: str  # MLflow experiment name
     uri: str | None  # MLflow tracking URI; null = sqlite file at the repo root
-    log_models: bool  # training stages log their network as an MLflow model (mahtnet.model_registry)
+    log_models: bool  # training stages log their network as an MLflow model (mahtnet.deploy.mlflow_models)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +290,7 @@ class QuantizeParams:
 @dataclasses.dataclass(frozen=True)
 class SearchParams:
     """Hyper-parameter and architecture search with Optuna (``search/dvc.yaml``,
-    :mod:`mahtnet.search`): each trial trains ``stage`` for ``epochs`` on the training images
+    :mod:`mahtnet.training.search`): each trial trains ``stage`` for ``epochs`` on the training images
     and is scored on validation images only (never the test split)."""
 
     study: str  # Optuna study name (workers with the same name and storage cooperate)

@@ -2,7 +2,7 @@
 
 ``run_cli(main)`` runs ``main()`` and returns what it returns; an exception becomes one line on
 stderr, ``error: <message>``, and exit status 2 (``SystemExit``). The messages of the expected
-errors (:data:`EXPECTED`, and ``mahtnet.checkpoint.CheckpointError``) already name the file or key,
+errors (:data:`EXPECTED`, and ``mahtnet.models.checkpoint.CheckpointError``) already name the file or key,
 so they are printed as they are; any other type is prefixed with its name
 (``error: ZeroDivisionError: ...``), a hint that it is a bug rather than bad input. ``--debug`` on
 the command line or ``MAHTNET_DEBUG=1`` in the environment re-raises instead, with the full
@@ -27,7 +27,7 @@ T = TypeVar("T")
 def _expected(err: Exception) -> bool:
     if isinstance(err, EXPECTED):
         return True
-    checkpoint = sys.modules.get("mahtnet.checkpoint")  # it imports torch; loaded if it raised
+    checkpoint = sys.modules.get("mahtnet.models.checkpoint")  # it imports torch; loaded if it raised
     return checkpoint is not None and isinstance(err, checkpoint.CheckpointError)
 
 

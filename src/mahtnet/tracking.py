@@ -16,7 +16,7 @@ queued ``dvc exp run`` experiments log to the same store. ``MLFLOW_TRACKING_URI`
 
 Models (:func:`log_torch_model`, :func:`log_onnx_model`) are logged into the run and
 registered as a new version of a registered model in the same store; a failed registration
-raises. What is logged under which name: :mod:`mahtnet.model_registry`.
+raises. What is logged under which name: :mod:`mahtnet.deploy.mlflow_models`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Images at a fixed physical resolution for the coarse-to-fine refinement (:class:`FineSet`),
-and the patches cut from them. Torch-free: training (:mod:`mahtnet.refine`) and reading
+and the patches cut from them. Torch-free: training (:mod:`mahtnet.training.refiner`) and reading
 landmarks (:mod:`mahtnet.decoding`) share it.
 
 Three coordinate frames, all ``(x, y)`` with pixel centres at integer positions (the project
@@ -10,7 +10,7 @@ convention, see :mod:`mahtnet.data.preprocess`):
   pixel, ``x_fine = (x_orig + 0.5) * s - 0.5`` (what ``cv2.resize`` with ``fx = fy = s`` does);
 * patch px: a ``size x size`` crop of the fine image with integer top-left ``origin`` (fine
   px), ``x_patch = x_fine - origin`` exactly (no interpolation; training patches may also be
-  rotated and zoomed about their centre, see :class:`mahtnet.refine.PatchDataset`).
+  rotated and zoomed about their centre, see :class:`mahtnet.training.refiner.PatchDataset`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A **coarse backend** maps letterboxed network inputs ``(B, H, W)`` uint8 to log-heatmaps
 ``(B, K, h, w)``; a **refiner backend** maps patches ``(B, P, P)`` uint8 and the landmark each
 patch is for ``(B,)`` to that landmark's log-probability map ``(B, P, P)`` (a log-softmax over
-the patch). Each has a :class:`~mahtnet.card.ModelCard` (``card``) and the codec of its maps
+the patch). Each has a :class:`~mahtnet.models.card.ModelCard` (``card``) and the codec of its maps
 (``codec``). :class:`OnnxBackend` and :class:`OnnxRefiner` need onnxruntime only (PyTorch is
 not imported); :class:`TorchBackend` and :class:`TorchRefiner` run a checkpoint, or a network
 in memory (:meth:`TorchBackend.from_module`, as training's validation does).
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mahtnet.card import ModelCard, card_meta
 from mahtnet.codec import HeatmapCodec
 from mahtnet.data.images import DataError
+from mahtnet.models.card import CheckpointCard, ModelCard
 
 ONNX_META_KEY = "mahtnet"
 
@@ -93,11 +93,11 @@ class TorchBackend:
     """A coarse checkpoint on PyTorch (or, :meth:`from_module`, a network in memory)."""
 
     def __init__(self, path: str | Path, device: str = "auto"):
-        from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
+        from mahtnet.models.checkpoint import load_checkpoint, model_from_checkpoint
 
         payload = load_checkpoint(path)
         model, codec, output_kind = model_from_checkpoint(payload)
-        card = ModelCard.from_meta(path, "pytorch", card_meta(payload["meta"]))
+        card = ModelCard.from_meta(path, "pytorch", CheckpointCard.of(payload["meta"]).deployed())
         self._init(model.eval(), output_kind, codec, card, device)
 
     @classmethod
@@ -113,8 +113,8 @@ class TorchBackend:
         import torch
 
         from mahtnet.data.dataset import image_to_tensor
-        from mahtnet.deploy import HeatmapNet
-        from mahtnet.inference import select_device
+        from mahtnet.models.device import select_device
+        from mahtnet.models.readout import HeatmapNet
 
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.net = HeatmapNet(model, output_kind).to(self.device).train(model.training)
@@ -136,16 +136,16 @@ class TorchRefiner:
     """A refiner checkpoint on PyTorch (or, :meth:`from_module`, one in memory)."""
 
     def __init__(self, path: str | Path, device: str = "auto"):
-        from mahtnet.checkpoint import CheckpointError, load_checkpoint
-        from mahtnet.refine import build_refiner
+        from mahtnet.models.checkpoint import CheckpointError, load_checkpoint
+        from mahtnet.models.factory import build_refiner
 
         payload = load_checkpoint(path)
-        meta = payload["meta"]
-        if meta.get("kind") != "refiner":
+        meta = CheckpointCard.of(payload["meta"])
+        if meta.kind != "refiner":
             raise CheckpointError(f"{path} is not a refiner checkpoint (train_refine writes those)")
-        model = build_refiner(len(meta["landmark_names"]), meta["model"]["channels"], meta["model"]["depth"])
+        model = build_refiner(len(meta.landmark_names), meta.model["channels"], meta.model["depth"])
         model.load_state_dict(payload["model_state"])
-        self._init(model.eval(), ModelCard.from_meta(path, "pytorch", card_meta(meta)), device)
+        self._init(model.eval(), ModelCard.from_meta(path, "pytorch", meta.deployed()), device)
 
     @classmethod
     def from_module(cls, model, card: ModelCard, device="cpu") -> TorchRefiner:
@@ -156,8 +156,8 @@ class TorchRefiner:
     def _init(self, model, card: ModelCard, device) -> None:
         import torch
 
-        from mahtnet.deploy import RefinerNet
-        from mahtnet.inference import select_device
+        from mahtnet.models.device import select_device
+        from mahtnet.models.readout import RefinerNet
 
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.net = RefinerNet(model).to(self.device).train(model.training)

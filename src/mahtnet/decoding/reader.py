@@ -22,7 +22,7 @@ Gaussian of the model's sigma (``1 / (2 pi sigma^2)``): about 1 when the network
 as what it was trained to draw, lower when it is unsure or torn between places. It is the
 same for every variant (the coarse network's certainty about where the landmark is; the
 refiner only moves it within a patch), averaged over TTA transforms. With a calibration
-(:class:`mahtnet.calibration.ErrorCalibration`, fitted on the variant the reader emits), each
+(:class:`mahtnet.analysis.calibration.ErrorCalibration`, fitted on the variant the reader emits), each
 landmark also gets an expected error in mm.
 """
 

@@ -41,3 +41,9 @@ def build_model(
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
     return MODELS[name](p, in_channels, num_landmarks)
+
+
+def build_refiner(num_landmarks: int, channels: int, depth: int) -> UNet:
+    """The refinement network: a :class:`UNet` on one-channel patches with one heatmap
+    (logits) per landmark; patch sizes must be divisible by ``2**depth``."""
+    return UNet(1, num_landmarks, channels, depth)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -54,3 +55,18 @@ class HeatmapHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> LandmarkOutput:
         return landmark_output(self.conv(x), self.stride, self.temperature)
+
+
+OUTPUT_KINDS = ("logits", "heatmap")  # what a model's ``heatmaps`` hold (checkpoint meta ``output_kind``)
+
+
+def log_heatmaps(output: torch.Tensor, kind: str) -> torch.Tensor:
+    """Network output -> log-heatmaps ``(B, K, h, w)`` for :meth:`HeatmapCodec.decode`: the
+    head's ``kind`` of output (:data:`OUTPUT_KINDS`; ``logits`` under a spatial log-softmax,
+    ``heatmap`` a log). The one conversion: training, the readout modules and export use it."""
+    if kind == "logits":
+        b, k, h, w = output.shape
+        return F.log_softmax(output.float().reshape(b, k, -1), dim=-1).reshape(b, k, h, w)
+    if kind == "heatmap":
+        return output.float().clamp_min(1e-10).log()
+    raise KeyError(f"unknown output kind {kind!r}; valid: logits, heatmap")

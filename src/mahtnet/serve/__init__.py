@@ -1,8 +1,8 @@
 """``mahtnet serve``: an HTTP inference service and a review page in the browser.
 
 * :mod:`mahtnet.serve.service` -- the model, loaded exactly as ``mahtnet predict`` loads it
-  (:class:`mahtnet.predict_run.PredictRun`), an uploaded image checked and predicted through
-  :func:`mahtnet.predict.predict_xrays` and :func:`mahtnet.predict.to_json` (one decoder, one
+  (:class:`mahtnet.predict.run.PredictRun`), an uploaded image checked and predicted through
+  :func:`mahtnet.predict.result.predict_xrays` and :func:`mahtnet.predict.result.to_json` (one decoder, one
   document format), and the bounded worker pool.
 * :mod:`mahtnet.serve.review` -- a folder of X-rays and their ``mahtnet predict`` outputs, the
   corrections made on the review page (saved atomically next to each image as

@@ -7,7 +7,7 @@ file renamed into place, :func:`mahtnet.io.atomic_write`):
 * ``scans/a.jpg.corrected.json`` -- the image, its size and pixel spacing, per landmark the
   corrected ``x_px``, ``y_px`` (and mm), whether it was ``moved`` and where the model had put it
   (``predicted_x_px``, ``predicted_y_px``), the ISBI task-2 measurements of the corrected
-  landmarks (:func:`mahtnet.predict.measurement_report`), the model that made the prediction and
+  landmarks (:func:`mahtnet.predict.result.measurement_report`), the model that made the prediction and
   the time of saving;
 * ``scans/a.jpg.corrected.txt`` -- the ISBI annotation format, 19 lines ``x,y`` (integer px),
   which :func:`mahtnet.data.isbi.read_annotation` reads.
@@ -34,7 +34,7 @@ import numpy as np
 from mahtnet.data.images import XRAY_SUFFIXES, DataError
 from mahtnet.io import write_text
 from mahtnet.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
-from mahtnet.predict import measurement_report
+from mahtnet.predict.result import measurement_report
 
 CORRECTED_JSON = ".corrected.json"
 CORRECTED_TXT = ".corrected.txt"

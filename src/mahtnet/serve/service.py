@@ -1,9 +1,9 @@
 """The model behind ``mahtnet serve`` and the checks an uploaded image goes through.
 
-The model files are loaded by :class:`mahtnet.predict_run.PredictRun`, the class ``mahtnet
+The model files are loaded by :class:`mahtnet.predict.run.PredictRun`, the class ``mahtnet
 predict`` uses (backend, shape prior, refiner, calibration and their compatibility checks), and
-an image is predicted by :func:`mahtnet.predict.predict_xrays` and described by
-:func:`mahtnet.predict.to_json`: the service's JSON is ``mahtnet predict``'s ``<name>.json``
+an image is predicted by :func:`mahtnet.predict.result.predict_xrays` and described by
+:func:`mahtnet.predict.result.to_json`: the service's JSON is ``mahtnet predict``'s ``<name>.json``
 for the same file and model (only ``image`` differs: the upload's name instead of a path).
 
 An upload is written to a private temporary folder (deleted after the request) and read by
@@ -28,9 +28,9 @@ import cv2
 import numpy as np
 from fastapi import HTTPException
 
-from mahtnet import clinical
+from mahtnet.analysis import clinical
 from mahtnet.data.images import DataError, image_size, read_xray
-from mahtnet.predict import LOW_CONFIDENCE, measurement_report, predict_xrays, to_json
+from mahtnet.predict.result import LOW_CONFIDENCE, measurement_report, predict_xrays, to_json
 
 # The request body's format, from its first bytes (DICOM: "DICM" after a 128-byte preamble).
 SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "DICOM": ".dcm"}
@@ -183,7 +183,7 @@ class Model:
         calibration: Path | None = None,
         pixel_spacing: float | None = None,
     ):
-        from mahtnet.predict_run import PredictRun
+        from mahtnet.predict.run import PredictRun
 
         if pixel_spacing is not None and not (pixel_spacing > 0 and math.isfinite(pixel_spacing)):
             raise ValueError(f"--pixel-spacing: must be a positive number of mm, got {pixel_spacing}")
@@ -211,7 +211,7 @@ class Model:
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /model`` says: the model card (as in every prediction) and the options."""
-        from mahtnet.overlay import MEASUREMENT_LINES
+        from mahtnet.predict.overlay import MEASUREMENT_LINES
 
         files = {k: (None if v is None else str(v)) for k, v in self.files.items()}
         return {
@@ -243,7 +243,7 @@ class Model:
         pred = predict_xrays(self.reader, [xray], self.pixel_spacing)[0]
         doc = to_json(pred, self.card)
         if overlay:
-            from mahtnet.overlay import draw_overlay
+            from mahtnet.predict.overlay import draw_overlay
 
             pic = draw_overlay(xray.pixels, pred.landmarks, self.card.landmark_names, pred.confidence)
             doc["overlay_png"] = png_base64(pic)
@@ -292,7 +292,7 @@ class Model:
 
 
 def measurements_of(landmarks: np.ndarray, spacing_mm: float | None) -> dict[str, dict]:
-    """:func:`mahtnet.predict.measurement_report` (the one implementation) as strict JSON."""
+    """:func:`mahtnet.predict.result.measurement_report` (the one implementation) as strict JSON."""
     return json_safe(measurement_report(landmarks, spacing_mm))
 
 

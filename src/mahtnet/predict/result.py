@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from mahtnet import clinical
-from mahtnet.card import ModelCard
+from mahtnet.analysis import clinical
 from mahtnet.data.images import XRay
 from mahtnet.decoding import LandmarkReader
+from mahtnet.models.card import ModelCard
 
 LOW_CONFIDENCE = 0.4  # about the 1st-5th percentile on the ISBI validation images (docs/predict.md)
 DECODING_NAMES = {"coarse": "arg-max", "shape": "shape-consistent", "refined": "refined"}

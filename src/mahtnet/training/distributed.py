@@ -14,7 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from mahtnet.inference import select_device
+from mahtnet.models.device import select_device
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The refinement stage as a :class:`~mahtnet.trainer.TrainTask`: a small U-Net trained on
+"""The refinement stage as a :class:`~mahtnet.training.task.TrainTask`: a small U-Net trained on
 fine-resolution patches around each landmark, with patch centres jittered by the coarse
 model's own validation errors, validated on patches centred on the coarse model's
 validation predictions (the situation it will meet at test time)."""
@@ -15,18 +15,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mahtnet import metrics
-from mahtnet.card import ModelCard
 from mahtnet.config import Params, RefineParams, to_dict, train_fingerprint
 from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.decoding import LandmarkReader, TorchBackend, TorchRefiner
 from mahtnet.decoding.reader import refine_landmarks
-from mahtnet.distributed import init_distributed, shutdown
 from mahtnet.landmarks import LANDMARK_NAMES
-from mahtnet.refine import JitterModel, PatchDataset, build_refiner, refine_loss
+from mahtnet.models.card import ModelCard
+from mahtnet.models.factory import build_refiner
 from mahtnet.tracking import Run
-from mahtnet.train import configure_stage
-from mahtnet.trainer import StageOutputs, Trainer, TrainerSettings, TrainResult, TrainTask, seed_everything
+from mahtnet.training.distributed import init_distributed, shutdown
+from mahtnet.training.loop import (
+    StageOutputs,
+    Trainer,
+    TrainerSettings,
+    TrainResult,
+    seed_everything,
+)
+from mahtnet.training.refiner import JitterModel, PatchDataset, refine_loss
+from mahtnet.training.stages import configure_stage
+from mahtnet.training.task import TrainTask
 
 
 def coarse_predictions(

@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
+from mahtnet.analysis.plots import plot_attention_maps
 from mahtnet.data.dataset import image_to_tensor
+from mahtnet.models.checkpoint import load_checkpoint, model_from_checkpoint
 from mahtnet.models.maht_net import MAHTNet, attention_maps, landmark_attention
-from mahtnet.plots import plot_attention_maps
 
 QUERY_LANDMARKS = ("sella", "gonion", "menton")
 
 
 def attention_figures(checkpoint: str | Path, result, folder: str | Path) -> list[Path]:
-    """``attention_{best,worst}.png`` in ``folder`` for an :class:`~mahtnet.evaluate.Evaluation`
+    """``attention_{best,worst}.png`` in ``folder`` for an :class:`~mahtnet.analysis.evaluation.Evaluation`
     of a MAHT-Net ``checkpoint``; ``[]`` for other models."""
     model, _, _ = model_from_checkpoint(load_checkpoint(checkpoint))
     if not isinstance(model, MAHTNet) or not len(model.bottleneck.blocks) or model.bottleneck.bypass:

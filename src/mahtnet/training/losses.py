@@ -193,7 +193,8 @@ def predicted_heatmaps(
 class CompositeLoss(nn.Module):
     """Weighted sum of the :data:`TERMS` with positive weight (zero-weight terms are not
     computed), or with ``uncertainty`` their :class:`UncertaintyWeighting` combination of
-    ``weight * term``. ``output`` is the network's output kind (see :func:`log_heatmaps`)."""
+    ``weight * term``. ``output`` is the network's output kind (see
+    :func:`mahtnet.models.head.log_heatmaps`)."""
 
     def __init__(
         self,
@@ -314,13 +315,3 @@ def heatmap_distillation(student: torch.Tensor, teacher: torch.Tensor, temperatu
     log_t = F.log_softmax(teacher.detach().float().reshape(b, k, -1) / temperature, dim=-1)
     kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)
     return temperature**2 * kl.mean()
-
-
-def log_heatmaps(output: torch.Tensor, kind: str) -> torch.Tensor:
-    """Network output -> log-heatmaps ``(B, K, h, w)`` for :meth:`HeatmapCodec.decode`."""
-    if kind == "logits":
-        b, k, h, w = output.shape
-        return F.log_softmax(output.float().reshape(b, k, -1), dim=-1).reshape(b, k, h, w)
-    if kind == "heatmap":
-        return output.float().clamp_min(1e-10).log()
-    raise KeyError(f"unknown output kind {kind!r}; valid: logits, heatmap")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mahtnet.losses import log_heatmaps
+from mahtnet.models.head import log_heatmaps
 
 
 class HeatmapNet(nn.Module):

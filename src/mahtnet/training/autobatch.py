@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 if TYPE_CHECKING:
-    from mahtnet.trainer import TrainTask
+    from mahtnet.training.task import TrainTask
 
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 

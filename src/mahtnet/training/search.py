@@ -38,7 +38,7 @@ from mahtnet.config import (
 )
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.paths import repo_root
-from mahtnet.trainer import Callback, StageOutputs
+from mahtnet.training.loop import Callback, StageOutputs
 
 HEARTBEAT_S = 30  # a worker's running trial counts as dead after 4 missed heartbeats
 COUNTED = ("COMPLETE", "PRUNED")  # the states that count towards search.trials
@@ -103,7 +103,7 @@ def folds_of(params: Params, train_set: PreparedSet, val_set: PreparedSet) -> li
     ``crossval.folds`` folds of both together (``crossval``). Never the test split."""
     if params.search.objective == "val":
         return [(train_set, val_set)]
-    from mahtnet.crossval import concat, fold_indices
+    from mahtnet.training.crossval import concat, fold_indices
 
     every = concat([train_set, val_set])
     out = []
@@ -119,7 +119,7 @@ def make_objective(
     """The study's objective: ``trial -> validation MRE (mm)``."""
     import optuna
 
-    from mahtnet.train import train
+    from mahtnet.training.stages import train
 
     splits = folds_of(params, train_set, val_set)
 

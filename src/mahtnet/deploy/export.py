@@ -1,12 +1,13 @@
 """ONNX export of a trained model, and its parity and latency against PyTorch.
 
-A coarse model's graph is :class:`mahtnet.deploy.HeatmapNet`: input ``images`` ``(batch, 1,
+A coarse model's graph is :class:`mahtnet.models.readout.HeatmapNet`: input ``images`` ``(batch, 1,
 H, W)`` float32 in [0, 1], output ``log_heatmaps`` ``(batch, K, h, w)``. A refiner's is
-:class:`mahtnet.deploy.RefinerNet`: inputs ``patches`` ``(batch, 1, P, P)`` and ``landmark``
-``(batch,)``, output ``log_probs`` ``(batch, P, P)``. The batch axis is dynamic. The model card
-(:func:`mahtnet.card.card_meta`: kind, architecture, input size, heatmap sigma and stride,
-landmark names, training data; a refiner's patch resolution) is stored as the ONNX metadata
-entry ``mahtnet``, so ``mahtnet predict --model X.onnx --refiner R.onnx`` needs nothing else.
+:class:`mahtnet.models.readout.RefinerNet`: inputs ``patches`` ``(batch, 1, P, P)`` and ``landmark``
+``(batch,)``, output ``log_probs`` ``(batch, P, P)``. The batch axis is dynamic. The model
+card (:meth:`mahtnet.models.card.CheckpointCard.deployed`: kind, architecture, input size,
+heatmap sigma and stride, landmark names, training data; a refiner's patch resolution) is
+stored as the ONNX metadata entry ``mahtnet``, so ``mahtnet predict --model X.onnx --refiner
+R.onnx`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from mahtnet.card import card_meta, sha256
-from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
 from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.decoding import LandmarkReader, OnnxBackend, OnnxRefiner, TorchBackend, TorchRefiner
 from mahtnet.decoding.backends import ONNX_META_KEY
 from mahtnet.decoding.reader import refine_landmarks
-from mahtnet.deploy import HeatmapNet
 from mahtnet.io import atomic_write
 from mahtnet.metrics import radial_errors_mm
+from mahtnet.models.card import CheckpointCard, sha256
+from mahtnet.models.checkpoint import load_checkpoint, model_from_checkpoint, read_card
+from mahtnet.models.readout import HeatmapNet
 
 OPSET = 17
 THREADS = (1, 2)  # CPU threads of the latency figures
@@ -41,26 +42,26 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> 
     payload = load_checkpoint(checkpoint)
     model, _, output_kind = model_from_checkpoint(payload)
     net = HeatmapNet(model, output_kind).eval()
-    example = (torch.zeros(1, 1, *payload["meta"]["input_size"]),)
+    example = (torch.zeros(1, 1, *CheckpointCard.of(payload["meta"]).input_size),)
     names = (["images"], ["log_heatmaps"], {"images": {0: "batch"}, "log_heatmaps": {0: "batch"}})
-    return _write_onnx(net, example, names, _card(checkpoint, payload["meta"]), out, opset)
+    return _write_onnx(net, example, names, _card(checkpoint), out, opset)
 
 
 def export_refiner_onnx(checkpoint: str | Path, out: str | Path, opset: int = OPSET) -> Path:
     """Write a refiner checkpoint as ONNX (atomically): inputs ``patches (B, 1, P, P)`` float32
     in [0, 1] and ``landmark (B,)`` int64, output ``log_probs (B, P, P)``
-    (:class:`mahtnet.deploy.RefinerNet`), with its card as metadata."""
+    (:class:`mahtnet.models.readout.RefinerNet`), with its card as metadata."""
     refiner = TorchRefiner(checkpoint, "cpu")
     size = refiner.card.input_size[0]
     example = (torch.zeros(2, 1, size, size), torch.zeros(2, dtype=torch.int64))
     axes = {"patches": {0: "batch"}, "landmark": {0: "batch"}, "log_probs": {0: "batch"}}
     names = (["patches", "landmark"], ["log_probs"], axes)
-    meta = load_checkpoint(checkpoint)["meta"]
-    return _write_onnx(refiner.net.eval(), example, names, _card(checkpoint, meta), out, opset)
+    return _write_onnx(refiner.net.eval(), example, names, _card(checkpoint), out, opset)
 
 
-def _card(checkpoint: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
-    return card_meta(meta) | {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint)}
+def _card(checkpoint: str | Path) -> dict[str, Any]:
+    deployed = read_card(checkpoint).deployed()
+    return deployed | {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint)}
 
 
 def _write_onnx(net: torch.nn.Module, example: tuple, names: tuple, card: dict, out, opset: int) -> Path:

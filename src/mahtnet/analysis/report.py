@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mahtnet.clinical import MEASUREMENTS
+from mahtnet.analysis.clinical import MEASUREMENTS
 from mahtnet.io import write_text
 
 GROUND_TRUTHS = (
@@ -163,7 +163,7 @@ def robustness_section(results: dict[str, dict]) -> list[str]:
 def literature_section(models: dict[str, dict], context: dict) -> list[str]:
     """Published ISBI 2015 results beside this run's models (only where the protocol matches:
     ISBI data, senior ground truth, Test1)."""
-    from mahtnet.literature import HEADER, comparison_rows
+    from mahtnet.analysis.literature import HEADER, comparison_rows
 
     if (context["dataset"], context["test_split"]) != ("isbi2015", "Test1Data"):
         return []
@@ -357,7 +357,7 @@ def _clinical_section(models: dict[str, dict]) -> list[str]:
         "",
         "Classification accuracy (%) of the eight measurements computed from the predicted landmarks "
         "against those from the ground-truth landmarks; the doctors' agreement (senior vs junior "
-        "landmarks) for reference. Definitions and class thresholds: `src/mahtnet/clinical.py`.",
+        "landmarks) for reference. Definitions and class thresholds: `src/mahtnet/analysis/clinical.py`.",
         "",
         table(["measurement", *names, "senior vs junior"], rows),
         "",
@@ -396,7 +396,7 @@ def _overlays_section(names: Sequence[str], figures: dict[str, Path]) -> list[st
             "",
             "On the same images: the attention each stride-32 token receives in the last transformer "
             "block, the decoder's attention gates, and the last block's attention from the token under "
-            "a few landmarks (at their ground-truth position). `src/mahtnet/explain.py`.",
+            "a few landmarks (at their ground-truth position). `src/mahtnet/analysis/explain.py`.",
             "",
         ]
         md += [_figure(figures, name, name.replace("_", " ")) for name in attention]

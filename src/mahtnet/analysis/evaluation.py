@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mahtnet import clinical, metrics
+from mahtnet import metrics
+from mahtnet.analysis import clinical
+from mahtnet.analysis.plots import plot_confidence, plot_predictions
 from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.decoding import LandmarkReader, TorchBackend
 from mahtnet.decoding.reader import refine_landmarks
 from mahtnet.decoding.shape import ShapePrior
 from mahtnet.io import atomic_write
-from mahtnet.plots import plot_confidence, plot_predictions
 
 SDR_CURVE_MM = tuple(np.round(np.arange(0.5, 10.01, 0.25), 2))
 

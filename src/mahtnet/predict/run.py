@@ -1,6 +1,6 @@
 """One ``mahtnet predict`` run: read, predict and write a list of X-ray files in batches.
 
-Per image ``<out>/<name>.json`` (:func:`mahtnet.predict.to_json`), ``<name>.png`` (overlay)
+Per image ``<out>/<name>.json`` (:func:`mahtnet.predict.result.to_json`), ``<name>.png`` (overlay)
 and, on request, ``<name>.txt`` (ISBI format); for the run ``<out>/landmarks.csv`` (one row
 per image and landmark). Every file is written atomically. A file that cannot be read or
 predicted is reported on stderr (``error: <file>: <reason>``) and skipped; the run goes on,
@@ -18,14 +18,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from mahtnet.calibration import ErrorCalibration
-from mahtnet.card import synthetic_warning
+from mahtnet.analysis.calibration import ErrorCalibration
 from mahtnet.data.images import XRay, read_xray
 from mahtnet.decoding import LandmarkReader, load_backend, load_refiner
 from mahtnet.decoding.shape import ShapePrior
 from mahtnet.decoding.tta import tta_transforms
 from mahtnet.io import write_text
-from mahtnet.predict import DECODING_NAMES, Prediction, isbi_text, predict_xrays, to_json
+from mahtnet.models.card import synthetic_warning
+from mahtnet.predict.result import DECODING_NAMES, Prediction, isbi_text, predict_xrays, to_json
 
 CSV_COLUMNS = ["image", "landmark", "x_px", "y_px", "x_mm", "y_mm", "confidence", "low_confidence"]
 CALIBRATED = "expected_error_mm"  # a column and JSON field with --calibration
@@ -127,7 +127,7 @@ class PredictRun:
         if self.args.isbi_txt:
             write_text(out / f"{name}.txt", isbi_text(p))
         if not self.args.no_overlay:
-            from mahtnet.overlay import draw_overlay, write_overlay
+            from mahtnet.predict.overlay import draw_overlay, write_overlay
 
             names = self.backend.card.landmark_names
             write_overlay(out / f"{name}.png", draw_overlay(p.xray.pixels, p.landmarks, names, p.confidence))

@@ -7,7 +7,7 @@ Registered names: ``unet`` (``train_baseline``), ``maht_net`` (``train_stage1``-
 so the refiners of different coarse architectures are different models, not versions of one),
 ``maht_net_pruned`` (``train_prune@<pct>``: the ``pruned_sparsity`` tag tells them apart).
 
-What is logged is :class:`~mahtnet.deploy.HeatmapNet`: images ``(B, 1, H, W)`` float32 in
+What is logged is :class:`~mahtnet.models.readout.HeatmapNet`: images ``(B, 1, H, W)`` float32 in
 [0, 1] -> log-heatmaps ``(B, K, h, w)``; for a refiner the images are patches ``(B, 1, P, P)``
 centred on a coarse landmark (fine resolution, ``refine.spacing_mm``), of whose K channels
 the patch's own landmark is read. Every version carries (as tags and as ``MLmodel``
@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from mahtnet.card import sha256, training_data
-from mahtnet.checkpoint import load_checkpoint, model_from_checkpoint
 from mahtnet.decoding import TorchRefiner
-from mahtnet.deploy import HeatmapNet
+from mahtnet.models.card import CheckpointCard, sha256
+from mahtnet.models.checkpoint import load_checkpoint, model_from_checkpoint, read_card
+from mahtnet.models.readout import HeatmapNet
 from mahtnet.tracking import Run, log_onnx_model, log_torch_model
 
 OUTPUT = "log-heatmaps (B, K, h, w): HeatmapCodec.decode(is_log=True) reads the landmarks"
@@ -50,36 +50,35 @@ class Deployable:
 
 def _heatmap_model(payload: dict) -> tuple[str, HeatmapNet, tuple[int, int], dict[str, Any]]:
     model, codec, output_kind = model_from_checkpoint(payload)
-    meta = payload["meta"]
+    card = CheckpointCard.of(payload["meta"])
     info = {
-        "stage": meta.get("stage", "unknown"),
+        "stage": card.stage or "unknown",
         "input": "images (B, 1, H, W) float32 in [0, 1], letterboxed to the input size",
         "heatmap_sigma": codec.sigma,
         "heatmap_stride": codec.stride,
         "output_kind": output_kind,
     }
-    name = meta["model"]["name"]
-    if meta.get("pruned"):
-        name, info["pruned_sparsity"] = f"{name}_pruned", meta["pruned"]["sparsity"]
+    name = card.architecture
+    if card.pruned:
+        name, info["pruned_sparsity"] = f"{name}_pruned", card.pruned["sparsity"]
     return name, HeatmapNet(model, output_kind), codec.input_size, info
 
 
 def _refiner(path: Path, coarse: str | Path | None) -> tuple[str, HeatmapNet, tuple[int, int], dict]:
-    model, meta = TorchRefiner(path, "cpu").net.model, load_checkpoint(path)["meta"]
-    coarse = Path(coarse or meta["coarse_checkpoint"])
-    coarse_name = load_checkpoint(coarse)["meta"]["model"]["name"]
-    size = int(meta["patch_size"])
+    model, card = TorchRefiner(path, "cpu").net.model, read_card(path)
+    coarse = Path(coarse or card.coarse_checkpoint)
+    coarse_name = read_card(coarse).architecture
     info = {
         "stage": "refine",
-        "input": f"patches (B, 1, P, P) float32 in [0, 1], {meta['spacing_mm']} mm/px, on a coarse point",
-        "heatmap_sigma": meta["sigma"],
+        "input": f"patches (B, 1, P, P) float32 in [0, 1], {card.spacing_mm} mm/px, on a coarse point",
+        "heatmap_sigma": card.sigma,
         "heatmap_stride": 1,
         "output_kind": "logits",
         "coarse_checkpoint": str(coarse),
         "coarse_architecture": coarse_name,
-        "spacing_mm": meta["spacing_mm"],
+        "spacing_mm": card.spacing_mm,
     }
-    return f"refiner_{coarse_name}", HeatmapNet(model, "logits"), (size, size), info
+    return f"refiner_{coarse_name}", HeatmapNet(model, "logits"), card.input_size, info
 
 
 def deployable(checkpoint: str | Path, coarse: str | Path | None = None) -> Deployable:
@@ -87,8 +86,8 @@ def deployable(checkpoint: str | Path, coarse: str | Path | None = None) -> Depl
     checkpoint; default: the path stored in it) with its registered name, tags and metadata."""
     path = Path(checkpoint)
     payload = load_checkpoint(path)
-    meta = payload["meta"]
-    if meta.get("kind") == "refiner":
+    card = CheckpointCard.of(payload["meta"])
+    if card.kind == "refiner":
         name, net, size, info = _refiner(path, coarse)
     else:
         name, net, size, info = _heatmap_model(payload)
@@ -97,8 +96,8 @@ def deployable(checkpoint: str | Path, coarse: str | Path | None = None) -> Depl
         **info,
         "input_size": list(size),
         "output": OUTPUT,
-        "landmark_names": list(meta["landmark_names"]),
-        "training_data": training_data(meta),
+        "landmark_names": list(card.landmark_names),
+        "training_data": card.training_data,
         "checkpoint": str(path),
         "checkpoint_sha256": sha256(path),
     }

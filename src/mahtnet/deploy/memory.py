@@ -6,7 +6,7 @@ model, runs a few batch-1 forward passes and reports its peak RSS (the kernel's 
 mark, ``VmHWM``). ``model_mb`` is the growth from loading and running the model;
 ``peak_rss_mb`` the whole process, interpreter and libraries included::
 
-    python -m mahtnet.memory onnx|pytorch MODEL THREADS   # prints one JSON line
+    python -m mahtnet.deploy.memory onnx|pytorch MODEL THREADS   # prints one JSON line
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def memory_columns(checkpoint: Path | None, onnx: Path, threads: int = 1) -> dic
 def peak_memory_mb(backend: str, model: str | Path, threads: int = 1) -> dict[str, float]:
     """``{"peak_rss_mb", "model_mb"}`` of batch-1 inference of ``model`` on ``backend``
     (``"onnx"`` or ``"pytorch"``), measured in a fresh Python process."""
-    cmd = [sys.executable, "-m", "mahtnet.memory", backend, str(model), str(threads)]
+    cmd = [sys.executable, "-m", "mahtnet.deploy.memory", backend, str(model), str(threads)]
     src = str(Path(__file__).resolve().parents[1])  # this copy of the package, installed or not
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)

@@ -8,7 +8,7 @@
 - Optimisation: AdamW, warm-up + cosine per step or reduce-on-plateau per epoch, gradient
   clipping, gradient accumulation, fp16 autocast + gradient scaling on CUDA (bf16 autocast
   on CPU as an option), DistributedDataParallel under ``torchrun``.
-- Memory (:mod:`mahtnet.autobatch`): each loaded batch may be split into micro-batches whose
+- Memory (:mod:`mahtnet.training.autobatch`): each loaded batch may be split into micro-batches whose
   gradients add up to the batch's: as many as fit the device with ``train.batch_size: auto``,
   and twice as many after an out-of-memory error, when the optimizer step under way is redone.
 - Model selection on the validation split (``select``), early stopping on several criteria
@@ -29,7 +29,7 @@ import random
 import resource
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from mahtnet.autobatch import fit_to_device, largest_over_processes, micro_batch, pieces_for, split_batch
-from mahtnet.checkpoint import (
+from mahtnet.analysis.plots import plot_grad_flow
+from mahtnet.config import EarlyStoppingParams, StageParams, TrainParams
+from mahtnet.io import atomic_write, load_torch
+from mahtnet.models.checkpoint import (
     CheckpointError,
     average_state_dicts,
     load_checkpoint,
@@ -50,13 +52,18 @@ from mahtnet.checkpoint import (
     save_checkpoint,
     save_train_state,
 )
-from mahtnet.config import EarlyStoppingParams, StageParams, TrainParams
-from mahtnet.distributed import DistInfo, all_reduce_sum, average_gradients
-from mahtnet.inference import autocast
-from mahtnet.io import atomic_write, load_torch
-from mahtnet.monitor import GradientMonitor, activation_stats, component_of
-from mahtnet.plots import plot_grad_flow
+from mahtnet.models.device import autocast
 from mahtnet.tracking import Run, metric_group
+from mahtnet.training.autobatch import (
+    fit_to_device,
+    largest_over_processes,
+    micro_batch,
+    pieces_for,
+    split_batch,
+)
+from mahtnet.training.distributed import DistInfo, all_reduce_sum, average_gradients
+from mahtnet.training.monitor import GradientMonitor, activation_stats, component_of
+from mahtnet.training.task import TrainTask
 
 HIGHER_IS_BETTER = {"val_mre_mm": False, "val_sdr_2mm": True, "val_loss": False}
 
@@ -196,28 +203,6 @@ def _better(a: float, b: float, key: str) -> bool:
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-@dataclasses.dataclass
-class TrainTask:
-    """What a :class:`Trainer` trains: a model, its training data, loss and validation.
-
-    ``loss(output, batch)`` gives ``(total, {term: value})`` for a model output on a batch of
-    ``train_ds`` (``batch["image"]`` is the network input); ``validate(model)`` gives
-    ``{"val_loss", "val_mre_mm", "val_sdr_2mm"}``. ``meta`` goes into every checkpoint;
-    ``fingerprint`` identifies the run for resuming."""
-
-    name: str
-    model: nn.Module
-    loss_fn: nn.Module  # may hold learned parameters (uncertainty weighting)
-    groups: list[dict]  # optimizer parameter groups, one per trainable component
-    frozen_bn: list[nn.Module]  # BatchNorm layers kept in eval mode
-    train_ds: Dataset
-    loss: Callable[[Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-    validate: Callable[[nn.Module], dict[str, float]]
-    probe: torch.Tensor  # a fixed validation batch for activation statistics
-    meta: dict[str, Any]
-    fingerprint: str
 
 
 class Callback:
@@ -462,7 +447,7 @@ class Trainer:
 
     def _fit_batch(self) -> int:
         """``train.batch_size: auto``: the micro-batches per batch that fit the device (the most
-        any process needs), from a probe of the model (:func:`mahtnet.autobatch.fit_to_device`)."""
+        any process needs), from a probe of the model (:func:`mahtnet.training.autobatch.fit_to_device`)."""
         tp, task, target = self.tp, self.task, self.settings.batch_size
         trainable = [p for g in self.groups for p in g["params"]]
         precision = lambda: autocast(self.device, tp.amp, tp.cpu_bf16)  # noqa: E731

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
+from mahtnet.analysis.stats import compare_paired
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.decoding import OnnxBackend
-from mahtnet.export import decode_all, export_onnx, latency_ms, onnx_latency_ms
-from mahtnet.memory import memory_columns
+from mahtnet.deploy.export import decode_all, export_onnx, latency_ms, onnx_latency_ms
+from mahtnet.deploy.memory import memory_columns
 from mahtnet.metrics import radial_errors_mm, summarize
-from mahtnet.stats import compare_paired
 
 
 def parameters(checkpoint: str | Path) -> int:
-    from mahtnet.checkpoint import load_checkpoint
+    from mahtnet.models.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)["model_state"]
     return int(sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k))

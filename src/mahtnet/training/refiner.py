@@ -17,8 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mahtnet.data.fine import FineSet, extract_patch, patch_codec, patch_origin
-from mahtnet.losses import softmax_ce
-from mahtnet.models.unet import UNet
+from mahtnet.training.losses import softmax_ce
 
 # ----------------------------------------------------------------------------- jitter
 
@@ -197,17 +196,6 @@ class PatchDataset(Dataset):
 # ----------------------------------------------------------------------------- model, loss
 
 
-def build_refiner(num_landmarks: int, channels: int, depth: int) -> UNet:
-    """The refinement network: a :class:`UNet` on one-channel patches with one heatmap
-    (logits) per landmark; patch sizes must be divisible by ``2**depth``."""
-    return UNet(1, num_landmarks, channels, depth)
-
-
-def _logits(output) -> torch.Tensor:
-    """Heatmap logits ``(B, K, P, P)`` of a model output (a ``LandmarkOutput`` or a tensor)."""
-    return output.heatmaps if hasattr(output, "heatmaps") else output
-
-
 def select_landmark(logits: torch.Tensor, landmark: torch.Tensor) -> torch.Tensor:
     """``logits (B, K, P, P)`` -> ``(B, P, P)``: channel ``landmark[b]`` of item ``b``."""
     return logits[torch.arange(logits.shape[0], device=logits.device), landmark.to(logits.device).long()]
@@ -216,7 +204,7 @@ def select_landmark(logits: torch.Tensor, landmark: torch.Tensor) -> torch.Tenso
 def refine_loss(
     logits: torch.Tensor, landmark: torch.Tensor, target: torch.Tensor, visible: torch.Tensor
 ) -> torch.Tensor:
-    """Spatial-softmax KL (:func:`mahtnet.losses.softmax_ce`) of each item's own landmark
+    """Spatial-softmax KL (:func:`mahtnet.training.losses.softmax_ce`) of each item's own landmark
     channel against its target ``(B, P, P)``; averaged over visible items (0 when none)."""
     chosen = select_landmark(logits, landmark)[:, None]
     return softmax_ce(chosen, target[:, None].to(chosen.device), visible[:, None].to(chosen.device))

@@ -17,6 +17,7 @@ from torch import nn
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import ModelParams
 from mahtnet.io import atomic_write, load_torch
+from mahtnet.models.card import CheckpointCard
 from mahtnet.models.factory import build_model
 
 FORMAT = "mahtnet-checkpoint"
@@ -81,26 +82,31 @@ def model_from_checkpoint(payload: dict[str, Any]) -> tuple[nn.Module, HeatmapCo
     """Rebuild ``(model, codec, output_kind)`` from a loaded checkpoint.
 
     The encoder's initial weights file is not read (the checkpoint holds all weights), a
-    channel-pruned network (``meta["pruned"]``) is narrowed to its weights' shapes, and U-Net
+    channel-pruned network (:attr:`CheckpointCard.pruned`) is narrowed to its weights' shapes, and U-Net
     checkpoints written before MAHT-Net existed (without its ``model`` keys) still load.
     """
-    meta = payload["meta"]
-    block = dict(meta["model"])
+    card = CheckpointCard.of(payload["meta"])
+    block = dict(card.model)
     name = block.pop("name")
     missing = [f.name for f in dataclasses.fields(ModelParams) if f.name not in block]
     if missing and name != "unet":
         raise CheckpointError(f"checkpoint model block lacks keys {missing}")
     block = {k: v for k, v in block.items() if k in {f.name for f in dataclasses.fields(ModelParams)}}
     model_params = ModelParams(**(dict.fromkeys(missing) | block | {"encoder_weights": None}))
-    model = build_model(name, model_params, num_landmarks=len(meta["landmark_names"]))
-    if meta.get("pruned"):  # narrower layers than the model block builds (mahtnet.prune)
-        from mahtnet.prune import shrink_to
+    model = build_model(name, model_params, num_landmarks=len(card.landmark_names))
+    if card.pruned:  # narrower layers than the model block builds (mahtnet.training.prune)
+        from mahtnet.models.pruned import shrink_to
 
         shrink_to(model, payload["model_state"])
     else:
         model.load_state_dict(payload["model_state"])
-    if meta.get("bypass_transformer"):
+    if card.bypass_transformer:
         model.bottleneck.bypass = True
     model.eval()
-    codec = HeatmapCodec(tuple(meta["input_size"]), meta["heatmap"]["sigma"], model.output_stride)
-    return model, codec, meta["output_kind"]
+    codec = HeatmapCodec(card.input_size, card.sigma, model.output_stride)
+    return model, codec, card.output_kind
+
+
+def read_card(path: str | Path) -> CheckpointCard:
+    """The typed metadata of a checkpoint file."""
+    return CheckpointCard.of(load_checkpoint(path)["meta"])

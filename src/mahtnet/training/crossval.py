@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mahtnet.analysis.evaluation import evaluate
+from mahtnet.analysis.stats import mean_sd
 from mahtnet.codec import encode_set
 from mahtnet.config import Params
 from mahtnet.data.preprocess import PreparedSet, split_train_val
-from mahtnet.evaluate import evaluate
-from mahtnet.stats import mean_sd
-from mahtnet.train import stage_codec, train
-from mahtnet.trainer import StageOutputs
+from mahtnet.training.loop import StageOutputs
+from mahtnet.training.stages import stage_codec, train
 
 STAGES_OF = {"baseline": ("baseline",), "maht_net": ("stage1", "stage2", "stage3")}
 

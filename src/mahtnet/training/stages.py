@@ -1,5 +1,5 @@
 """The training stages of the schedule: the U-Net baseline and MAHT-Net stage 1 / 2 / 3 as
-:class:`~mahtnet.trainer.TrainTask` s for the :class:`~mahtnet.trainer.Trainer`.
+:class:`~mahtnet.training.task.TrainTask` s for the :class:`~mahtnet.training.loop.Trainer`.
 
 - Stage set-up (:func:`configure_stage`): per-component learning rates (encoder /
   transformer / decoder + head; 0 freezes a component, BatchNorm included), the transformer
@@ -8,7 +8,7 @@
   validation (MRE / SDR at the original resolution) of a stage; :func:`train` runs it.
 - :class:`SigmaCurriculum`: the heatmap sigma annealed over a stage (``heatmap.sigma_start``).
 - The optimisation stages: the students of knowledge distillation (``student``, ``distill``)
-  and the fine-tuning of a channel-pruned stage-3 MAHT-Net (``prune``, :mod:`mahtnet.prune`).
+  and the fine-tuning of a channel-pruned stage-3 MAHT-Net (``prune``, :mod:`mahtnet.training.prune`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mahtnet import metrics
-from mahtnet.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-)
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import (
     PRUNE_STAGE,
@@ -46,22 +42,28 @@ from mahtnet.config import (
 from mahtnet.data.dataset import LandmarkDataset, build_augmentation
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.decoding.reader import read_peaks
-from mahtnet.distributed import init_distributed, shutdown
-from mahtnet.inference import autocast
 from mahtnet.landmarks import LANDMARK_NAMES
-from mahtnet.losses import CompositeLoss, heatmap_distillation, log_heatmaps
+from mahtnet.models.card import CheckpointCard
+from mahtnet.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+)
+from mahtnet.models.device import autocast
 from mahtnet.models.factory import MAHT_NET_KEYS, build_model
-from mahtnet.monitor import component_of, named_components
+from mahtnet.models.head import log_heatmaps
 from mahtnet.tracking import Run
-from mahtnet.trainer import (
+from mahtnet.training.distributed import init_distributed, shutdown
+from mahtnet.training.loop import (
     Callback,
     StageOutputs,
     Trainer,
     TrainerSettings,
     TrainResult,
-    TrainTask,
     seed_everything,
 )
+from mahtnet.training.losses import CompositeLoss, heatmap_distillation
+from mahtnet.training.monitor import component_of, named_components
+from mahtnet.training.task import TrainTask
 
 MODEL_OF_STAGE = {
     "baseline": "unet",
@@ -91,7 +93,7 @@ def build_stage_model(params: Params, stage: str, init: str | Path | None) -> nn
     if init is None:
         return build_model(name, model_params)
     payload = load_checkpoint(init)
-    saved = payload["meta"]["model"]
+    saved = CheckpointCard.of(payload["meta"]).model
     keys = [k for k in MAHT_NET_KEYS if k != "encoder_weights"] if name == "maht_net" else ["unet_channels"]
     differ = [k for k in keys if saved.get(k) != getattr(model_params, k)]
     if saved.get("name") != name or differ:
@@ -107,7 +109,7 @@ def build_stage_model(params: Params, stage: str, init: str | Path | None) -> nn
 def prune_stage_model(params: Params, model: nn.Module, sparsity: float | None) -> dict:
     """Stage ``prune``: remove ``sparsity`` of the channels of the full ``model`` in place
     before fine-tuning; returns what the checkpoint records of it."""
-    from mahtnet.prune import prune_model
+    from mahtnet.training.prune import prune_model
 
     if sparsity is None:
         raise ValueError("stage prune needs a sparsity (--sparsity-pct)")
@@ -208,8 +210,8 @@ def validate(model, loader, data: PreparedSet, codec, loss_fn: CompositeLoss, de
 
 def load_teacher(path: str | Path | None, device: torch.device) -> nn.Module:
     """The distillation teacher (a checkpoint, frozen, eval mode): images -> log-heatmaps."""
-    from mahtnet.checkpoint import model_from_checkpoint
-    from mahtnet.deploy import HeatmapNet
+    from mahtnet.models.checkpoint import model_from_checkpoint
+    from mahtnet.models.readout import HeatmapNet
 
     if path is None:
         raise ValueError("stage distill needs --teacher (a checkpoint, e.g. data/models/stage3.pt)")

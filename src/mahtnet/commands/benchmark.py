@@ -1,0 +1,155 @@
+"""End-to-end prediction benchmark: one X-ray file -> landmarks JSON, as ``mahtnet predict``
+does it (read and check the file, letterbox, network, decoding, JSON document), for each model
+on PyTorch and on onnxruntime, side by side in one run: the arg-max path and, for a model given
+a ``--refiner`` (and the ``--shape-prior``), the headline path (shape-consistent decoding +
+refiner, at ``--pixel-spacing``). Writes the section ``end_to_end_predict`` of
+``metrics/benchmark.json`` (the rest of the file is kept; paths relative to the repository).
+
+Also measured: a fresh ``python -m mahtnet predict`` process on the ONNX files (imports, model
+load, one image, outputs), and whether that path imported PyTorch.
+
+Usage (ISBI-sized checkpoints, e.g. from ``python scripts/run_profile.py isbi-mean``)::
+
+    mahtnet benchmark --image ../shared/datasets/isbi2015/RawImage/Test1Data/151.bmp \\
+        --model maht_net=data/models/stage3.pt --model unet=data/models/baseline.pt \\
+        --refiner maht_net=data/models/refine_maht_net.pt --shape-prior data/models/shape_prior.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mahtnet.data.images import read_xray
+from mahtnet.decoding import LandmarkReader, load_backend, load_refiner
+from mahtnet.decoding.shape import ShapePrior
+from mahtnet.deploy.export import export_onnx, export_refiner_onnx, median_ms
+from mahtnet.io import write_json, write_text
+from mahtnet.paths import relative_to_repo, repo_root
+from mahtnet.predict.result import predict_xrays, to_json
+
+
+def end_to_end_ms(
+    model: Path, image: Path, threads: int, repeats: int, out: Path, headline=None, spacing=None
+) -> float:
+    """Median ms of file -> JSON for one image (the files loaded once, two warm-up runs);
+    ``headline``: (shape prior, refiner file) for shape decoding + refiner at ``spacing`` mm/px."""
+    backend = load_backend(model, "cpu", threads)
+    reader = LandmarkReader(backend)
+    if headline is not None:
+        prior, refiner = headline
+        reader = LandmarkReader(backend, ShapePrior.load(prior), load_refiner(refiner, "cpu", threads))
+
+    def once() -> None:
+        p = predict_xrays(reader, [read_xray(image)], spacing)[0]
+        write_text(out, json.dumps(to_json(p, backend.card), indent=2))
+
+    return median_ms(once, repeats)
+
+
+def fresh_process(onnx: Path, image: Path, out: Path, headline: list[str] = ()) -> dict:
+    """Wall time of a new ``mahtnet predict`` process on the ONNX files, and whether it imported torch."""
+    code = (
+        "import sys, time; t = time.perf_counter(); from mahtnet.cli import main; "
+        f"rc = main(['predict', {str(image)!r}, '--model', {str(onnx)!r}, *{list(headline)!r}, "
+        f"'--out', {str(out)!r}, '--no-overlay']); "
+        "print(rc, 'torch' in sys.modules, time.perf_counter() - t)"
+    )
+    t0 = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    rc, torch_imported, in_process = result.stdout.split()[-3:]
+    return {
+        "process_wall_s": wall,
+        "import_and_first_image_s": float(in_process),
+        "imported_torch": torch_imported == "True",
+        "exit_status": int(rc),
+    }
+
+
+def headline(args: argparse.Namespace, tmp: Path, name: str, ckpt: str, onnx: Path, refiner: str) -> dict:
+    """The shape + refiner path of one model on PyTorch and on onnxruntime (both ONNX files)."""
+    refiner_onnx = export_refiner_onnx(refiner, tmp / f"refine_{name}.onnx")
+    bench = lambda model, ref, out: end_to_end_ms(  # noqa: E731
+        model, args.image, args.threads, args.repeats, out, (args.shape_prior, ref), args.pixel_spacing
+    )
+    options = ["--shape-prior", str(args.shape_prior), "--refiner", str(refiner_onnx)]
+    options += ["--pixel-spacing", str(args.pixel_spacing)]
+    row = {
+        "refiner": relative_to_repo(refiner),
+        "headline_pytorch_ms": bench(Path(ckpt), Path(refiner), tmp / "hp.json"),
+        "headline_onnxruntime_ms": bench(onnx, refiner_onnx, tmp / "ho.json"),
+        "headline_onnx_fresh_process": fresh_process(onnx, args.image, tmp / "hfresh", options),
+    }
+    print(
+        f"{name} shape + refiner: PyTorch {row['headline_pytorch_ms']:.1f} ms, "
+        f"onnxruntime {row['headline_onnxruntime_ms']:.1f} ms per image"
+    )
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--image", required=True, type=Path)
+    parser.add_argument("--model", required=True, action="append", help="NAME=CHECKPOINT (.pt)")
+    parser.add_argument("--refiner", action="append", default=[], help="NAME=REFINER_CHECKPOINT (.pt)")
+    parser.add_argument("--shape-prior", type=Path, help="shape_prior stage model (with --refiner)")
+    parser.add_argument("--pixel-spacing", type=float, default=0.1, help="mm per px (ISBI: 0.1)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=repo_root() / "metrics" / "benchmark.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    xray = read_xray(args.image)
+    section = {
+        "image": relative_to_repo(args.image),
+        "image_size": list(xray.pixels.shape[::-1]),
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "steps": "read + check file, letterbox, network, decoding (arg-max; headline: shape-consistent "
+        "+ refiner), JSON document written",
+        "models": {},
+    }
+    refiners = dict(item.partition("=")[::2] for item in args.refiner)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for item in args.model:
+            name, _, ckpt = item.partition("=")
+            onnx = export_onnx(ckpt, tmp / f"{name}.onnx")
+            row = {
+                "checkpoint": relative_to_repo(ckpt),
+                "pytorch_ms": end_to_end_ms(
+                    Path(ckpt), args.image, args.threads, args.repeats, tmp / "p.json"
+                ),
+                "onnxruntime_ms": end_to_end_ms(onnx, args.image, args.threads, args.repeats, tmp / "o.json"),
+                "onnx_fresh_process": fresh_process(onnx, args.image, tmp / "fresh"),
+            }
+            row["onnx_vs_pytorch"] = row["onnxruntime_ms"] / row["pytorch_ms"]
+            if name in refiners and args.shape_prior:
+                row.update(headline(args, tmp, name, ckpt, onnx, refiners[name]))
+            section["models"][name] = row
+            print(
+                f"{name}: PyTorch {row['pytorch_ms']:.1f} ms, "
+                f"onnxruntime {row['onnxruntime_ms']:.1f} ms per image"
+            )
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report["end_to_end_predict"] = section
+    write_json(args.out, report)
+    print(f"-> {args.out} (end_to_end_predict)")
+
+
+if __name__ == "__main__":
+    main()
