@@ -1,88 +1,370 @@
-"""Queue the plan's ablations of MAHT-Net as DVC experiments (one place for the list).
+"""The plan's ablations of MAHT-Net: queue them as DVC experiments, snapshot each finished run,
+and turn the snapshots into the study's table and forest plot.
 
-    python scripts/ablations.py                      # list the variants and their -S settings
-    python scripts/ablations.py --queue [NAME ...]   # dvc exp run --queue each (all by default)
-    dvc queue start -j 1                             # run them (one at a time on a small machine)
-    dvc exp show --only-changed --drop 'plots|data|reports'   # the comparison table
-    dvc plots diff $(dvc exp ls --name-only)         # their plots side by side
+The variants are the model registry's (:mod:`mahtnet.models.variants`, tag ``ablation``); the
+loss recipes below are this script's own.
 
-Each variant changes only MAHT-Net settings (a queued experiment still re-trains the U-Net
-baseline, to the identical result, since the stages' resume states are not cached); the
-loss variants keep ``loss.output: logits`` (the heatmap terms then compare the spatial
-softmax, scaled to unit peak, with the Gaussian target). Each experiment re-trains the three
-MAHT-Net stages, evaluates and compares them with the baseline. Extra ``-S`` settings
-(e.g. the ISBI profile) go after ``--set``.
+    python scripts/ablations.py list                                  # variants and their -S settings
+    python scripts/ablations.py queue no-transformer                  # one variant on the synthetic default
+    python scripts/ablations.py queue --study isbi-mean --seeds 42 43 44   # the ISBI study (every
+                                                                      # ablation variant x seed)
+    dvc queue start -j 1                                              # run them, one at a time
+    python scripts/ablations.py snapshot --rev ablation-no-transformer-s42 --variant no-transformer
+    python scripts/ablations.py snapshot --rev isbi-mean-s42 --variant maht_net     # the reference
+    python scripts/ablations.py table [--latency]                     # docs/ablation.md, .json, figure
+
+**The study** (``--study PROFILE``): each variant runs the profile's settings plus its own, with
+seed N (the same validation split as the full model's run of that seed, so comparisons are
+paired per image), up to ``evaluate@maht_net``; the U-Net stages are restored, not trained
+(queued experiments skip unchanged stages). The study reads the coarse network with shape
+decoding (``shape``), so the refiner trains one epoch only (its figures are not used). Its MLflow
+runs go to the experiment ``mahtnet/ablation-<profile>`` with tags ``study``, ``variant`` and
+``seed``. The reference (``maht_net``) is the profile's own run of each seed.
+
+**The table** compares each variant with the reference on validation, Test1 and Test2, against
+the official ground truth and the mean of both doctors: mean +- SD over seeds of MRE, SDR 2 / 4
+mm, share beyond 4 mm and largest error; the paired difference per seed (Wilcoxon on per-image
+MRE) and pooled over seeds (per-image MRE averaged over seeds); parameters, training minutes and
+(``--latency``) the forward latency at the profile's input size. A difference smaller than the
+seed-to-seed SD of the reference is reported as no difference. Nothing is chosen on a test set.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+from pathlib import Path
 
-STAGES = ("stage1", "stage2", "stage3")
+import numpy as np
+import yaml
+
+from mahtnet.analysis.stats import mean_sd, signed_rank_test
+from mahtnet.config import load_profiles, yaml_value
+from mahtnet.io import write_json, write_text
+from mahtnet.models.variants import MAHT_NET_STAGES, VARIANTS, get_variant, variants_tagged
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = Path("docs/ablation/runs")
+SETS = ("val", "test1", "test2")
+GTS = ("official", "mean")
+VARIANT_READ = "shape"  # the coarse network with shape decoding
+REFERENCE = "maht_net"
 
 
 def _loss(**weights: float) -> dict[str, object]:
     """The same loss weights in all three MAHT-Net stages (other terms 0)."""
     terms = ("softmax_ce", "mse", "l1_coords", "wing", "adaptive_wing", "ssim", "focal")
     full = {t: weights.get(t, 0.0) for t in terms}
-    return {f"{s}.loss_weights.{t}": v for s in STAGES for t, v in full.items()}
+    return {f"{s}.loss_weights.{t}": v for s in MAHT_NET_STAGES for t, v in full.items()}
 
 
-ABLATIONS: dict[str, dict[str, object]] = {
-    "no-transformer": {"model.transformer_layers": 0},
-    "no-attention-gates": {"model.attention_gates": False},
-    "no-fpn": {"model.fpn": False},
-    "no-cbam": {"model.decoder_cbam": False},
-    "transformer-2": {"model.transformer_layers": 2},
-    "transformer-6": {"model.transformer_layers": 6},
-    "encoder-b1": {"model.encoder": "efficientnet_b1"},
-    "encoder-resnet50": {"model.encoder": "resnet50"},
+LOSSES: dict[str, dict[str, object]] = {  # loss recipes (not model variants); loss.output stays logits
     "loss-mse": _loss(mse=1.0),
     "loss-softmax-wing": _loss(softmax_ce=1.0, wing=0.1),
     "loss-softmax-l1": _loss(softmax_ce=1.0, l1_coords=0.1),
     "loss-adaptive-wing": _loss(adaptive_wing=1.0),
     "loss-softmax-ssim": _loss(softmax_ce=1.0, ssim=1.0),
     "loss-focal": _loss(focal=1.0),
-    "loss-uncertainty": {
-        **_loss(softmax_ce=1.0, wing=0.1),
-        **{f"{s}.uncertainty_weighting": True for s in STAGES},
-    },
-    "heatmap-stride-2": {"model.output_stride": 2},
+    "loss-uncertainty": {**_loss(softmax_ce=1.0, wing=0.1),
+                         **{f"{s}.uncertainty_weighting": True for s in MAHT_NET_STAGES}},
     "sigma-curriculum": {"heatmap.sigma_start": 6.0, "heatmap.anneal_fraction": 0.5},
-}
+}  # fmt: skip
 
 
-def _yaml(v: object) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
+def settings_of(name: str) -> dict[str, object]:
+    if name in LOSSES:
+        return LOSSES[name]
+    return get_variant(name).settings
 
 
-def command(name: str, settings: dict[str, object], extra: list[str]) -> list[str]:
-    args = ["dvc", "exp", "run", "--queue", "-n", f"ablation-{name}"]
+def ablation_names() -> list[str]:
+    return [v.name for v in variants_tagged("ablation") if v.name != REFERENCE]
+
+
+# ---------------------------------------------------------------------------------------- queue
+
+
+def queue_commands(
+    names: list[str], study: str | None, seeds: list[int], extra: list[str]
+) -> list[list[str]]:
+    """One ``dvc exp run --queue`` per variant (and seed, with ``--study``)."""
+    if study is None:
+        return [_command(f"ablation-{n}", settings_of(n), extra, []) for n in names]
+    profiles = load_profiles(REPO / "profiles.yaml", REPO)
+    if study not in profiles:
+        raise SystemExit(f"unknown profile '{study}'; valid: {', '.join(profiles)}")
+    base = dict(profiles[study]["set"])
+    out = []
+    for n in names:
+        for seed in seeds:
+            tags = {"study": f"ablation-{study}", "variant": n, "seed": str(seed)}
+            settings = base | settings_of(n) | {"seed": seed, "refine.train.epochs": 1}
+            settings |= {"tracking.experiment": f"mahtnet/ablation-{study}", "tracking.tags": tags}
+            out.append(_command(f"ablation-{n}-s{seed}", settings, extra, ["evaluate@maht_net"]))
+    return out
+
+
+def _command(name: str, settings: dict[str, object], extra: list[str], targets: list[str]) -> list[str]:
+    cmd = ["dvc", "exp", "run", "--queue", "-n", name]
     for key, value in settings.items():
-        args += ["-S", f"{key}={_yaml(value)}"]
+        if isinstance(value, dict):  # a mapping (tracking.tags): each entry, added or replaced
+            cmd += [a for k, v in value.items() for a in ("-S", f"++{key}.{k}={yaml_value(v)}")]
+        else:
+            cmd += ["-S", f"{key}={yaml_value(value)}"]
     for s in extra:
-        args += ["-S", s]
-    return args
+        cmd += ["-S", s]
+    return cmd + targets
+
+
+# ---------------------------------------------------------------------------------------- snapshot
+
+
+def snapshot(rev: str, variant: str, out_dir: Path) -> Path:
+    """The run's scores and per-image MREs (as the protocol study stores them), with its
+    variant, parameters and training minutes."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from protocol_study import _reader
+    from protocol_study import snapshot as protocol_snapshot
+
+    tmp = protocol_snapshot(rev, "maht_net", out_dir / ".tmp")
+    record = json.loads(tmp.read_text())
+    tmp.unlink()
+    read = _reader(rev)
+    stages = [json.loads(read(f"metrics/train_{s}.json")) for s in MAHT_NET_STAGES]
+    record |= {
+        "variant": variant,
+        "parameters": int(stages[-1]["parameters"]),
+        "training_minutes": sum(s["wall_time_s"] for s in stages) / 60.0,
+        "settings": settings_of(variant) if variant != REFERENCE else {},
+    }
+    return write_json(out_dir / f"{variant}-seed{record['seed']}.json", record)
+
+
+# ---------------------------------------------------------------------------------------- table
+
+
+def load(folder: Path) -> dict[str, dict[int, dict]]:
+    runs: dict[str, dict[int, dict]] = {}
+    for p in sorted(folder.glob("*.json")):
+        r = json.loads(p.read_text())
+        runs.setdefault(r["variant"], {})[r["seed"]] = r
+    if REFERENCE not in runs:
+        raise SystemExit(f"no reference snapshot ({REFERENCE}-seed*.json) in {folder}")
+    return runs
+
+
+def figure(r: dict, s: str, gt: str, key: str) -> float:
+    block = r["scores"][s]["variants" if gt == "official" else "variants_mean"][VARIANT_READ]
+    return 100.0 - block["sdr_4mm"] if key == "over_4mm" else block[key]
+
+
+def per_image(r: dict, s: str, gt: str) -> np.ndarray:
+    return np.asarray(r["per_image"][s][f"{VARIANT_READ}.{gt}"], dtype=np.float64)
+
+
+def compare(ref: dict[int, dict], var: dict[int, dict], s: str, gt: str) -> dict | None:
+    """Variant - reference on per-image MRE: per common seed and pooled; the reference's seed SD."""
+    seeds = sorted(set(ref) & set(var))
+    seeds = [k for k in seeds if s in ref[k]["per_image"] and s in var[k]["per_image"]]
+    if not seeds:
+        return None
+    diffs, per_seed = [], {}
+    for k in seeds:
+        if ref[k]["per_image"][s]["image_id"] != var[k]["per_image"][s]["image_id"]:
+            raise SystemExit(f"seed {k}: the reference and the variant scored different {s} images")
+        d = per_image(var[k], s, gt) - per_image(ref[k], s, gt)
+        per_seed[str(k)] = {"mre_diff": float(d.mean()), "p": float(signed_rank_test(d)["p_value"])}
+        diffs.append(d)
+    means = np.array([v["mre_diff"] for v in per_seed.values()])
+    ref_sd = float(np.std([figure(ref[k], s, gt, "mre_mm") for k in ref], ddof=1)) if len(ref) > 1 else None
+    if len(means) > 1:
+        half = 4.303 if len(means) == 3 else 1.96 * (1 + 1 / len(means))  # t(0.975, 2) for three seeds
+        ci = (float(means.mean() - half * means.std(ddof=1) / np.sqrt(len(means))),
+              float(means.mean() + half * means.std(ddof=1) / np.sqrt(len(means))))  # fmt: skip
+    else:  # one seed: a bootstrap over images
+        rng = np.random.default_rng(0)
+        boot = [rng.choice(diffs[0], len(diffs[0])).mean() for _ in range(2000)]
+        ci = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
+    pooled_p = float(signed_rank_test(np.mean(diffs, axis=0))["p_value"])
+    small = ref_sd is None or abs(means.mean()) < ref_sd
+    verdict = "no difference" if small or pooled_p >= 0.05 else ("worse" if means.mean() > 0 else "better")
+    return {"seeds": seeds, "per_seed": per_seed, "mre_diff": float(means.mean()), "ci95": ci,
+            "pooled_p": pooled_p, "reference_seed_sd": ref_sd, "verdict": verdict}  # fmt: skip
+
+
+def build_table(runs: dict[str, dict[int, dict]], latency: dict[str, float]) -> dict:
+    ref = runs[REFERENCE]
+    rows = []
+    for name, var in runs.items():
+        row = {
+            "variant": name,
+            "what": VARIANTS[name].what if name in VARIANTS else name,
+            "seeds": sorted(var),
+        }
+        row["parameters"] = next(iter(var.values()))["parameters"]
+        row["training_minutes"] = mean_sd([r["training_minutes"] for r in var.values()])
+        row["latency_ms"] = latency.get(name)
+        for s in SETS:
+            for gt in GTS:
+                have = [r for r in var.values() if s in r["scores"]]
+                if not have:
+                    continue
+                keys = ("mre_mm", "sdr_2mm", "sdr_4mm", "over_4mm", "max_mm")
+                row[f"{s}.{gt}"] = {k: mean_sd([figure(r, s, gt, k) for r in have]) for k in keys}
+                if name != REFERENCE:
+                    row[f"{s}.{gt}"]["vs_reference"] = compare(ref, var, s, gt)
+        rows.append(row)
+    return {"read": VARIANT_READ, "reference": REFERENCE, "rows": rows}
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v['mean']:.3f}" + (f" +- {v['sd']:.3f}" if v.get("n", 1) > 1 else "")
+
+
+def markdown(table: dict) -> str:
+    lines = [
+        "# Ablation study (ISBI)",
+        "",
+        "Generated by `python scripts/ablations.py table` from the run snapshots in `docs/ablation/runs/`"
+        " (`docs/ablation.json` holds every figure). Coarse network with shape decoding; MRE in mm,"
+        " mean +- SD over seeds; the difference is variant minus full model, paired per image"
+        " (Wilcoxon per seed and pooled); a difference smaller than the full model's seed-to-seed SD"
+        " is no difference. Nothing was chosen on Test1 or Test2.",
+        "",
+        "| variant | seeds | params (M) | train (min) | latency (ms) | val, mean GT | Test1, official | "
+        "Test2, official | Test2, mean GT | Test2 vs full (95 % CI) | verdict (Test2, official) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in table["rows"]:
+        cmp = (r.get("test2.official") or {}).get("vs_reference")
+        diff = (
+            "-" if cmp is None else f"{cmp['mre_diff']:+.3f} ({cmp['ci95'][0]:+.3f}, {cmp['ci95'][1]:+.3f})"
+        )
+        lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}"
+        mre = {
+            k: _ms((r.get(k) or {}).get("mre_mm"))
+            for k in ("val.mean", "test1.official", "test2.official", "test2.mean")
+        }
+        lines.append(
+            f"| {r['variant']} | {','.join(map(str, r['seeds']))} | {r['parameters'] / 1e6:.2f} | "
+            f"{r['training_minutes']['mean']:.0f} | {lat} | {' | '.join(mre.values())} | {diff} | "
+            f"{'-' if cmp is None else cmp['verdict']} |"
+        )
+    lines += ["", "![forest plot](figures/ablation_forest.png)", ""]
+    return "\n".join(lines)
+
+
+def forest(table: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table["rows"] if r["variant"] != REFERENCE]
+    fig, axes = plt.subplots(1, len(SETS), figsize=(4 * len(SETS), 0.5 * len(rows) + 1.5), sharey=True)
+    for ax, s in zip(axes, SETS, strict=True):
+        for j, gt in enumerate(GTS):
+            for i, r in enumerate(rows):
+                c = (r.get(f"{s}.{gt}") or {}).get("vs_reference")
+                if c is None:
+                    continue
+                y = i + (j - 0.5) * 0.25
+                err = [[c["mre_diff"] - c["ci95"][0]], [c["ci95"][1] - c["mre_diff"]]]
+                mark = "o" if gt == "official" else "s"
+                ax.errorbar(c["mre_diff"], y, xerr=err, fmt=mark, color=f"C{j}", label=gt if i == 0 else None)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(s)
+        ax.set_xlabel("MRE difference from the full model (mm)")
+    axes[0].set_yticks(range(len(rows)), [r["variant"] for r in rows])
+    axes[0].legend(title="ground truth", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def measure_latency(study: str, names: list[str]) -> dict[str, float]:
+    """Median forward ms (batch 1, 2 threads, random weights) of each variant at the profile's
+    input size: latency does not depend on the weights."""
+    import time
+
+    import torch
+
+    from mahtnet.config import with_settings
+    from mahtnet.models.factory import build_model
+
+    torch.set_num_threads(2)
+    profile = load_profiles(REPO / "profiles.yaml", REPO)[study]["set"]
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    out = {}
+    for name in names:
+        settings = {k: v for k, v in (profile | settings_of(name)).items() if k != "model.encoder_weights"}
+        p = with_settings(raw, settings | {"model.encoder_weights": None})
+        model = build_model("maht_net", p.model).eval()
+        x = torch.zeros(1, 1, p.preprocess.height, p.preprocess.width)
+        times = []
+        with torch.no_grad():
+            for i in range(12):
+                t0 = time.perf_counter()
+                model(x)
+                if i >= 2:
+                    times.append((time.perf_counter() - t0) * 1000)
+        out[name] = float(np.median(times))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("names", nargs="*", help=f"variants (default: all): {', '.join(ABLATIONS)}")
-    parser.add_argument("--queue", action="store_true", help="queue them (else print the commands)")
-    parser.add_argument("--set", nargs="*", default=[], help="extra key=value settings for every variant")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the variants and their settings")
+    q = sub.add_parser("queue", help="dvc exp run --queue each variant (default: every ablation variant)")
+    q.add_argument("names", nargs="*")
+    q.add_argument("--study", help="a profile (profiles.yaml): the ISBI study, every variant x --seeds")
+    q.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    q.add_argument("--print", action="store_true", help="print the commands only")
+    q.add_argument("--set", nargs="*", default=[], help="extra key=value for every run")
+    s = sub.add_parser("snapshot", help="one finished run into docs/ablation/runs/")
+    s.add_argument("--rev", required=True)
+    s.add_argument("--variant", required=True)
+    t = sub.add_parser("table", help="docs/ablation.md, docs/ablation.json, docs/figures/ablation_forest.png")
+    t.add_argument(
+        "--latency", metavar="PROFILE", help="also measure each variant's latency at this profile's input"
+    )
     args = parser.parse_args()
-    unknown = [n for n in args.names if n not in ABLATIONS]
-    if unknown:
-        sys.exit(f"unknown ablation(s) {unknown}; valid: {', '.join(ABLATIONS)}")
-    for name in args.names or ABLATIONS:
-        cmd = command(name, ABLATIONS[name], args.set)
-        print(" ".join(cmd))
-        if args.queue:
-            subprocess.run(cmd, check=True)
+    if args.command == "list":
+        for n in [REFERENCE, *ablation_names(), *LOSSES]:
+            what = VARIANTS[n].what if n in VARIANTS else "loss recipe"
+            print(f"{n}: {what}: {' '.join(f'{k}={yaml_value(v)}' for k, v in settings_of(n).items())}")
+    elif args.command == "queue":
+        names = args.names or ablation_names()
+        unknown = [n for n in names if n not in VARIANTS and n not in LOSSES]
+        if unknown:
+            raise SystemExit(
+                f"unknown ablation(s) {unknown}; valid: {', '.join([*ablation_names(), *LOSSES])}"
+            )
+        for cmd in queue_commands(names, args.study, args.seeds, args.set):
+            print(" ".join(cmd), flush=True)
+            if not args.print:
+                subprocess.run(cmd, check=True, cwd=REPO)
+    elif args.command == "snapshot":
+        print(snapshot(args.rev, args.variant, REPO / RUNS))
+    else:
+        runs = load(REPO / RUNS)
+        latency_file = REPO / "docs/ablation/latency.json"
+        latency = json.loads(latency_file.read_text()) if latency_file.is_file() else {}
+        if args.latency:
+            latency = measure_latency(args.latency, list(runs))
+            write_json(latency_file, latency)
+        table = build_table(runs, latency)
+        write_json(REPO / "docs/ablation.json", table)
+        forest(table, REPO / "docs/figures/ablation_forest.png")
+        write_text(REPO / "docs/ablation.md", markdown(table))
+        print("docs/ablation.md, docs/ablation.json, docs/figures/ablation_forest.png")
 
 
 if __name__ == "__main__":

@@ -41,18 +41,14 @@ from mahtnet.io import write_json
 from mahtnet.landmarks import NUM_LANDMARKS
 from mahtnet.models.device import select_device
 from mahtnet.models.factory import build_model
+from mahtnet.models.variants import variants_tagged
 
 ROOT = Path(__file__).resolve().parents[1]
 MMAP_THRESHOLD = 65536  # bytes; see track_live_memory()
 
 REFERENCE = "maht_net_b0_tf4"  # the variant the latency target is about
-VARIANTS = {
-    "unet": {"name": "unet"},
-    REFERENCE: {"name": "maht_net", "encoder": "efficientnet_b0", "transformer_layers": 4},
-    "maht_net_b0_tf0": {"name": "maht_net", "encoder": "efficientnet_b0", "transformer_layers": 0},
-    "maht_net_b1_tf4": {"name": "maht_net", "encoder": "efficientnet_b1", "transformer_layers": 4},
-    "maht_net_lite0_tf4": {"name": "maht_net", "encoder": "efficientnet_lite0", "transformer_layers": 4},
-    "maht_net_resnet50_tf4": {"name": "maht_net", "encoder": "resnet50", "transformer_layers": 4},
+VARIANTS = {  # the registry's benchmark variants (mahtnet.models.variants): network + model.* overrides
+    v.name: {"name": v.network, **v.model_settings()} for v in variants_tagged("benchmark")
 }
 SIZES = (256, 512)
 BATCHES = (1, 8)

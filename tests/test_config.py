@@ -7,7 +7,8 @@ from mahtnet.config import ParamsError, load_params, parse_params
 
 def test_repo_params_are_valid(params_raw):
     p = parse_params(params_raw)
-    assert p.baseline.epochs is None and p.stage2.encoder_lr == 0.0
+    assert p.stage2.encoder_lr == 0.0
+    assert p.baseline.epochs == p.stage1.epochs + p.stage2.epochs + p.stage3.epochs  # the same budget
     assert p.evaluate.sdr_thresholds_mm == [2.0, 2.5, 3.0, 4.0]
 
 
@@ -47,3 +48,17 @@ def test_unknown_key_is_named(params_raw, tmp_path):
 def test_bad_params_name_the_key(params_raw, key, value, message):
     with pytest.raises(ParamsError, match=message):
         parse_params(edited(params_raw, key, value))
+
+
+def test_every_profile_gives_both_models_the_same_epoch_budget(params_raw):
+    """The U-Net's budget is explicit (so an ablation of the MAHT-Net stages' epochs does not
+    re-train it) and equals the three MAHT-Net stages' total in params.yaml and every profile."""
+    from conftest import REPO
+
+    from mahtnet.config import load_profiles, with_settings
+
+    for name, profile in load_profiles(REPO / "profiles.yaml", REPO).items():
+        p = with_settings(params_raw, profile["set"])
+        assert p.baseline.epochs == p.stage1.epochs + p.stage2.epochs + p.stage3.epochs, name
+    with pytest.raises(ParamsError, match="'baseline.epochs' must be an integer"):
+        parse_params(edited(params_raw, "baseline.epochs", None))

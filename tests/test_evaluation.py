@@ -144,15 +144,15 @@ def test_every_ablation_is_a_valid_params_setting(params_raw):
     from conftest import REPO
 
     sys.path.insert(0, str(REPO / "scripts"))
-    from ablations import ABLATIONS
+    from ablations import LOSSES, settings_of
 
-    assert {"no-transformer", "no-attention-gates", "no-fpn", "transformer-2", "transformer-6"} <= set(
-        ABLATIONS
-    )
-    assert {"encoder-b1", "encoder-resnet50", "loss-mse", "loss-adaptive-wing", "loss-focal"} <= set(
-        ABLATIONS
-    )
-    for name, settings in ABLATIONS.items():
+    from mahtnet.models.variants import VARIANTS
+
+    names = [n for n, v in VARIANTS.items() if v.network == "maht_net"] + list(LOSSES)
+    assert {"no-transformer", "no-attention-gates", "no-fpn", "transformer-2", "transformer-6"} <= set(names)
+    assert {"encoder-b1", "encoder-resnet50", "loss-mse", "loss-adaptive-wing", "loss-focal"} <= set(names)
+    for name in names:
+        settings = settings_of(name)
         raw = params_raw
         for key, value in settings.items():
             raw = edited(raw, key, value)

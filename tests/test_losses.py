@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mahtnet.codec import HeatmapCodec
+from mahtnet.models.head import log_heatmaps
 from mahtnet.training.losses import (
     TERMS,
     CompositeLoss,
@@ -16,7 +17,6 @@ from mahtnet.training.losses import (
     focal_heatmap,
     heatmap_mse,
     l1_coords,
-    log_heatmaps,
     predicted_heatmaps,
     softmax_ce,
     ssim_loss,

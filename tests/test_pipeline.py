@@ -26,6 +26,7 @@ def _tiny_params(tmp: Path) -> dict:
     p["train"].update(batch_size=4, threads=1)
     for stage in ("stage1", "stage2", "stage3"):
         p[stage].update(epochs=1, warmup_epochs=1)
+    p["baseline"]["epochs"] = 3  # the same budget
     p["refine"].update(patch_size=16, channels=4, depth=2, batch_size=16)
     p["refine"]["train"].update(epochs=1, warmup_epochs=1)
     p["distill"]["student_channels"] = 2

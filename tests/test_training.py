@@ -49,6 +49,7 @@ def tiny_raw() -> dict:
     raw["evaluate"]["batch_size"] = 4
     for stage in ("stage1", "stage2", "stage3"):
         raw[stage].update(epochs=2, warmup_epochs=1)
+    raw["baseline"]["epochs"] = 6  # the same budget
     return raw
 
 

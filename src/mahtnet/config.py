@@ -174,7 +174,7 @@ class EarlyStoppingParams:
 class StageParams:
     """One training stage: schedule, loss weights, early stopping, checkpoint averaging."""
 
-    epochs: int | None  # baseline only may be null: the three MAHT-Net stages' total
+    epochs: int | None  # distill.train only may be null: the baseline's budget
     lr: float  # decoder + head (the U-Net's up path and head)
     encoder_lr: float  # encoder (the U-Net's down path); 0 = frozen (BatchNorm in eval)
     transformer_lr: float  # transformer bottleneck; 0 = frozen
@@ -276,6 +276,9 @@ class TrackingParams:
     experiment: str  # MLflow experiment name
     uri: str | None  # MLflow tracking URI; null = sqlite file at the repo root
     log_models: bool  # training stages log their network as an MLflow model (mahtnet.deploy.mlflow_models)
+    tags: dict = dataclasses.field(
+        default_factory=dict
+    )  # extra tags on every run (a study's: scripts/ablations.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -471,14 +474,9 @@ def stage_params(p: Params, stage: str) -> StageParams:
 
 
 def stage_epochs(p: Params, stage: str) -> int:
-    """Epoch budget of ``stage``; the baseline's null means the three MAHT-Net stages' total,
-    the students' null the baseline's."""
+    """Epoch budget of ``stage``; the students' null means the baseline's."""
     epochs = stage_params(p, stage).epochs
-    if epochs is None and stage in STUDENT_STAGES:
-        return stage_epochs(p, "baseline")
-    if epochs is None:
-        return sum(stage_epochs(p, s) for s in MAHT_NET_STAGES)
-    return epochs
+    return stage_epochs(p, "baseline") if epochs is None else epochs
 
 
 def _choice(key: str, value: Any, valid: tuple) -> None:
@@ -561,10 +559,8 @@ def _check_stage(s: StageParams, name: str, output: str) -> None:
     _choice(f"{name}.select", s.select, ("val_mre_mm", "val_sdr_2mm", "val_loss"))
     _choice(f"{name}.average", s.average, ("none", "last", "best"))
     _choice(f"{name}.early_stopping.mode", s.early_stopping.mode, ("all", "any"))
-    if s.epochs is None and name not in ("baseline", "distill.train"):
-        raise ParamsError(
-            f"params key '{name}.epochs' must be an integer (null only for the baseline and distill.train)"
-        )
+    if s.epochs is None and name != "distill.train":
+        raise ParamsError(f"params key '{name}.epochs' must be an integer (null only for distill.train)")
     if s.epochs is not None and s.epochs < 1:
         raise ParamsError(f"params key '{name}.epochs' must be >= 1, got {s.epochs}")
     for key in ("lr", "encoder_lr", "transformer_lr"):

@@ -336,5 +336,5 @@ def start_run(
         run = Run(mlflow)
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
         tags = {"stage": run_name, "git.commit": commit, "dvc.exp_name": exp, "pipeline": group}
-        run.set_tags({k: v for k, v in tags.items() if v})
+        run.set_tags({k: v for k, v in tags.items() if v} | dict(p.tags or {}))
         yield run

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 SDR_MM = (2.0, 2.5, 3.0, 4.0)
-LITERATURE_PATH = Path(__file__).parent / "data" / "literature.yaml"
+LITERATURE_PATH = Path(__file__).parents[1] / "data" / "literature.yaml"
 FIELDS = ("name", "citation", "input", "hardware", "test1", "source", "verified")
 
 

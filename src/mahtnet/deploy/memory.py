@@ -87,7 +87,7 @@ def peak_memory_mb(backend: str, model: str | Path, threads: int = 1) -> dict[st
     """``{"peak_rss_mb", "model_mb"}`` of batch-1 inference of ``model`` on ``backend``
     (``"onnx"`` or ``"pytorch"``), measured in a fresh Python process."""
     cmd = [sys.executable, "-m", "mahtnet.deploy.memory", backend, str(model), str(threads)]
-    src = str(Path(__file__).resolve().parents[1])  # this copy of the package, installed or not
+    src = str(Path(__file__).resolve().parents[2])  # this copy of the package, installed or not
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode:

@@ -1,0 +1,97 @@
+"""scripts/ablations.py and the model-variant registry: the queued study's commands, every
+variant's settings valid for params.yaml, and the table / forest plot from run snapshots."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import ablations  # noqa: E402
+
+from mahtnet.config import with_settings  # noqa: E402
+from mahtnet.models.variants import VARIANTS, get_variant, register_variant  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_registered_variant_and_recipe_is_valid_for_params_yaml():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name in [*VARIANTS, *ablations.LOSSES]:
+        with_settings(raw, ablations.settings_of(name))  # raises ParamsError naming a bad key
+    assert {
+        "no-transformer",
+        "transformer-6",
+        "no-attention-gates",
+        "no-cbam",
+        "no-imagenet",
+        "one-stage",
+    } <= set(ablations.ablation_names())
+    with pytest.raises(KeyError, match="unknown model variant 'nope'"):
+        get_variant("nope")
+    with pytest.raises(ValueError, match="twice"):
+        register_variant("unet", "unet", "again")
+
+
+def test_the_study_queues_each_variant_and_seed_up_to_the_evaluation():
+    cmds = ablations.queue_commands(["no-transformer", "one-stage"], "isbi-mean", [42, 43], [])
+    assert len(cmds) == 4
+    first = cmds[0]
+    assert first[:6] == ["dvc", "exp", "run", "--queue", "-n", "ablation-no-transformer-s42"]
+    assert first[-1] == "evaluate@maht_net"  # the U-Net's stages are not targets
+    sets = [first[i + 1] for i, a in enumerate(first) if a == "-S"]
+    assert "seed=42" in sets and "model.transformer_layers=0" in sets and "data.gt=mean" in sets
+    assert "refine.train.epochs=1" in sets and "tracking.experiment=mahtnet/ablation-isbi-mean" in sets
+    assert "++tracking.tags.variant=no-transformer" in sets and "++tracking.tags.seed='42'" in sets
+    one_stage = [cmds[2][i + 1] for i, a in enumerate(cmds[2]) if a == "-S"]
+    assert "stage1.bypass_transformer=false" in one_stage and "stage1.epochs=48" in one_stage
+
+
+def _snapshot(variant: str, seed: int, offset: float, n: int = 15) -> dict:
+    rng = np.random.default_rng(seed)
+    noise = np.random.default_rng([seed, len(variant)])
+    record = {"variant": variant, "seed": seed, "parameters": 3_000_000, "training_minutes": 30.0}
+    record["scores"], record["per_image"] = {}, {}
+    for s in ("val", "test1", "test2"):
+        base = rng.uniform(1.0, 2.0, n) + offset + noise.normal(0, 0.002, n)
+        per = {"image_id": [f"{i:03d}" for i in range(n)]}
+        scores = {}
+        for gt, shift in (("official", 0.0), ("mean", -0.2)):
+            per[f"shape.{gt}"] = (base + shift).tolist()
+            scores[gt] = {
+                "mre_mm": float((base + shift).mean()),
+                "sdr_2mm": 80.0,
+                "sdr_4mm": 95.0,
+                "max_mm": 9.0,
+            }
+        record["per_image"][s] = per
+        record["scores"][s] = {
+            "variants": {"shape": scores["official"]},
+            "variants_mean": {"shape": scores["mean"]},
+        }
+    return record
+
+
+def test_table_verdicts_and_forest_plot(tmp_path):
+    runs = {}
+    for variant, offset in (("maht_net", 0.0), ("no-transformer", 0.2), ("no-cbam", 0.001)):
+        runs[variant] = {seed: _snapshot(variant, seed, offset) for seed in (42, 43, 44)}
+    table = ablations.build_table(runs, {"maht_net": 40.0})
+    rows = {r["variant"]: r for r in table["rows"]}
+    worse = rows["no-transformer"]["test2.official"]["vs_reference"]
+    assert worse["mre_diff"] == pytest.approx(0.2, abs=0.01) and worse["verdict"] == "worse"
+    assert worse["ci95"][0] > 0 and set(worse["per_seed"]) == {"42", "43", "44"}
+    assert rows["no-cbam"]["test2.official"]["vs_reference"]["verdict"] == "no difference"
+    assert rows["maht_net"]["val.mean"]["over_4mm"]["mean"] == pytest.approx(5.0)
+    md = ablations.markdown(table)
+    assert (
+        "| no-transformer | 42,43,44 | 3.00 | 30 | - |" in md
+        and "| maht_net | 42,43,44 | 3.00 | 30 | 40 |" in md
+    )
+    png = ablations.forest(table, tmp_path / "forest.png")
+    assert png.stat().st_size > 1000
+    json.dumps(table)  # JSON-safe
