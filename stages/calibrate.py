@@ -92,7 +92,7 @@ def main() -> None:
         "constant_guess_mae_mm": float(abs(val_err.mean() - test_err).mean()),
         "reliability": rel["bins"],
         "per_landmark_spearman": per_landmark_spearman(test_conf, test_err, card["landmark_names"]),
-        "low_confidence": flagged(test_conf, test_err, LOW_CONFIDENCE),
+        "low_confidence": flagged(test_conf, test_err, LOW_CONFIDENCE[decoding]),
     }
     write_json(args.metrics, summary)
     plot_reliability(rel, args.plot, f"{args.checkpoint.name}: expected vs observed error")

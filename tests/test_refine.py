@@ -355,7 +355,7 @@ def refine_points(model, fine, coarse, size, sigma, batch_size=64):
     ``coarse`` points: :func:`refine_landmarks`, what the reader runs."""
     names = tuple(f"L{k}" for k in range(fine.num_landmarks))
     card = ModelCard("(test)", "", "pytorch", "refiner", (size, size), sigma, 1, names, None, "refiner", 0.1)
-    return refine_landmarks(TorchRefiner.from_module(model, card, "cpu"), fine, coarse, batch_size)
+    return refine_landmarks(TorchRefiner.from_module(model, card, "cpu"), fine, coarse, batch_size)[0]
 
 
 class PeakStub(nn.Module):

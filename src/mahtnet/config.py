@@ -174,7 +174,7 @@ class EarlyStoppingParams:
 class StageParams:
     """One training stage: schedule, loss weights, early stopping, checkpoint averaging."""
 
-    epochs: int | None  # distill.train only may be null: the baseline's budget
+    epochs: int | None  # distill.train's null: the baseline's budget (the baseline's: not for training)
     lr: float  # decoder + head (the U-Net's up path and head)
     encoder_lr: float  # encoder (the U-Net's down path); 0 = frozen (BatchNorm in eval)
     transformer_lr: float  # transformer bottleneck; 0 = frozen
@@ -436,11 +436,13 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ParamsError(
             f"unknown params key '{prefix + unknown[0]}' (valid keys in '{where}': {', '.join(names)})"
         )
-    missing = [n for n in names if n not in raw]
+    optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING}  # fmt: skip
+    missing = [n for n in names if n not in raw and n not in optional]
     if missing:
         raise ParamsError(f"missing params key '{prefix + missing[0]}'")
     values = {}
-    for name in names:
+    for name in (n for n in names if n in raw):
         tp = hints[name]
         key = prefix + name
         if dataclasses.is_dataclass(tp):
@@ -474,8 +476,15 @@ def stage_params(p: Params, stage: str) -> StageParams:
 
 
 def stage_epochs(p: Params, stage: str) -> int:
-    """Epoch budget of ``stage``; the students' null means the baseline's."""
+    """Epoch budget of ``stage``; the students' null means the baseline's. The baseline's must
+    be given (a null one, as in runs before it was made explicit, still parses, for their
+    evaluation): its DVC stage does not track the MAHT-Net stages' epochs."""
     epochs = stage_params(p, stage).epochs
+    if epochs is None and stage == "baseline":
+        raise ParamsError(
+            "params key 'baseline.epochs' must be an integer to train: the U-Net's budget, the three "
+            "MAHT-Net stages' total (null is not tracked by the train_baseline stage)"
+        )
     return stage_epochs(p, "baseline") if epochs is None else epochs
 
 
@@ -559,8 +568,10 @@ def _check_stage(s: StageParams, name: str, output: str) -> None:
     _choice(f"{name}.select", s.select, ("val_mre_mm", "val_sdr_2mm", "val_loss"))
     _choice(f"{name}.average", s.average, ("none", "last", "best"))
     _choice(f"{name}.early_stopping.mode", s.early_stopping.mode, ("all", "any"))
-    if s.epochs is None and name != "distill.train":
-        raise ParamsError(f"params key '{name}.epochs' must be an integer (null only for distill.train)")
+    if s.epochs is None and name not in ("baseline", "distill.train"):
+        raise ParamsError(
+            f"params key '{name}.epochs' must be an integer (null only for the baseline and distill.train)"
+        )
     if s.epochs is not None and s.epochs < 1:
         raise ParamsError(f"params key '{name}.epochs' must be >= 1, got {s.epochs}")
     for key in ("lr", "encoder_lr", "transformer_lr"):

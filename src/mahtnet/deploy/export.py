@@ -152,8 +152,8 @@ def refiner_parity(
     if list(fine.ids) != list(data.ids):
         raise ValueError("the fine-resolution images are not the prepared split (re-run prepare_fine)")
     start = decode_all(TorchBackend(coarse, "cpu"), data)
-    ref = refine_landmarks(TorchRefiner(checkpoint, "cpu"), fine, start)
-    got = refine_landmarks(OnnxRefiner(onnx_path), fine, start)
+    ref = refine_landmarks(TorchRefiner(checkpoint, "cpu"), fine, start)[0]
+    got = refine_landmarks(OnnxRefiner(onnx_path), fine, start)[0]
     diff = np.linalg.norm(got - ref, axis=-1)
     return {
         "onnx_file": str(onnx_path),

@@ -22,7 +22,9 @@ from mahtnet.data.images import XRay
 from mahtnet.decoding import LandmarkReader
 from mahtnet.models.card import ModelCard
 
-LOW_CONFIDENCE = 0.4  # about the 1st-5th percentile on the ISBI validation images (docs/predict.md)
+# low_confidence below these, per decoding (the coarse heatmap's confidence, or the refiner's):
+# about the 1st-5th percentile on the ISBI validation images (docs/predict.md)
+LOW_CONFIDENCE = {"arg-max": 0.4, "shape-consistent": 0.4, "refined": 0.2}
 DECODING_NAMES = {"coarse": "arg-max", "shape": "shape-consistent", "refined": "refined"}
 
 
@@ -85,9 +87,11 @@ def measurement_report(landmarks: np.ndarray, spacing_mm: float | None) -> dict[
     return out
 
 
-def to_json(p: Prediction, card: ModelCard, threshold: float = LOW_CONFIDENCE) -> dict[str, Any]:
+def to_json(p: Prediction, card: ModelCard, threshold: float | None = None) -> dict[str, Any]:
     """The per-image result document (``<name>.json``); with a calibrated reader, each
-    landmark's expected error (mm)."""
+    landmark's expected error (mm). ``threshold``: of ``low_confidence`` (default: the
+    decoding's, :data:`LOW_CONFIDENCE`)."""
+    threshold = LOW_CONFIDENCE[p.decoding] if threshold is None else threshold
     h, w = p.xray.pixels.shape
     rows = []
     expected = p.expected_error_mm

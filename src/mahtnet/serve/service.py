@@ -30,7 +30,7 @@ from fastapi import HTTPException
 
 from mahtnet.analysis import clinical
 from mahtnet.data.images import DataError, image_size, read_xray
-from mahtnet.predict.result import LOW_CONFIDENCE, measurement_report, predict_xrays, to_json
+from mahtnet.predict.result import DECODING_NAMES, LOW_CONFIDENCE, measurement_report, predict_xrays, to_json
 
 # The request body's format, from its first bytes (DICOM: "DICM" after a 128-byte preamble).
 SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "DICOM": ".dcm"}
@@ -220,7 +220,7 @@ class Model:
             "refiner": files["refiner"],
             "calibration": files["calibration"],
             "pixel_spacing_mm": self.pixel_spacing,
-            "low_confidence_threshold": LOW_CONFIDENCE,
+            "low_confidence_threshold": LOW_CONFIDENCE[DECODING_NAMES[self.reader.variants()[-1]]],
             "landmark_names": list(self.card.landmark_names),
             "measurements": list(clinical.MEASUREMENTS),
             "measurement_lines": sorted({tuple(p) for pairs in MEASUREMENT_LINES.values() for p in pairs}),

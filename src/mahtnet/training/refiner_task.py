@@ -137,7 +137,7 @@ def validate_refiner(
         value = refine_loss(out.heatmaps.float(), batch["landmark"], batch["target"], batch["visible"])
         total, count = total + value.item() * len(batch["image"]), count + len(batch["image"])
     fine = val_ds.fine
-    refined = refine_landmarks(TorchRefiner.from_module(model, refiner_card(r), device), fine, coarse_val)
+    refined, _ = refine_landmarks(TorchRefiner.from_module(model, refiner_card(r), device), fine, coarse_val)
     model.train(was_training)
     errors = metrics.radial_errors_mm(refined, fine.landmarks_orig, fine.spacing)
     return {
