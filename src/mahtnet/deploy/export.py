@@ -129,18 +129,8 @@ def parity(checkpoint: Path, onnx_path: Path, data: PreparedSet, repeats: int = 
     """PyTorch vs onnxruntime on ``data``: the landmark difference (original px) and each MRE."""
     ref = decode_all(TorchBackend(checkpoint, "cpu"), data)
     got = decode_all(OnnxBackend(onnx_path), data)
-    diff = np.linalg.norm(got - ref, axis=-1)
-    return {
-        "onnx_file": str(onnx_path),
-        "onnx_mb": onnx_path.stat().st_size / 2**20,
-        "opset": OPSET,
-        "images": len(data.images),
-        "max_diff_px": float(diff.max()),
-        "mean_diff_px": float(diff.mean()),
-        "mre_mm_pytorch": float(radial_errors_mm(ref, data.official_orig, data.spacing).mean()),
-        "mre_mm_onnx": float(radial_errors_mm(got, data.official_orig, data.spacing).mean()),
-        "latency_batch1": latency_ms(checkpoint, onnx_path, data.images[0], repeats),
-    }
+    latency = latency_ms(checkpoint, onnx_path, data.images[0], repeats)
+    return _parity_row(onnx_path, data, ref, got) | {"latency_batch1": latency}
 
 
 def refiner_parity(
@@ -154,6 +144,12 @@ def refiner_parity(
     start = decode_all(TorchBackend(coarse, "cpu"), data)
     ref = refine_landmarks(TorchRefiner(checkpoint, "cpu"), fine, start)[0]
     got = refine_landmarks(OnnxRefiner(onnx_path), fine, start)[0]
+    return _parity_row(onnx_path, data, ref, got)
+
+
+def _parity_row(onnx_path: Path, data: PreparedSet, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """The ONNX file, and PyTorch's landmarks ``ref`` vs onnxruntime's ``got`` (original px):
+    their largest and mean difference and each MRE against the official ground truth."""
     diff = np.linalg.norm(got - ref, axis=-1)
     return {
         "onnx_file": str(onnx_path),
