@@ -315,9 +315,13 @@ def test_queued_experiment_reruns_only_what_a_model_setting_touches(pipeline, tm
     log = _run([dvc, "queue", "logs", "tf2"], work).stdout
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
     # restored: from the committed lockfile ("didn't change") or from the run-cache ("is cached")
-    restored = {line.split("'")[1] for line in log.splitlines() if line.startswith("Stage '") and "skipping" in line}
+    restored = {
+        line.split("'")[1] for line in log.splitlines() if line.startswith("Stage '") and "skipping" in line
+    }
     assert {"train_stage1", "train_stage3", "evaluate@maht_net", "compare"} <= ran, log[-3000:]
     assert {"train_baseline", "evaluate@baseline"} <= restored, log[-3000:]
-    assert not ran & {"train_baseline", "train_refine@baseline", "evaluate@baseline", "preprocess"}, sorted(ran)
+    assert not ran & {"train_baseline", "train_refine@baseline", "evaluate@baseline", "preprocess"}, sorted(
+        ran
+    )
     shown = _run([dvc, "exp", "show", "--csv", "--no-pager"], work)
     assert "tf2" in shown.stdout
