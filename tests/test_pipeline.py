@@ -298,15 +298,18 @@ def test_dvc_remote_push_then_pull_in_a_second_clone_retrains_nothing(pipeline, 
 
 def test_queued_experiment_reruns_only_what_a_model_setting_touches(pipeline, tmp_path):
     """A MAHT-Net setting changed in a queued experiment (``dvc exp run --queue``, run by the
-    queue's worker in a fresh copy of the repository): its own log shows the U-Net stages
-    restored from DVC's run-cache, not trained; the MAHT-Net stages and the comparison re-run."""
+    queue's worker in a fresh copy of the repository): its own log shows the U-Net's chain
+    (training, refiner, evaluation) restored, not run, and MAHT-Net's first stage re-run. Two
+    targets keep it short (one training); docs/evaluation.md lists what else a model.* change
+    re-runs."""
     dvc = str(Path(sys.executable).parent / "dvc")
     work = tmp_path / "work"
     shutil.copytree(pipeline, work, symlinks=True)
     steps = (
         ["git", "add", "-A"],
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"],
-        [dvc, "exp", "run", "--queue", "-n", "tf2", "-S", "model.transformer_layers=2", "compare"],
+        [dvc, "exp", "run", "--queue", "-n", "tf2", "-S", "model.transformer_layers=2"]
+        + ["evaluate@baseline", "train_stage1"],
         [dvc, "exp", "run", "--run-all", "-j", "1"],  # the queue's worker, in the foreground
     )
     for cmd in steps:
@@ -318,10 +321,8 @@ def test_queued_experiment_reruns_only_what_a_model_setting_touches(pipeline, tm
     restored = {
         line.split("'")[1] for line in log.splitlines() if line.startswith("Stage '") and "skipping" in line
     }
-    assert {"train_stage1", "train_stage3", "evaluate@maht_net", "compare"} <= ran, log[-3000:]
-    assert {"train_baseline", "evaluate@baseline"} <= restored, log[-3000:]
-    assert not ran & {"train_baseline", "train_refine@baseline", "evaluate@baseline", "preprocess"}, sorted(
-        ran
-    )
+    assert ran == {"train_stage1"}, log[-3000:]
+    u_net = {"train_baseline", "train_refine@baseline", "evaluate@baseline", "preprocess"}
+    assert u_net <= restored, log[-3000:]
     shown = _run([dvc, "exp", "show", "--csv", "--no-pager"], work)
     assert "tf2" in shown.stdout
