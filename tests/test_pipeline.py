@@ -43,6 +43,13 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _run_ok(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """:func:`_run`, failing the test with the command and its output's tail unless it succeeds."""
+    result = _run(args, cwd)
+    assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+    return result
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("pipeline")
@@ -287,12 +294,10 @@ def test_dvc_remote_push_then_pull_in_a_second_clone_retrains_nothing(pipeline, 
         ([dvc, "pull"], second),
     ]
     for cmd, cwd in steps:
-        result = _run(cmd, cwd)
-        assert result.returncode == 0, f"{cmd}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+        _run_ok(cmd, cwd)
     for name in ("data/models/stage3.pt", "data/models/maht_net.onnx", "data/prepared/test.npz"):
         assert (second / name).read_bytes() == (first / name).read_bytes()
-    result = _run([dvc, "repro"], second)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = _run_ok([dvc, "repro"], second)
     assert "Running stage" not in result.stdout, result.stdout[-3000:]
 
 
@@ -313,8 +318,7 @@ def test_queued_experiment_reruns_only_what_a_model_setting_touches(pipeline, tm
         [dvc, "exp", "run", "--run-all", "-j", "1"],  # the queue's worker, in the foreground
     )
     for cmd in steps:
-        result = _run(cmd, work)
-        assert result.returncode == 0, f"{cmd}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
+        _run_ok(cmd, work)
     log = _run([dvc, "queue", "logs", "tf2"], work).stdout
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
     # restored: from the committed lockfile ("didn't change") or from the run-cache ("is cached")
