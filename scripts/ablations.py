@@ -15,11 +15,22 @@ loss recipes below are this script's own.
 
 **The study** (``--study PROFILE``): each variant runs the profile's settings plus its own, with
 seed N (the same validation split as the full model's run of that seed, so comparisons are
-paired per image), up to ``evaluate@maht_net``; the U-Net stages are restored, not trained
-(queued experiments skip unchanged stages). The study reads the coarse network with shape
+paired per image), up to ``evaluate@maht_net``: the U-Net's stages are not in its graph, so
+they are neither trained nor restored. The study reads the coarse network with shape
 decoding (``shape``), so the refiner trains one epoch only (its figures are not used). Its MLflow
 runs go to the experiment ``mahtnet/ablation-<profile>`` with tags ``study``, ``variant`` and
 ``seed``. The reference (``maht_net``) is the profile's own run of each seed.
+
+**The resolution hypothesis** is the profile ``isbi-mean-hires`` (the coarse input at 512x416,
+the refiner trained fully), snapshotted as the input-size variant ``input-512x416``; the table
+then adds a section comparing it with the reference *with the refiner*, beside its compute
+(training minutes, latency, and peak training memory from ``metrics/memory_resolution.json``)::
+
+    python scripts/run_profile.py isbi-mean-hires --queue -S seed=42 -n isbi-mean-hires-s42 \\
+        --target evaluate@maht_net
+    python scripts/ablations.py snapshot --rev isbi-mean-hires-s42 --variant input-512x416
+    python scripts/profile_memory.py --profile isbi-mean --sizes 320x256,512x416 --batches 4 \\
+        --device cpu --out metrics/memory_resolution.json
 
 **The table** compares each variant with the reference on validation, Test1 and Test2, against
 the official ground truth and the mean of both doctors: mean +- SD over seeds of MRE, SDR 2 / 4
@@ -73,9 +84,17 @@ LOSSES: dict[str, dict[str, object]] = {  # loss recipes (not model variants); l
 }  # fmt: skip
 
 
+INPUT_SIZES: dict[str, dict[str, object]] = {  # the resolution hypothesis: the coarse input only
+    "input-512x416": {"preprocess.height": 512, "preprocess.width": 416},
+}
+RESOLUTION_READ = "refined"  # the resolution study's pipelines train the full refiner
+
+
 def settings_of(name: str) -> dict[str, object]:
     if name in LOSSES:
         return LOSSES[name]
+    if name in INPUT_SIZES:
+        return INPUT_SIZES[name]
     return get_variant(name).settings
 
 
@@ -155,17 +174,20 @@ def load(folder: Path) -> dict[str, dict[int, dict]]:
     return runs
 
 
-def figure(r: dict, s: str, gt: str, key: str) -> float:
-    block = r["scores"][s]["variants" if gt == "official" else "variants_mean"][VARIANT_READ]
+def figure(r: dict, s: str, gt: str, key: str, read: str = VARIANT_READ) -> float:
+    block = r["scores"][s]["variants" if gt == "official" else "variants_mean"][read]
     return 100.0 - block["sdr_4mm"] if key == "over_4mm" else block[key]
 
 
-def per_image(r: dict, s: str, gt: str) -> np.ndarray:
-    return np.asarray(r["per_image"][s][f"{VARIANT_READ}.{gt}"], dtype=np.float64)
+def per_image(r: dict, s: str, gt: str, read: str = VARIANT_READ) -> np.ndarray:
+    return np.asarray(r["per_image"][s][f"{read}.{gt}"], dtype=np.float64)
 
 
-def compare(ref: dict[int, dict], var: dict[int, dict], s: str, gt: str) -> dict | None:
-    """Variant - reference on per-image MRE: per common seed and pooled; the reference's seed SD."""
+def compare(
+    ref: dict[int, dict], var: dict[int, dict], s: str, gt: str, read: str = VARIANT_READ
+) -> dict | None:
+    """Variant - reference on per-image MRE (decoding variant ``read``): per common seed and
+    pooled; the reference's seed SD."""
     seeds = sorted(set(ref) & set(var))
     seeds = [k for k in seeds if s in ref[k]["per_image"] and s in var[k]["per_image"]]
     if not seeds:
@@ -174,11 +196,12 @@ def compare(ref: dict[int, dict], var: dict[int, dict], s: str, gt: str) -> dict
     for k in seeds:
         if ref[k]["per_image"][s]["image_id"] != var[k]["per_image"][s]["image_id"]:
             raise SystemExit(f"seed {k}: the reference and the variant scored different {s} images")
-        d = per_image(var[k], s, gt) - per_image(ref[k], s, gt)
+        d = per_image(var[k], s, gt, read) - per_image(ref[k], s, gt, read)
         per_seed[str(k)] = {"mre_diff": float(d.mean()), "p": float(signed_rank_test(d)["p_value"])}
         diffs.append(d)
     means = np.array([v["mre_diff"] for v in per_seed.values()])
-    ref_sd = float(np.std([figure(ref[k], s, gt, "mre_mm") for k in ref], ddof=1)) if len(ref) > 1 else None
+    ref_mre = [figure(ref[k], s, gt, "mre_mm", read) for k in ref]
+    ref_sd = float(np.std(ref_mre, ddof=1)) if len(ref) > 1 else None
     if len(means) > 1:
         half = 4.303 if len(means) == 3 else 1.96 * (1 + 1 / len(means))  # t(0.975, 2) for three seeds
         ci = (float(means.mean() - half * means.std(ddof=1) / np.sqrt(len(means))),
@@ -194,7 +217,52 @@ def compare(ref: dict[int, dict], var: dict[int, dict], s: str, gt: str) -> dict
             "pooled_p": pooled_p, "reference_seed_sd": ref_sd, "verdict": verdict}  # fmt: skip
 
 
-def build_table(runs: dict[str, dict[int, dict]], latency: dict[str, float]) -> dict:
+def train_peak_mb(memory: dict | None, size: list[int]) -> float | None:
+    """Peak training memory (MB) at ``size`` and the largest batch ``scripts/profile_memory.py``
+    measured (its ``metrics/memory_resolution.json``), or None."""
+    cases = [c for c in (memory or {}).get("cases", []) if list(c["input"]) == list(size)]
+    return max(cases, key=lambda c: c["batch"])["train_peak_mb"] if cases else None
+
+
+def resolution(runs: dict[str, dict[int, dict]], latency: dict[str, float], memory: dict | None) -> dict:
+    """The resolution hypothesis: each input-size variant against the reference (the profile's
+    own runs), read with the refiner (both train it fully), with its compute; and the decision
+    the issue asks for: more seeds only if validation (mean of both doctors) improves by more
+    than the reference's seed-to-seed SD."""
+    ref = runs[REFERENCE]
+    rows = []
+    for name in [REFERENCE, *(n for n in INPUT_SIZES if n in runs)]:
+        var = runs[name]
+        first = next(iter(var.values()))["params"]
+        size = [int(first["preprocess.height"]), int(first["preprocess.width"])]
+        row = {"variant": name, "input": size, "seeds": sorted(var), "latency_ms": latency.get(name),
+               "training_minutes": mean_sd([r["training_minutes"] for r in var.values()]),
+               "train_peak_mb": train_peak_mb(memory, size)}  # fmt: skip
+        for s in SETS:
+            for gt in GTS:
+                have = [r for r in var.values() if s in r["scores"]]
+                if have:
+                    row[f"{s}.{gt}"] = {
+                        read: mean_sd([figure(r, s, gt, "mre_mm", read) for r in have])
+                        for read in (VARIANT_READ, RESOLUTION_READ)
+                    }
+                    if name != REFERENCE:
+                        row[f"{s}.{gt}"]["vs_reference"] = compare(ref, var, s, gt, RESOLUTION_READ)
+        if name != REFERENCE:
+            val = row["val.mean"]["vs_reference"]
+            gain = val["reference_seed_sd"] is not None and val["mre_diff"] < -val["reference_seed_sd"]
+            row["decision"] = (
+                "beats the reference on validation by more than its seed SD: run more seeds"
+                if gain
+                else "no gain on validation beyond the reference's seed SD"
+            )
+        rows.append(row)
+    return {"read": RESOLUTION_READ, "rows": rows}
+
+
+def build_table(
+    runs: dict[str, dict[int, dict]], latency: dict[str, float], memory: dict | None = None
+) -> dict:
     ref = runs[REFERENCE]
     rows = []
     for name, var in runs.items():
@@ -216,7 +284,10 @@ def build_table(runs: dict[str, dict[int, dict]], latency: dict[str, float]) -> 
                 if name != REFERENCE:
                     row[f"{s}.{gt}"]["vs_reference"] = compare(ref, var, s, gt)
         rows.append(row)
-    return {"read": VARIANT_READ, "reference": REFERENCE, "rows": rows}
+    table = {"read": VARIANT_READ, "reference": REFERENCE, "rows": rows}
+    if any(n in runs for n in INPUT_SIZES):
+        table["resolution"] = resolution(runs, latency, memory)
+    return table
 
 
 def _ms(v) -> str:
@@ -253,7 +324,50 @@ def markdown(table: dict) -> str:
             f"{'-' if cmp is None else cmp['verdict']} |"
         )
     lines += ["", "![forest plot](figures/ablation_forest.png)", ""]
+    if "resolution" in table:
+        lines += resolution_markdown(table["resolution"])
     return "\n".join(lines)
+
+
+def _diff(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    p = ", ".join(f"{k}: {v['p']:.2g}" for k, v in c["per_seed"].items())
+    return f"{c['mre_diff']:+.3f} ({c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}); p {p}; {c['verdict']}"
+
+
+def resolution_markdown(res: dict) -> list[str]:
+    """The resolution section of ``docs/ablation.md``."""
+    lines = [
+        "## The resolution hypothesis",
+        "",
+        "The coarse network's input size, everything else equal (the profile's own runs are the"
+        " reference; both train the refiner fully). MRE in mm with the refiner (shape decoding"
+        " alone in brackets, validation only); training minutes are the three MAHT-Net stages'"
+        " wall time on this project's 2-core CPU; peak memory is one training step's resident set"
+        " at the profile's batch (`scripts/profile_memory.py`, `metrics/memory_resolution.json`).",
+        "",
+        "| input | seeds | train (min) | peak train memory (MB) | latency (ms) | val, mean GT | "
+        "Test1, official | Test1, mean | Test2, official | Test2, mean |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in res["rows"]:
+        val = r.get("val.mean") or {}
+        cells = [f"{_ms(val.get(RESOLUTION_READ))} ({_ms(val.get(VARIANT_READ))})"]
+        for key in ("test1.official", "test1.mean", "test2.official", "test2.mean"):
+            cells.append(_ms((r.get(key) or {}).get(RESOLUTION_READ)))
+        mem = "-" if r["train_peak_mb"] is None else f"{r['train_peak_mb']:.0f}"
+        lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}"
+        lines.append(
+            f"| {r['input'][0]}x{r['input'][1]} | {','.join(map(str, r['seeds']))} | "
+            f"{r['training_minutes']['mean']:.0f} | {mem} | {lat} | {' | '.join(cells)} |"
+        )
+    lines += ["", "Difference from the reference with the refiner (mm, 95 % CI; Wilcoxon per seed):", ""]
+    for r in res["rows"][1:]:
+        lines.append(f"- **{r['input'][0]}x{r['input'][1]}**: {r['decision']}.")
+        for key in ("val.mean", "test1.official", "test2.official", "test2.mean"):
+            lines.append(f"  - {key}: {_diff((r.get(key) or {}).get('vs_reference'))}")
+    return [*lines, ""]
 
 
 def forest(table: dict, path: Path) -> Path:
@@ -337,8 +451,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.command == "list":
-        for n in [REFERENCE, *ablation_names(), *LOSSES]:
-            what = VARIANTS[n].what if n in VARIANTS else "loss recipe"
+        for n in [REFERENCE, *ablation_names(), *LOSSES, *INPUT_SIZES]:
+            what = VARIANTS[n].what if n in VARIANTS else "input size" if n in INPUT_SIZES else "loss recipe"
             print(f"{n}: {what}: {' '.join(f'{k}={yaml_value(v)}' for k, v in settings_of(n).items())}")
     elif args.command == "queue":
         names = args.names or ablation_names()
@@ -360,7 +474,9 @@ def main() -> None:
         if args.latency:
             latency = measure_latency(args.latency, list(runs))
             write_json(latency_file, latency)
-        table = build_table(runs, latency)
+        memory_file = REPO / "metrics/memory_resolution.json"
+        memory = json.loads(memory_file.read_text()) if memory_file.is_file() else None
+        table = build_table(runs, latency, memory)
         write_json(REPO / "docs/ablation.json", table)
         forest(table, REPO / "docs/figures/ablation_forest.png")
         write_text(REPO / "docs/ablation.md", markdown(table))

@@ -18,10 +18,11 @@ Usage::
 
     python scripts/profile_memory.py --model maht_net --batch_size 4 \\
         [--sizes 160x128,320x256] [--batches 1,2,4] [--device cpu|cuda|auto|all] \\
-        [--params params.yaml] [--out metrics/memory.json] [--threads N]
+        [--params params.yaml] [--profile isbi-mean] [--out metrics/memory.json] [--threads N]
 
 Sizes are height x width (default: ``preprocess`` of the params file); batches 1 to
-``--batch_size`` unless ``--batches`` lists them; ``--device all`` (the default) measures the
+``--batch_size`` unless ``--batches`` lists them; ``--profile`` applies a ``profiles.yaml``
+profile's settings (its encoder, say) to the params; ``--device all`` (the default) measures the
 CPU and, when present, CUDA.
 """
 
@@ -35,6 +36,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,18 +66,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=_sizes, help="HxW[,HxW...] (default: preprocess of params)")
     parser.add_argument("--device", default="all", choices=("all", "auto", "cpu", "cuda"))
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--profile", help="apply this profiles.yaml profile's settings to the params")
     parser.add_argument("--out", type=Path, default=ROOT / "metrics" / "memory.json")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one measurement (JSON)
     return parser.parse_args(argv)
 
 
-def case_params(case: dict):
-    """The params file with the case's input size and no pretrained encoder weights."""
-    from mahtnet.config import load_params
+def load_case_params(path: str | Path, profile: str | None):
+    """The params file, with a ``profiles.yaml`` profile's settings applied when one is named."""
+    from mahtnet.config import load_params, load_profiles, with_settings
 
+    if profile is None:
+        return load_params(path)
+    profiles = load_profiles(ROOT / "profiles.yaml", ROOT)
+    if profile not in profiles:
+        raise SystemExit(f"unknown profile '{profile}'; valid: {', '.join(profiles)}")
+    return with_settings(yaml.safe_load(Path(path).read_text()), profiles[profile]["set"])
+
+
+def case_params(case: dict):
+    """The params (and profile) with the case's input size and no pretrained encoder weights."""
     h, w = case["size"]
-    params = load_params(case["params"])
+    params = load_case_params(case["params"], case.get("profile"))
     return dataclasses.replace(
         params,
         preprocess=dataclasses.replace(params.preprocess, height=h, width=w),
@@ -219,9 +233,7 @@ def device_name(device: str) -> str:
 
 def profile(args: argparse.Namespace) -> dict:
     """Every (device, size, batch) case, training and inference; the table is printed as it goes."""
-    from mahtnet.config import load_params
-
-    p = load_params(args.params)
+    p = load_case_params(args.params, args.profile)
     sizes = args.sizes or [(p.preprocess.height, p.preprocess.width)]
     batches = args.batches or list(range(1, args.batch_size + 1))
     stage, cases, parameters = STAGE_OF_MODEL[args.model], [], None
@@ -233,7 +245,9 @@ def profile(args: argparse.Namespace) -> dict:
                 row = {"device": device, "input": [h, w], "batch": b}
                 for mode in MODES:
                     spec = {"device": device, "size": [h, w], "batch": b, "stage": stage, "mode": mode}
-                    result = run_case(spec | {"params": str(args.params), "threads": args.threads})
+                    result = run_case(
+                        spec | {"params": str(args.params), "profile": args.profile, "threads": args.threads}
+                    )
                     parameters = result.pop("parameters", parameters)
                     row |= {f"{mode}_{k}": v for k, v in result.items()}
                 cases.append(row)
@@ -262,6 +276,7 @@ def main() -> None:
         "peak_mb": "CUDA: max_memory_allocated; CPU: peak resident set (VmHWM) of the process",
         "step_mb": "peak_mb less the memory in use before the steps (model, optimizer, inputs)",
     }
+    report["profile"] = args.profile
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     write_json(args.out, report)
     print(f"wrote {args.out} in {report['wall_time_s']} s")

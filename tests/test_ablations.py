@@ -51,28 +51,31 @@ def test_the_study_queues_each_variant_and_seed_up_to_the_evaluation():
     assert "stage1.bypass_transformer=false" in one_stage and "stage1.epochs=48" in one_stage
 
 
-def _snapshot(variant: str, seed: int, offset: float, n: int = 15) -> dict:
+def _snapshot(variant: str, seed: int, offset: float, n: int = 15, refined: float = 0.0) -> dict:
+    """A run record: shape decoding ``offset`` mm from a seed's images, the refiner ``refined``
+    mm from them (less 0.3 mm)."""
     rng = np.random.default_rng(seed)
     noise = np.random.default_rng([seed, len(variant)])
+    size = ablations.INPUT_SIZES.get(variant, {"preprocess.height": 320, "preprocess.width": 256})
     record = {"variant": variant, "seed": seed, "parameters": 3_000_000, "training_minutes": 30.0}
+    record["params"] = {"seed": seed, **size}
     record["scores"], record["per_image"] = {}, {}
     for s in ("val", "test1", "test2"):
-        base = rng.uniform(1.0, 2.0, n) + offset + noise.normal(0, 0.002, n)
+        base = rng.uniform(1.0, 2.0, n) + noise.normal(0, 0.002, n)
         per = {"image_id": [f"{i:03d}" for i in range(n)]}
-        scores = {}
-        for gt, shift in (("official", 0.0), ("mean", -0.2)):
-            per[f"shape.{gt}"] = (base + shift).tolist()
-            scores[gt] = {
-                "mre_mm": float((base + shift).mean()),
-                "sdr_2mm": 80.0,
-                "sdr_4mm": 95.0,
-                "max_mm": 9.0,
-            }
+        scores = {"official": {}, "mean": {}}
+        for read, shift in (("shape", offset), ("refined", refined - 0.3)):
+            for gt, gt_shift in (("official", 0.0), ("mean", -0.2)):
+                mre = base + shift + gt_shift
+                per[f"{read}.{gt}"] = mre.tolist()
+                scores[gt][read] = {
+                    "mre_mm": float(mre.mean()),
+                    "sdr_2mm": 80.0,
+                    "sdr_4mm": 95.0,
+                    "max_mm": 9.0,
+                }
         record["per_image"][s] = per
-        record["scores"][s] = {
-            "variants": {"shape": scores["official"]},
-            "variants_mean": {"shape": scores["mean"]},
-        }
+        record["scores"][s] = {"variants": scores["official"], "variants_mean": scores["mean"]}
     return record
 
 
@@ -95,3 +98,27 @@ def test_table_verdicts_and_forest_plot(tmp_path):
     png = ablations.forest(table, tmp_path / "forest.png")
     assert png.stat().st_size > 1000
     json.dumps(table)  # JSON-safe
+
+
+def test_the_resolution_section_reads_the_refiner_and_decides_on_validation(tmp_path):
+    """An input-size variant gets its own section: with the refiner, beside its compute, and
+    "more seeds" only when validation improves by more than the reference's seed SD."""
+    memory = {"cases": [{"input": [320, 256], "batch": b, "train_peak_mb": 1000.0 + b} for b in (1, 4)]}
+    memory["cases"].append({"input": [512, 416], "batch": 4, "train_peak_mb": 3000.0})
+    for refined, decision in ((-0.3, "run more seeds"), (0.0, "no gain")):
+        runs = {
+            "maht_net": {seed: _snapshot("maht_net", seed, 0.0) for seed in (42, 43, 44)},
+            "input-512x416": {42: _snapshot("input-512x416", 42, 0.3, refined=refined)},
+        }
+        res = ablations.build_table(runs, {}, memory)["resolution"]
+        ref, hires = res["rows"]
+        assert ref["input"] == [320, 256] and hires["input"] == [512, 416] and hires["seeds"] == [42]
+        assert ref["train_peak_mb"] == 1004.0 and hires["train_peak_mb"] == 3000.0  # the largest batch
+        val = hires["val.mean"]["vs_reference"]
+        assert val["mre_diff"] == pytest.approx(refined, abs=0.01)  # the refiner's, not shape's +0.3
+        assert hires["val.mean"]["shape"]["mean"] > hires["val.mean"]["refined"]["mean"]
+        assert decision in hires["decision"]
+    md = ablations.markdown(ablations.build_table(runs, {}, None))
+    assert "## The resolution hypothesis" in md and "| 512x416 | 42 | 30 | - | - |" in md
+    assert "no gain on validation" in md
+    assert "resolution" not in ablations.build_table({"maht_net": runs["maht_net"]}, {})

@@ -246,3 +246,15 @@ def test_profile_memory_writes_a_table_and_json(tmp_path, monkeypatch, capsys):
         assert case["train_peak_mb"] >= case["train_step_mb"] > 0 and case["infer_peak_mb"] > 0
     table = capsys.readouterr().out
     assert "train peak" in table and "cpu        32x32     2" in table
+
+
+def test_profile_memory_applies_a_profile_and_names_an_unknown_one():
+    script = _profile_script()
+    params = script.load_case_params(REPO / "params.yaml", "isbi-mean")
+    assert params.model.encoder == "tf_efficientnet_lite0" and params.data.gt == "mean"
+    assert script.load_case_params(REPO / "params.yaml", None).model.encoder != "tf_efficientnet_lite0"
+    case = {"size": [64, 48], "params": str(REPO / "params.yaml"), "profile": "isbi-mean"}
+    p = script.case_params(case)
+    assert (p.preprocess.height, p.preprocess.width) == (64, 48) and p.model.encoder_weights is None
+    with pytest.raises(SystemExit, match="unknown profile 'nope'; valid: isbi-senior"):
+        script.load_case_params(REPO / "params.yaml", "nope")
