@@ -310,9 +310,7 @@ def markdown(table: dict) -> str:
     ]
     for r in table["rows"]:
         cmp = (r.get("test2.official") or {}).get("vs_reference")
-        diff = (
-            "-" if cmp is None else f"{cmp['mre_diff']:+.3f} ({cmp['ci95'][0]:+.3f}, {cmp['ci95'][1]:+.3f})"
-        )
+        diff = _ci(cmp)
         lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}"
         mre = {
             k: _ms((r.get(k) or {}).get("mre_mm"))
@@ -329,11 +327,17 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+def _ci(c: dict | None) -> str:
+    """A comparison's difference and 95 % interval, or "-"."""
+    return "-" if c is None else f"{c['mre_diff']:+.3f} ({c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f})"
+
+
 def _diff(c: dict | None) -> str:
+    """:func:`_ci` with the p value per seed and the verdict."""
     if c is None:
         return "-"
     p = ", ".join(f"{k}: {v['p']:.2g}" for k, v in c["per_seed"].items())
-    return f"{c['mre_diff']:+.3f} ({c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}); p {p}; {c['verdict']}"
+    return f"{_ci(c)}; p {p}; {c['verdict']}"
 
 
 def resolution_markdown(res: dict) -> list[str]:
