@@ -13,6 +13,8 @@ MAHT-Net against the U-Net under each protocol, and the protocol chosen **on val
     python scripts/protocol_study.py snapshot --rev workspace --model baseline
     python scripts/protocol_study.py table
 
+``table`` also rewrites the README's headline table, between the ``README_START`` and
+``README_END`` markers: the study's rows, then the published results (``literature.yaml``).
 Snapshots stay in git, so the study grows over sessions without the DVC cache of old runs.
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mahtnet.analysis.literature import load_literature
 from mahtnet.analysis.stats import mean_sd, signed_rank_test
 from mahtnet.io import atomic_write, write_json
 
@@ -198,6 +201,31 @@ def headline(rows: list[dict]) -> list[str]:
 
 
 MODEL_NAMES = {"maht_net": "MAHT-Net", "baseline": "U-Net"}
+README_START = "<!-- protocol-study table: written by scripts/protocol_study.py table -->"
+README_END = "<!-- protocol-study table end -->"
+
+
+def published_rows() -> list[str]:
+    """The literature's Test1 / Test2 MREs as rows of the headline table (best Test1 first)."""
+    methods = sorted(load_literature()["methods"], key=lambda m: (m["test1"]["mre_mm"], m["name"]))
+    rows = []
+    for m in methods:
+        cells = [f"*published* {m['name']}, {m['input']}, {m['hardware']}", "senior", "-", "-"]
+        for split in ("test1", "test2"):
+            cells += [f"{m[split]['mre_mm']:.2f}" if split in m else "-", "-"]
+        rows.append("| " + " | ".join([*cells, "-"]) + " |")
+    return rows
+
+
+def update_readme(readme: Path, lines: list[str]) -> None:
+    """Replace what lies between the README's protocol-table markers with ``lines``."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme}: no '{README_START}' ... '{README_END}' block to rewrite")
+    block = "\n".join([README_START, "", *lines, "", README_END])
+    new = text[:start] + block + text[end + len(README_END) :]
+    atomic_write(readme, lambda tmp: tmp.write_text(new))
 
 
 def markdown(rows: list[dict], tests: dict, choice: dict) -> str:
@@ -276,7 +304,7 @@ def comparisons(groups: dict[tuple[str, str], list[dict]], reference: str) -> di
     return dict(out)
 
 
-def table(runs_dir: Path, out_md: Path, out_json: Path, reference: str) -> None:
+def table(runs_dir: Path, out_md: Path, out_json: Path, reference: str, readme: Path | None = None) -> None:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in load_runs(runs_dir):
         groups[(run["protocol"], run["model"])].append(run)
@@ -285,6 +313,8 @@ def table(runs_dir: Path, out_md: Path, out_json: Path, reference: str) -> None:
     choice = choose_protocol(rows)
     write_json(out_json, {"chosen": choice, "rows": rows, "tests": tests, "reference": reference})
     atomic_write(out_md, lambda tmp: tmp.write_text(markdown(rows, tests, choice)))
+    if readme is not None:
+        update_readme(readme, [*headline(rows), *published_rows()])
     print(f"{len(rows)} rows, {sum(len(v) for v in tests.values())} paired tests -> {out_md}, {out_json}")
     print(f"chosen on validation: {choice['chosen']} ({choice['why']})")
 
@@ -303,12 +333,14 @@ def main() -> None:
     tab.add_argument("--out", type=Path, default=Path("docs/protocol.md"))
     tab.add_argument("--json", type=Path, default=Path("docs/protocol.json"))
     tab.add_argument("--reference", default="mean", help="the protocol every other one is tested against")
+    tab.add_argument("--readme", type=Path, default=Path("README.md"), help="whose headline table to rewrite")
+    tab.add_argument("--no-readme", dest="readme", action="store_const", const=None)
     args = parser.parse_args()
     if args.command == "snapshot":
         for rev in args.rev:
             print(f"{rev} -> {snapshot(rev, args.model, args.out_dir)}")
     else:
-        table(args.runs, args.out, args.json, args.reference)
+        table(args.runs, args.out, args.json, args.reference, args.readme)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,37 @@ def test_table_means_paired_tests_and_validation_choice(tmp_path):
 def test_no_snapshots_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no run snapshots"):
         protocol_study.table(tmp_path, tmp_path / "a.md", tmp_path / "a.json", "senior")
+
+
+def test_table_rewrites_only_the_readme_block(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for protocol, offset in (("senior", 0.3), ("mean", 0.0)):
+        run = _run(protocol, "maht_net", 42, offset)
+        (runs / f"{protocol}-maht_net-seed42.json").write_text(json.dumps(run))
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nintro\n\n", "\n\n**What generalises.** prose\n"
+    stale = "| MAHT-Net | senior | 41 | stale row |"
+    block = [protocol_study.README_START, stale, protocol_study.README_END]
+    readme.write_text(before + "\n".join(block) + after)
+    protocol_study.table(runs, tmp_path / "p.md", tmp_path / "p.json", "mean", readme)
+    text = readme.read_text()
+    assert text.startswith(before) and text.endswith(after) and stale not in text
+    block = text[len(before) : -len(after)].splitlines()
+    assert block[2].startswith("| model | training labels |")
+    assert [line.split(" | ")[1] for line in block[4:6]] == ["mean", "senior"]  # the study's rows, sorted
+    published = [line for line in block if line.startswith("| *published*")]
+    assert len(published) == len(protocol_study.load_literature()["methods"]) and "| 1.12 |" in published[0]
+    protocol_study.table(runs, tmp_path / "p.md", tmp_path / "p.json", "mean", readme)
+    assert readme.read_text() == text  # idempotent
+
+
+def test_readme_without_markers_is_a_clear_error_and_left_alone(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "mean-maht_net-seed42.json").write_text(json.dumps(_run("mean", "maht_net", 42, 0.0)))
+    readme = tmp_path / "README.md"
+    readme.write_text("# no table here\n")
+    with pytest.raises(SystemExit, match="README.md: no .* block to rewrite"):
+        protocol_study.table(runs, tmp_path / "p.md", tmp_path / "p.json", "mean", readme)
+    assert readme.read_text() == "# no table here\n"
