@@ -1,5 +1,5 @@
 """Print the Markdown table of published ISBI 2015 results (src/mahtnet/data/literature.yaml)
-with this project's evaluated models beside them (the README's literature table)::
+with this project's evaluated models beside them (docs/results.md)::
 
     python scripts/literature_table.py --ours "MAHT-Net (refined)=docs/isbi2015-senior/maht_net.json" \\
         --input 320x256 --hardware "2-core CPU"

@@ -1,5 +1,6 @@
 """Published ISBI 2015 results as data (``data/literature.yaml``) and the comparison table
-that puts this project's rows beside them (README, report)."""
+that puts this project's rows beside them (report, scripts/literature_table.py; the README's
+headline rows come from scripts/protocol_study.py)."""
 
 from __future__ import annotations
 
