@@ -35,8 +35,10 @@ then adds a section comparing it with the reference *with the refiner*, beside i
 **The table** compares each variant with the reference on validation, Test1 and Test2, against
 the official ground truth and the mean of both doctors: mean +- SD over seeds of MRE, SDR 2 / 4
 mm, share beyond 4 mm and largest error; the paired difference per seed (Wilcoxon on per-image
-MRE) and pooled over seeds (per-image MRE averaged over seeds); parameters, training minutes and
-(``--latency``) the forward latency at the profile's input size. A difference smaller than the
+MRE) and pooled over seeds (per-image MRE averaged over seeds); parameters, training wall
+minutes (median over seeds) and, measured in one process so that variants compare on the same
+machine load (``--latency``), one end-to-end training step and one prediction at the profile's
+input size. A difference smaller than the
 seed-to-seed SD of the reference is reported as no difference. Nothing is chosen on a test set.
 """
 
@@ -224,7 +226,21 @@ def train_peak_mb(memory: dict | None, size: list[int]) -> float | None:
     return max(cases, key=lambda c: c["batch"])["train_peak_mb"] if cases else None
 
 
-def resolution(runs: dict[str, dict[int, dict]], latency: dict[str, float], memory: dict | None) -> dict:
+def compute(var: dict[int, dict], measured: dict | None) -> dict:
+    """A variant's cost: its runs' training wall minutes (mean, SD and median over seeds: a run
+    that shared the CPU with another job is slow, and the median resists it) and the figures
+    :func:`measure_latency` took in one process (``latency_ms``, ``train_step_ms``; None until
+    measured)."""
+    minutes = [r["training_minutes"] for r in var.values()]
+    measured = measured or {}
+    return {
+        "training_minutes": mean_sd(minutes) | {"median": float(np.median(minutes))},
+        "latency_ms": measured.get("predict_ms"),
+        "train_step_ms": measured.get("train_step_ms"),
+    }
+
+
+def resolution(runs: dict[str, dict[int, dict]], latency: dict[str, dict], memory: dict | None) -> dict:
     """The resolution hypothesis: each input-size variant against the reference (the profile's
     own runs), read with the refiner (both train it fully), with its compute; and the decision
     the issue asks for: more seeds only if validation (mean of both doctors) improves by more
@@ -235,8 +251,7 @@ def resolution(runs: dict[str, dict[int, dict]], latency: dict[str, float], memo
         var = runs[name]
         first = next(iter(var.values()))["params"]
         size = [int(first["preprocess.height"]), int(first["preprocess.width"])]
-        row = {"variant": name, "input": size, "seeds": sorted(var), "latency_ms": latency.get(name),
-               "training_minutes": mean_sd([r["training_minutes"] for r in var.values()]),
+        row = {"variant": name, "input": size, "seeds": sorted(var), **compute(var, latency.get(name)),
                "train_peak_mb": train_peak_mb(memory, size)}  # fmt: skip
         for s in SETS:
             for gt in GTS:
@@ -261,7 +276,7 @@ def resolution(runs: dict[str, dict[int, dict]], latency: dict[str, float], memo
 
 
 def build_table(
-    runs: dict[str, dict[int, dict]], latency: dict[str, float], memory: dict | None = None
+    runs: dict[str, dict[int, dict]], latency: dict[str, dict], memory: dict | None = None
 ) -> dict:
     ref = runs[REFERENCE]
     rows = []
@@ -272,8 +287,7 @@ def build_table(
             "seeds": sorted(var),
         }
         row["parameters"] = next(iter(var.values()))["parameters"]
-        row["training_minutes"] = mean_sd([r["training_minutes"] for r in var.values()])
-        row["latency_ms"] = latency.get(name)
+        row |= compute(var, latency.get(name))
         for s in SETS:
             for gt in GTS:
                 have = [r for r in var.values() if s in r["scores"]]
@@ -290,8 +304,19 @@ def build_table(
     return table
 
 
-def _ms(v) -> str:
-    return "-" if v is None else f"{v['mean']:.3f}" + (f" +- {v['sd']:.3f}" if v.get("n", 1) > 1 else "")
+def _ms(v: dict | None, n: int = 1, digits: int = 3) -> str:
+    """``mean +- SD`` of a :func:`mean_sd` figure over ``n`` seeds (the mean alone for one)."""
+    if v is None:
+        return "-"
+    return f"{v['mean']:.{digits}f}" + (f" +- {v['sd']:.{digits}f}" if n > 1 else "")
+
+
+def _num(v: float | None, fmt: str = ".0f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+DETAIL = (("mre_mm", "MRE", 3), ("sdr_2mm", "SDR 2 mm (%)", 1), ("sdr_4mm", "SDR 4 mm (%)", 1),
+          ("over_4mm", "beyond 4 mm (%)", 1), ("max_mm", "largest (mm)", 1))  # fmt: skip
 
 
 def markdown(table: dict) -> str:
@@ -302,26 +327,57 @@ def markdown(table: dict) -> str:
         " (`docs/ablation.json` holds every figure). Coarse network with shape decoding; MRE in mm,"
         " mean +- SD over seeds; the difference is variant minus full model, paired per image"
         " (Wilcoxon per seed and pooled); a difference smaller than the full model's seed-to-seed SD"
-        " is no difference. Nothing was chosen on Test1 or Test2.",
+        " is no difference. Nothing was chosen on Test1 or Test2. Cost: training wall minutes of"
+        " the three MAHT-Net stages (median over seeds; runs shared the 2-core CPU unevenly, so"
+        " compare the columns measured in one process: one end-to-end training step at batch 4 and"
+        " one prediction at batch 1, `--latency`).",
         "",
-        "| variant | seeds | params (M) | train (min) | latency (ms) | val, mean GT | Test1, official | "
-        "Test2, official | Test2, mean GT | Test2 vs full (95 % CI) | verdict (Test2, official) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | seeds | params (M) | train wall (min) | train step (ms) | predict (ms) | "
+        "val, mean GT | Test1, official | Test2, official | Test2, mean GT | "
+        "Test2 vs full (95 % CI) | verdict (Test2, official) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in table["rows"]:
+        n = len(r["seeds"])
         cmp = (r.get("test2.official") or {}).get("vs_reference")
-        diff = _ci(cmp)
-        lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}"
-        mre = {
-            k: _ms((r.get(k) or {}).get("mre_mm"))
+        mre = [
+            _ms((r.get(k) or {}).get("mre_mm"), n)
             for k in ("val.mean", "test1.official", "test2.official", "test2.mean")
-        }
+        ]
         lines.append(
             f"| {r['variant']} | {','.join(map(str, r['seeds']))} | {r['parameters'] / 1e6:.2f} | "
-            f"{r['training_minutes']['mean']:.0f} | {lat} | {' | '.join(mre.values())} | {diff} | "
-            f"{'-' if cmp is None else cmp['verdict']} |"
+            f"{r['training_minutes']['median']:.0f} | {_num(r['train_step_ms'])} | {_num(r['latency_ms'])} | "
+            f"{' | '.join(mre)} | {_ci(cmp)} | {'-' if cmp is None else cmp['verdict']} |"
         )
-    lines += ["", "![forest plot](figures/ablation_forest.png)", ""]
+    keys = [f"{s}.{gt}" for s in SETS for gt in GTS]
+    lines += [
+        "",
+        "![forest plot](figures/ablation_forest.png)",
+        "",
+        "## Every set and ground truth",
+        "",
+        "Variant minus full model, MRE (mm, 95 % CI over seeds; one seed: a bootstrap over images)"
+        " and the verdict:",
+        "",
+        f"| variant | {' | '.join(keys)} |",
+        f"| --- |{' --- |' * len(keys)}",
+    ]
+    for r in (r for r in table["rows"] if r["variant"] != REFERENCE):
+        cells = []
+        for k in keys:
+            c = (r.get(k) or {}).get("vs_reference")
+            cells.append("-" if c is None else f"{_ci(c)} {c['verdict']}")
+        lines.append(f"| {r['variant']} | {' | '.join(cells)} |")
+    lines += ["", "The figures (mean +- SD over seeds):", "",
+              f"| variant | set | ground truth | {' | '.join(h for _, h, _ in DETAIL)} |",
+              f"| --- | --- | --- |{' --- |' * len(DETAIL)}"]  # fmt: skip
+    for r in table["rows"]:
+        for k in keys:
+            if k in r:
+                s, gt = k.split(".")
+                cells = [_ms(r[k][key], len(r["seeds"]), d) for key, _, d in DETAIL]
+                lines.append(f"| {r['variant']} | {s} | {gt} | {' | '.join(cells)} |")
+    lines.append("")
     if "resolution" in table:
         lines += resolution_markdown(table["resolution"])
     return "\n".join(lines)
@@ -347,24 +403,24 @@ def resolution_markdown(res: dict) -> list[str]:
         "",
         "The coarse network's input size, everything else equal (the profile's own runs are the"
         " reference; both train the refiner fully). MRE in mm with the refiner (shape decoding"
-        " alone in brackets, validation only); training minutes are the three MAHT-Net stages'"
-        " wall time on this project's 2-core CPU; peak memory is one training step's resident set"
+        " alone in brackets, validation only); training wall minutes are the three MAHT-Net stages'"
+        " (median over seeds) on this project's 2-core CPU, the step and prediction times are"
+        " measured in one process (`--latency`); peak memory is one training step's resident set"
         " at the profile's batch (`scripts/profile_memory.py`, `metrics/memory_resolution.json`).",
         "",
-        "| input | seeds | train (min) | peak train memory (MB) | latency (ms) | val, mean GT | "
-        "Test1, official | Test1, mean | Test2, official | Test2, mean |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| input | seeds | train wall (min) | train step (ms) | peak train memory (MB) | predict (ms) | "
+        "val, mean GT | Test1, official | Test1, mean | Test2, official | Test2, mean |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in res["rows"]:
-        val = r.get("val.mean") or {}
-        cells = [f"{_ms(val.get(RESOLUTION_READ))} ({_ms(val.get(VARIANT_READ))})"]
+        val, n = r.get("val.mean") or {}, len(r["seeds"])
+        cells = [f"{_ms(val.get(RESOLUTION_READ), n)} ({_ms(val.get(VARIANT_READ), n)})"]
         for key in ("test1.official", "test1.mean", "test2.official", "test2.mean"):
-            cells.append(_ms((r.get(key) or {}).get(RESOLUTION_READ)))
-        mem = "-" if r["train_peak_mb"] is None else f"{r['train_peak_mb']:.0f}"
-        lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}"
+            cells.append(_ms((r.get(key) or {}).get(RESOLUTION_READ), n))
         lines.append(
             f"| {r['input'][0]}x{r['input'][1]} | {','.join(map(str, r['seeds']))} | "
-            f"{r['training_minutes']['mean']:.0f} | {mem} | {lat} | {' | '.join(cells)} |"
+            f"{r['training_minutes']['median']:.0f} | {_num(r['train_step_ms'])} | "
+            f"{_num(r['train_peak_mb'])} | {_num(r['latency_ms'])} | {' | '.join(cells)} |"
         )
     lines += ["", "Difference from the reference with the refiner (mm, 95 % CI; Wilcoxon per seed):", ""]
     for r in res["rows"][1:]:
@@ -404,11 +460,43 @@ def forest(table: dict, path: Path) -> Path:
     return path
 
 
-def measure_latency(study: str, names: list[str]) -> dict[str, float]:
-    """Median forward ms (batch 1, 2 threads, random weights) of each variant at the profile's
-    input size: latency does not depend on the weights."""
+def _median_ms(step, n: int) -> float:
+    """Median wall ms of ``n`` calls of ``step`` after two warm-up calls."""
     import time
 
+    times = []
+    for i in range(n + 2):
+        t0 = time.perf_counter()
+        step()
+        if i >= 2:
+            times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def _cost(model, shape: tuple[int, int], batch: int) -> dict[str, float]:
+    """One model's ``predict_ms`` (batch 1, no grad) and ``train_step_ms`` (forward + backward
+    of every parameter at ``batch``)."""
+    import torch
+
+    x1, xb = torch.zeros(1, 1, *shape), torch.rand(batch, 1, *shape)
+
+    def train_step() -> None:
+        model.zero_grad(set_to_none=True)
+        out = model(xb)
+        (out.heatmaps.float().logsumexp((-2, -1)).mean() + out.coords.mean()).backward()
+
+    with torch.no_grad():
+        model.eval()
+        predict = _median_ms(lambda: model(x1), 10)
+    model.train()
+    return {"predict_ms": predict, "train_step_ms": _median_ms(train_step, 5)}
+
+
+def measure_latency(study: str, names: list[str]) -> dict[str, dict[str, float]]:
+    """Each variant's compute at the profile's input, measured in one process (2 threads, random
+    weights: the cost does not depend on them), so the variants compare as ratios on the same
+    machine load: ``predict_ms``, the median forward at batch 1, and ``train_step_ms``, the
+    median end-to-end forward + backward at the profile's batch (every parameter trainable)."""
     import torch
 
     from mahtnet.config import with_settings
@@ -421,16 +509,8 @@ def measure_latency(study: str, names: list[str]) -> dict[str, float]:
     for name in names:
         settings = {k: v for k, v in (profile | settings_of(name)).items() if k != "model.encoder_weights"}
         p = with_settings(raw, settings | {"model.encoder_weights": None})
-        model = build_model("maht_net", p.model).eval()
-        x = torch.zeros(1, 1, p.preprocess.height, p.preprocess.width)
-        times = []
-        with torch.no_grad():
-            for i in range(12):
-                t0 = time.perf_counter()
-                model(x)
-                if i >= 2:
-                    times.append((time.perf_counter() - t0) * 1000)
-        out[name] = float(np.median(times))
+        model = build_model("maht_net", p.model)
+        out[name] = _cost(model, (p.preprocess.height, p.preprocess.width), int(p.train.batch_size))
     return out
 
 

@@ -83,7 +83,7 @@ def test_table_verdicts_and_forest_plot(tmp_path):
     runs = {}
     for variant, offset in (("maht_net", 0.0), ("no-transformer", 0.2), ("no-cbam", 0.001)):
         runs[variant] = {seed: _snapshot(variant, seed, offset) for seed in (42, 43, 44)}
-    table = ablations.build_table(runs, {"maht_net": 40.0})
+    table = ablations.build_table(runs, {"maht_net": {"predict_ms": 40.0, "train_step_ms": 900.0}})
     rows = {r["variant"]: r for r in table["rows"]}
     worse = rows["no-transformer"]["test2.official"]["vs_reference"]
     assert worse["mre_diff"] == pytest.approx(0.2, abs=0.01) and worse["verdict"] == "worse"
@@ -92,9 +92,11 @@ def test_table_verdicts_and_forest_plot(tmp_path):
     assert rows["maht_net"]["val.mean"]["over_4mm"]["mean"] == pytest.approx(5.0)
     md = ablations.markdown(table)
     assert (
-        "| no-transformer | 42,43,44 | 3.00 | 30 | - |" in md
-        and "| maht_net | 42,43,44 | 3.00 | 30 | 40 |" in md
+        "| no-transformer | 42,43,44 | 3.00 | 30 | - | - |" in md
+        and "| maht_net | 42,43,44 | 3.00 | 30 | 900 | 40 |" in md
     )
+    assert f"{rows['maht_net']['val.mean']['mre_mm']['mean']:.3f} +- " in md  # three seeds: mean +- SD
+    assert "| no-transformer | test2 | official | " in md and "worse" in md.split("## Every set")[1]
     png = ablations.forest(table, tmp_path / "forest.png")
     assert png.stat().st_size > 1000
     json.dumps(table)  # JSON-safe
@@ -119,6 +121,16 @@ def test_the_resolution_section_reads_the_refiner_and_decides_on_validation(tmp_
         assert hires["val.mean"]["shape"]["mean"] > hires["val.mean"]["refined"]["mean"]
         assert decision in hires["decision"]
     md = ablations.markdown(ablations.build_table(runs, {}, None))
-    assert "## The resolution hypothesis" in md and "| 512x416 | 42 | 30 | - | - |" in md
+    assert "## The resolution hypothesis" in md and "| 512x416 | 42 | 30 | - | - | - |" in md
     assert "no gain on validation" in md
     assert "resolution" not in ablations.build_table({"maht_net": runs["maht_net"]}, {})
+
+
+def test_cost_times_a_prediction_and_a_training_step_that_reaches_every_parameter():
+    from mahtnet.models.factory import build_model
+
+    p = with_settings(yaml.safe_load((ROOT / "params.yaml").read_text()), {"model.encoder_weights": None})
+    model = build_model("maht_net", p.model)
+    cost = ablations._cost(model, (64, 64), 2)
+    assert set(cost) == {"predict_ms", "train_step_ms"} and all(v > 0 for v in cost.values())
+    assert all(q.grad is not None for q in model.parameters() if q.requires_grad)
