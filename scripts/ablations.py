@@ -51,6 +51,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import yaml
 
 from mahtnet.analysis.stats import mean_sd, signed_rank_test
@@ -205,7 +206,7 @@ def compare(
     ref_mre = [figure(ref[k], s, gt, "mre_mm", read) for k in ref]
     ref_sd = float(np.std(ref_mre, ddof=1)) if len(ref) > 1 else None
     if len(means) > 1:
-        half = 4.303 if len(means) == 3 else 1.96 * (1 + 1 / len(means))  # t(0.975, 2) for three seeds
+        half = float(scipy.stats.t.ppf(0.975, len(means) - 1))  # Student t over seeds (4.30 for three)
         ci = (float(means.mean() - half * means.std(ddof=1) / np.sqrt(len(means))),
               float(means.mean() + half * means.std(ddof=1) / np.sqrt(len(means))))  # fmt: skip
     else:  # one seed: a bootstrap over images

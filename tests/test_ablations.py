@@ -89,6 +89,12 @@ def test_table_verdicts_and_forest_plot(tmp_path):
     assert worse["mre_diff"] == pytest.approx(0.2, abs=0.01) and worse["verdict"] == "worse"
     assert worse["ci95"][0] > 0 and set(worse["per_seed"]) == {"42", "43", "44"}
     assert rows["no-cbam"]["test2.official"]["vs_reference"]["verdict"] == "no difference"
+    two = ablations.compare(
+        runs["maht_net"], {k: runs["no-transformer"][k] for k in (42, 43)}, "test2", "official"
+    )
+    d = [v["mre_diff"] for v in two["per_seed"].values()]
+    half = 12.706 * np.std(d, ddof=1) / np.sqrt(2)  # t(0.975, 1): two seeds give a wide interval
+    assert two["ci95"] == pytest.approx((np.mean(d) - half, np.mean(d) + half))
     assert rows["maht_net"]["val.mean"]["over_4mm"]["mean"] == pytest.approx(5.0)
     md = ablations.markdown(table)
     assert (
