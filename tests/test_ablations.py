@@ -95,6 +95,10 @@ def test_table_verdicts_and_forest_plot(tmp_path):
     d = [v["mre_diff"] for v in two["per_seed"].values()]
     half = 12.706 * np.std(d, ddof=1) / np.sqrt(2)  # t(0.975, 1): two seeds give a wide interval
     assert two["ci95"] == pytest.approx((np.mean(d) - half, np.mean(d) + half))
+    split = {42: _snapshot("split", 42, 0.3), 43: _snapshot("split", 43, -0.1)}  # seeds disagree
+    c = ablations.compare(runs["maht_net"], split, "test2", "official")
+    assert c["mre_diff"] == pytest.approx(0.1, abs=0.01) and c["pooled_p"] < 0.05
+    assert c["ci95"][0] < 0 < c["ci95"][1] and c["verdict"] == "no difference"  # the interval spans 0
     assert rows["maht_net"]["val.mean"]["over_4mm"]["mean"] == pytest.approx(5.0)
     md = ablations.markdown(table)
     assert (
