@@ -38,8 +38,9 @@ mm, share beyond 4 mm and largest error; the paired difference per seed (Wilcoxo
 MRE) and pooled over seeds (per-image MRE averaged over seeds); parameters, training wall
 minutes (median over seeds) and, measured in one process so that variants compare on the same
 machine load (``--latency``), one end-to-end training step and one prediction at the profile's
-input size. A difference smaller than the
-seed-to-seed SD of the reference is reported as no difference. Nothing is chosen on a test set.
+input size. A difference is reported only when it exceeds the reference's seed-to-seed SD, its
+95 % interval over seeds excludes zero and the pooled p < 0.05; otherwise "no difference".
+Nothing is chosen on a test set.
 """
 
 from __future__ import annotations
@@ -208,9 +209,8 @@ def compare(
     ref_mre = [figure(ref[k], s, gt, "mre_mm", read) for k in ref]
     ref_sd = float(np.std(ref_mre, ddof=1)) if len(ref) > 1 else None
     if len(means) > 1:
-        half = float(scipy.stats.t.ppf(0.975, len(means) - 1))  # Student t over seeds (4.30 for three)
-        ci = (float(means.mean() - half * means.std(ddof=1) / np.sqrt(len(means))),
-              float(means.mean() + half * means.std(ddof=1) / np.sqrt(len(means))))  # fmt: skip
+        lo, hi = scipy.stats.t.interval(0.95, len(means) - 1, means.mean(), scipy.stats.sem(means))
+        ci = (float(lo), float(hi))  # Student t over seeds
     else:  # one seed: a bootstrap over images
         rng = np.random.default_rng(0)
         boot = [rng.choice(diffs[0], len(diffs[0])).mean() for _ in range(2000)]
@@ -338,8 +338,8 @@ def markdown(table: dict) -> str:
         " model's seed-to-seed SD, its 95 % interval excludes zero and the pooled p < 0.05."
         " Nothing was chosen on Test1 or Test2. Cost: training wall minutes of"
         " the three MAHT-Net stages (median over seeds; runs shared the 2-core CPU unevenly, so"
-        " compare the columns measured in one process: one end-to-end training step at batch 4 and"
-        " one prediction at batch 1, `--latency`).",
+        " compare the columns measured in one process: one end-to-end training step at the profile's"
+        " batch and one prediction at batch 1, `--latency`).",
         "",
         "| variant | seeds | params (M) | train wall (min) | train step (ms) | predict (ms) | "
         "val, mean GT | Test1, official | Test2, official | Test2, mean GT | "
@@ -381,10 +381,11 @@ def markdown(table: dict) -> str:
               f"| variant | set | ground truth | {' | '.join(h for _, h, _ in DETAIL)} |",
               f"| --- | --- | --- |{' --- |' * len(DETAIL)}"]  # fmt: skip
     for r in table["rows"]:
+        n = len(r["seeds"])
         for k in keys:
             if k in r:
                 s, gt = k.split(".")
-                cells = [_ms(r[k][key], len(r["seeds"]), d) for key, _, d in DETAIL]
+                cells = [_ms(r[k][key], n, d) for key, _, d in DETAIL]
                 lines.append(f"| {r['variant']} | {s} | {gt} | {' | '.join(cells)} |")
     lines.append("")
     if "resolution" in table:
