@@ -130,9 +130,12 @@ def test_the_resolution_section_reads_the_refiner_and_decides_on_validation(tmp_
         assert val["mre_diff"] == pytest.approx(refined, abs=0.01)  # the refiner's, not shape's +0.3
         assert hires["val.mean"]["shape"]["mean"] > hires["val.mean"]["refined"]["mean"]
         assert decision in hires["decision"]
+        coarse = hires["val.mean"]["vs_reference_coarse"]  # shape decoding alone: +0.3, no gain
+        assert coarse["mre_diff"] == pytest.approx(0.3, abs=0.01) and "gains nothing" in hires["coarse"]
     md = ablations.markdown(ablations.build_table(runs, {}, None))
     assert "## The resolution hypothesis" in md and "| 512x416 | 42 | 30 | - | - | - |" in md
-    assert "no gain on validation" in md
+    assert "no gain on validation" in md and "gains nothing on validation" in md
+    assert "  - test1.mean: with the refiner " in md and "; coarse +0.3" in md
     assert "resolution" not in ablations.build_table({"maht_net": runs["maht_net"]}, {})
 
 
