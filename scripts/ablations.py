@@ -254,11 +254,14 @@ def _gains(c: dict) -> bool:
     return c["reference_seed_sd"] is not None and c["mre_diff"] < -c["reference_seed_sd"]
 
 
-def resolution(runs: dict[str, dict[int, dict]], latency: dict[str, dict], memory: dict | None) -> dict:
+def resolution(
+    runs: dict[str, dict[int, dict]], latency: dict[str, dict], memory: dict | None, coarse: dict[str, dict]
+) -> dict:
     """The resolution hypothesis: each input-size variant against the reference (the profile's
     own runs), read with the refiner (both train it fully), with its compute; and the decision
     the issue asks for: more seeds only if validation (mean of both doctors) improves by more
-    than the reference's seed-to-seed SD."""
+    than the reference's seed-to-seed SD. Beside it, the coarse network's comparison, taken from
+    the main table's rows (``coarse``, by variant) rather than computed again."""
     ref = runs[REFERENCE]
     rows = []
     for name in [REFERENCE, *(n for n in INPUT_SIZES if n in runs)]:
@@ -277,7 +280,7 @@ def resolution(runs: dict[str, dict[int, dict]], latency: dict[str, dict], memor
                     }
                     if name != REFERENCE:
                         row[f"{s}.{gt}"]["vs_reference"] = compare(ref, var, s, gt, RESOLUTION_READ)
-                        row[f"{s}.{gt}"]["vs_reference_coarse"] = compare(ref, var, s, gt, VARIANT_READ)
+                        row[f"{s}.{gt}"]["vs_reference_coarse"] = coarse[name][f"{s}.{gt}"]["vs_reference"]
         if name != REFERENCE:
             val = row["val.mean"]
             row["decision"] = (
@@ -320,7 +323,7 @@ def build_table(
         rows.append(row)
     table = {"read": VARIANT_READ, "reference": REFERENCE, "rows": rows}
     if any(n in runs for n in INPUT_SIZES):
-        table["resolution"] = resolution(runs, latency, memory)
+        table["resolution"] = resolution(runs, latency, memory, {r["variant"]: r for r in rows})
     return table
 
 
