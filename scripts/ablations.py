@@ -57,6 +57,7 @@ import yaml
 
 from mahtnet.analysis.stats import mean_sd, signed_rank_test
 from mahtnet.config import load_profiles, yaml_value
+from mahtnet.hardware import cpu_name
 from mahtnet.io import write_json, write_text
 from mahtnet.models.variants import MAHT_NET_STAGES, VARIANTS, get_variant, variants_tagged
 
@@ -66,6 +67,7 @@ SETS = ("val", "test1", "test2")
 GTS = ("official", "mean")
 VARIANT_READ = "shape"  # the coarse network with shape decoding
 REFERENCE = "maht_net"
+UNRECORDED = "not recorded (snapshots before 2026-12-03)"
 
 
 def _loss(**weights: float) -> dict[str, object]:
@@ -161,6 +163,7 @@ def snapshot(rev: str, variant: str, out_dir: Path) -> Path:
         "parameters": int(stages[-1]["parameters"]),
         "training_minutes": sum(s["wall_time_s"] for s in stages) / 60.0,
         "settings": settings_of(variant) if variant != REFERENCE else {},
+        "host": cpu_name(),  # a queued run ends in this checkout, so it ran here
     }
     return write_json(out_dir / f"{variant}-seed{record['seed']}.json", record)
 
@@ -244,6 +247,7 @@ def compute(var: dict[int, dict], measured: dict | None) -> dict:
     measured = measured or {}
     return {
         "training_minutes": mean_sd(minutes) | {"median": float(np.median(minutes))},
+        "hosts": sorted({r.get("host") or UNRECORDED for r in var.values()}),
         "latency_ms": measured.get("predict_ms"),
         "train_step_ms": measured.get("train_step_ms"),
     }
@@ -374,6 +378,8 @@ def markdown(table: dict) -> str:
             f"{' | '.join(mre)} | {_ci(cmp)} | {'-' if cmp is None else cmp['verdict']} |"
         )
     keys = [f"{s}.{gt}" for s in SETS for gt in GTS]
+    lines += ["", "The CPUs the runs trained on (training minutes compare only within one):", ""]
+    lines += _hosts(table)
     lines += [
         "",
         "![forest plot](figures/ablation_forest.png)",
@@ -406,6 +412,12 @@ def markdown(table: dict) -> str:
     if "resolution" in table:
         lines += resolution_markdown(table["resolution"])
     return "\n".join(lines)
+
+
+def _hosts(table: dict) -> list[str]:
+    """One line per CPU: the variants with a run trained on it."""
+    hosts = sorted({h for r in table["rows"] for h in r["hosts"]})
+    return [f"- {h}: {', '.join(r['variant'] for r in table['rows'] if h in r['hosts'])}" for h in hosts]
 
 
 def _ci(c: dict | None) -> str:

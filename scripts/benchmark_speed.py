@@ -28,7 +28,6 @@ import argparse
 import ctypes
 import dataclasses
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mahtnet.config import load_params
+from mahtnet.hardware import cpu_name
 from mahtnet.io import write_json
 from mahtnet.landmarks import NUM_LANDMARKS
 from mahtnet.models.device import select_device
@@ -117,13 +117,6 @@ def median_time(fn, device: torch.device, budget_s: float, max_repeats: int) -> 
         sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), repeats
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:

@@ -218,17 +218,11 @@ def devices(choice: str) -> list[str]:
 
 
 def device_name(device: str) -> str:
-    import platform
-
     import torch
 
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+    from mahtnet.hardware import cpu_name
+
+    return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
 
 
 def profile(args: argparse.Namespace) -> dict:

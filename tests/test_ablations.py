@@ -83,6 +83,7 @@ def test_table_verdicts_and_forest_plot(tmp_path):
     runs = {}
     for variant, offset in (("maht_net", 0.0), ("no-transformer", 0.2), ("no-cbam", 0.001)):
         runs[variant] = {seed: _snapshot(variant, seed, offset) for seed in (42, 43, 44)}
+    runs["no-cbam"][44]["host"] = "CPU B"  # a run's CPU, as its snapshot records it (older ones: none)
     table = ablations.build_table(runs, {"maht_net": {"predict_ms": 40.0, "train_step_ms": 900.0}})
     rows = {r["variant"]: r for r in table["rows"]}
     worse = rows["no-transformer"]["test2.official"]["vs_reference"]
@@ -107,6 +108,8 @@ def test_table_verdicts_and_forest_plot(tmp_path):
     )
     assert f"{rows['maht_net']['val.mean']['mre_mm']['mean']:.3f} +- " in md  # three seeds: mean +- SD
     assert "| no-transformer | test2 | official | " in md and "worse" in md.split("## Every set")[1]
+    assert "- CPU B: no-cbam\n" in md  # one line per CPU, with the variants that trained on it
+    assert f"- {ablations.UNRECORDED}: maht_net, no-transformer, no-cbam\n" in md
     png = ablations.forest(table, tmp_path / "forest.png")
     assert png.stat().st_size > 1000
     json.dumps(table)  # JSON-safe

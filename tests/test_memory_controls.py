@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -234,6 +235,7 @@ def test_profile_memory_writes_a_table_and_json(tmp_path, monkeypatch, capsys):
     script.main()
     report = json.loads(out.read_text())
     assert report["model"] == "baseline" and report["parameters"] > 0 and list(report["devices"]) == ["cpu"]
+    assert report["devices"]["cpu"].endswith(f", {os.cpu_count()} CPUs")  # the CPU, named with its count
     assert [(c["device"], c["input"], c["batch"]) for c in report["cases"]] == [
         ("cpu", [32, 32], 1),
         ("cpu", [32, 32], 2),
