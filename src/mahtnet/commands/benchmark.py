@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from mahtnet.data.images import read_xray
 from mahtnet.decoding import LandmarkReader, load_backend, load_refiner
 from mahtnet.decoding.shape import ShapePrior
 from mahtnet.deploy.export import export_onnx, export_refiner_onnx, median_ms
+from mahtnet.hardware import cpu_name
 from mahtnet.io import write_json, write_text
 from mahtnet.paths import relative_to_repo, repo_root
 from mahtnet.predict.result import predict_xrays, to_json
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         "image_size": list(xray.pixels.shape[::-1]),
         "threads": args.threads,
         "repeats": args.repeats,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "steps": "read + check file, letterbox, network, decoding (arg-max; headline: shape-consistent "
         "+ refiner), JSON document written",
