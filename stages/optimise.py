@@ -40,7 +40,7 @@ def main() -> None:
         models = dict(args.model) | pruned_models(args.pruned)
         rows = tradeoff(
             args.full, args.int8, models, data, params.evaluate.sdr_thresholds_mm,
-            params.compare.bootstrap_samples, args.repeats,
+            params.compare.bootstrap_samples, args.repeats, params.optimise.peak_memory,
         )  # fmt: skip
         write_json(args.out, rows)
         plot_tradeoff(rows, args.plot)
@@ -50,10 +50,11 @@ def main() -> None:
     for name, r in rows.items():
         diff = f", {r['mre_diff_mm']:+.3f} mm (p {r['wilcoxon_p']:.3g})" if "mre_diff_mm" in r else ""
         ort = f"{r['onnxruntime_1_threads_ms']:.1f} / {r['onnxruntime_2_threads_ms']:.1f} ms"
+        rss = f", peak RSS {r['onnxruntime_peak_rss_mb']:.0f} MB" if "onnxruntime_peak_rss_mb" in r else ""
         print(
             f"{name:16s} MRE {r['mre_mm']:.3f} mm{diff}, SDR 2 mm {r['sdr_2mm']:.1f} %, "
             f"{r['parameters'] / 1e6:.2f} M params, {r['onnx_mb']:.1f} MB, onnxruntime {ort} "
-            f"(1 / 2 threads), peak RSS {r['onnxruntime_peak_rss_mb']:.0f} MB"
+            f"(1 / 2 threads){rss}"
         )
 
 

@@ -5,9 +5,46 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # one torch / OpenMP thread per xdist worker and in the processes it starts (set before torch
+    # is imported): two workers of two threads each on two cores wait for each other's threads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI_ROOT = REPO.parent / "shared" / "datasets" / "isbi2015"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_pipeline.py first (its session fixture builds the tiny DVC pipeline: one chain of
+    about 25 processes), then the other ``slow`` files, the rest, and test_pipeline_commands.py
+    last: with ``--dist loadfile --no-loadscope-reorder`` one worker builds the pipeline while the
+    other works through the slow files, and the commands against it come when it is built."""
+    order = {"test_pipeline.py": 0, "test_pipeline_commands.py": 4}
+    rank = lambda item: order.get(item.path.name, 2 if item.get_closest_marker("slow") is None else 1)
+    items.sort(key=rank)  # a stable sort: each file's tests keep their order
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, worker_id) -> Path:
+    """The tiny DVC pipeline (tests/tiny_pipeline.py), built once per session: under xdist the
+    first worker to ask builds it in the workers' shared temporary folder while a file lock makes
+    the other wait; a failed build fails the other worker's tests too, without a rebuild."""
+    from filelock import FileLock
+    from tiny_pipeline import build
+
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent
+    tmp, failed = root / "pipeline", root / "pipeline.failed"
+    with FileLock(root / "pipeline.lock"):
+        if failed.is_file():
+            pytest.fail(f"the tiny pipeline failed to build: {failed.read_text()}")
+        if not tmp.is_dir():
+            try:
+                build(tmp)
+            except BaseException as e:
+                failed.write_text(str(e)[-6000:])
+                raise
+    return tmp / "repo"
 
 
 @pytest.fixture

@@ -291,6 +291,13 @@ class QuantizeParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class OptimiseParams:
+    """The size / speed / accuracy trade-off table (stage optimise)."""
+
+    peak_memory: bool  # each variant's peak RSS, measured in fresh processes (two per variant)
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchParams:
     """Hyper-parameter and architecture search with Optuna (``search/dvc.yaml``,
     :mod:`mahtnet.training.search`): each trial trains ``stage`` for ``epochs`` on the training images
@@ -375,6 +382,7 @@ class Params:
     compare: CompareParams
     crossval: CrossvalParams
     quantize: QuantizeParams
+    optimise: OptimiseParams
     search: SearchParams
     robustness: RobustnessParams
     tracking: TrackingParams

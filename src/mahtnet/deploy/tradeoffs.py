@@ -37,10 +37,16 @@ def score_onnx(
 
 
 def variant_row(
-    checkpoint: Path | None, onnx: Path, data: PreparedSet, thresholds: Sequence[float], repeats: int
+    checkpoint: Path | None,
+    onnx: Path,
+    data: PreparedSet,
+    thresholds: Sequence[float],
+    repeats: int,
+    peak_memory: bool = True,
 ) -> tuple[dict, np.ndarray]:
-    """One row of the table: scores, size, parameters, batch-1 latency and peak memory
-    (onnxruntime, and PyTorch when there is a checkpoint), and the errors for the paired test."""
+    """One row of the table: scores, size, parameters, batch-1 latency and (``peak_memory``) peak
+    memory (onnxruntime, and PyTorch when there is a checkpoint), and the errors for the paired
+    test."""
     row, errors, _ = score_onnx(onnx, data, thresholds)
     row["onnx_mb"] = onnx.stat().st_size / 2**20
     if checkpoint is not None:
@@ -48,7 +54,7 @@ def variant_row(
         row |= latency_ms(checkpoint, onnx, data.images[0], repeats)
     else:
         row |= onnx_latency_ms(onnx, data.images[0], repeats)
-    return row | memory_columns(checkpoint, onnx), errors
+    return row | (memory_columns(checkpoint, onnx) if peak_memory else {}), errors
 
 
 def pruned_models(folder: Path | None) -> dict[str, Path]:
@@ -69,18 +75,20 @@ def tradeoff(
     thresholds: Sequence[float],
     n_boot: int,
     repeats: int = 20,
+    peak_memory: bool = True,
 ) -> dict[str, dict]:
     """``{variant: row}``: the full model first, then its INT8 file, then each other checkpoint;
-    every row but the first with ``mre_diff_mm`` and ``wilcoxon_p`` against the full model."""
+    every row but the first with ``mre_diff_mm`` and ``wilcoxon_p`` against the full model;
+    memory columns with ``peak_memory``."""
     rows, errors = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, ckpt in [full, *models.items()]:
             onnx = export_onnx(ckpt, Path(tmp) / f"{name}.onnx")
-            rows[name], errors[name] = variant_row(ckpt, onnx, data, thresholds, repeats)
+            rows[name], errors[name] = variant_row(ckpt, onnx, data, thresholds, repeats, peak_memory)
             rows[name]["checkpoint_mb"] = ckpt.stat().st_size / 2**20
         if int8 is not None:
             key = f"{full[0]}_int8"
-            rows[key], errors[key] = variant_row(None, int8, data, thresholds, repeats)
+            rows[key], errors[key] = variant_row(None, int8, data, thresholds, repeats, peak_memory)
             rows[key]["parameters"] = rows[full[0]]["parameters"]
     for name in rows:
         if name != full[0]:
