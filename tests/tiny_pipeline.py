@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import yaml
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 1800  # a hang guard, not a speed goal: the tiny repro takes 4-10 min by CPU
 
 
@@ -35,20 +35,6 @@ def tiny_params(tmp: Path) -> dict:
     p["tracking"]["log_models"] = False  # a torch.export per training stage; test_mlflow_models.py
     # and test_tracking_server.py (training stages through a server) register models
     return p
-
-
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    bindir = Path(sys.executable).parent
-    env = {"PATH": f"{bindir}:/usr/bin:/bin", "NO_ALBUMENTATIONS_UPDATE": "1", "HOME": str(cwd)}
-    env["OMP_NUM_THREADS"] = "1"  # tiny models, the other xdist worker on the other core: 269 -> 236 s alone
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _run_ok(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """:func:`_run`, failing the test with the command and its output's tail unless it succeeds."""
-    result = _run(args, cwd)
-    assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
-    return result
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
