@@ -1,5 +1,6 @@
-"""scripts/ablations.py and the model-variant registry: the queued study's commands, every
-variant's settings valid for params.yaml, and the table / forest plot from run snapshots."""
+"""scripts/ablations.py, mahtnet.analysis.ablation and the model-variant registry: the queued
+study's commands, every variant's settings valid for params.yaml, and the table / forest plot
+from run snapshots."""
 
 import json
 import sys
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import ablations  # noqa: E402
 
+from mahtnet.analysis import ablation as study  # noqa: E402
 from mahtnet.config import with_settings  # noqa: E402
 from mahtnet.models.variants import VARIANTS, get_variant, register_variant  # noqa: E402
 
@@ -21,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_registered_variant_and_recipe_is_valid_for_params_yaml():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for name in [*VARIANTS, *ablations.LOSSES]:
-        with_settings(raw, ablations.settings_of(name))  # raises ParamsError naming a bad key
+    for name in [*VARIANTS, *study.LOSSES]:
+        with_settings(raw, study.settings_of(name))  # raises ParamsError naming a bad key
     assert {
         "no-transformer",
         "transformer-6",
@@ -30,7 +32,7 @@ def test_every_registered_variant_and_recipe_is_valid_for_params_yaml():
         "no-cbam",
         "no-imagenet",
         "one-stage",
-    } <= set(ablations.ablation_names())
+    } <= set(study.ablation_names())
     with pytest.raises(KeyError, match="unknown model variant 'nope'"):
         get_variant("nope")
     with pytest.raises(ValueError, match="twice"):
@@ -56,7 +58,7 @@ def _snapshot(variant: str, seed: int, offset: float, n: int = 15, refined: floa
     mm from them (less 0.3 mm)."""
     rng = np.random.default_rng(seed)
     noise = np.random.default_rng([seed, len(variant)])
-    size = ablations.INPUT_SIZES.get(variant, {"preprocess.height": 320, "preprocess.width": 256})
+    size = study.INPUT_SIZES.get(variant, {"preprocess.height": 320, "preprocess.width": 256})
     record = {"variant": variant, "seed": seed, "parameters": 3_000_000, "training_minutes": 30.0}
     record["params"] = {"seed": seed, **size}
     record["scores"], record["per_image"] = {}, {}
@@ -84,24 +86,24 @@ def test_table_verdicts_and_forest_plot(tmp_path):
     for variant, offset in (("maht_net", 0.0), ("no-transformer", 0.2), ("no-cbam", 0.001)):
         runs[variant] = {seed: _snapshot(variant, seed, offset) for seed in (42, 43, 44)}
     runs["no-cbam"][44]["host"] = "CPU B"  # a run's CPU, as its snapshot records it (older ones: none)
-    table = ablations.build_table(runs, {"maht_net": {"predict_ms": 40.0, "train_step_ms": 900.0}})
+    table = study.build_table(runs, {"maht_net": {"predict_ms": 40.0, "train_step_ms": 900.0}})
     rows = {r["variant"]: r for r in table["rows"]}
     worse = rows["no-transformer"]["test2.official"]["vs_reference"]
     assert worse["mre_diff"] == pytest.approx(0.2, abs=0.01) and worse["verdict"] == "worse"
     assert worse["ci95"][0] > 0 and set(worse["per_seed"]) == {"42", "43", "44"}
     assert rows["no-cbam"]["test2.official"]["vs_reference"]["verdict"] == "no difference"
-    two = ablations.compare(
+    two = study.compare(
         runs["maht_net"], {k: runs["no-transformer"][k] for k in (42, 43)}, "test2", "official"
     )
     d = [v["mre_diff"] for v in two["per_seed"].values()]
     half = 12.706 * np.std(d, ddof=1) / np.sqrt(2)  # t(0.975, 1): two seeds give a wide interval
     assert two["ci95"] == pytest.approx((np.mean(d) - half, np.mean(d) + half))
     split = {42: _snapshot("split", 42, 0.3), 43: _snapshot("split", 43, -0.1)}  # seeds disagree
-    c = ablations.compare(runs["maht_net"], split, "test2", "official")
+    c = study.compare(runs["maht_net"], split, "test2", "official")
     assert c["mre_diff"] == pytest.approx(0.1, abs=0.01) and c["pooled_p"] < 0.05
     assert c["ci95"][0] < 0 < c["ci95"][1] and c["verdict"] == "no difference"  # the interval spans 0
     assert rows["maht_net"]["val.mean"]["over_4mm"]["mean"] == pytest.approx(5.0)
-    md = ablations.markdown(table)
+    md = study.markdown(table)
     assert (
         "| no-transformer | 42,43,44 | 3.00 | 30 | - | - |" in md
         and "| maht_net | 42,43,44 | 3.00 | 30 | 900 | 40 |" in md
@@ -109,8 +111,8 @@ def test_table_verdicts_and_forest_plot(tmp_path):
     assert f"{rows['maht_net']['val.mean']['mre_mm']['mean']:.3f} +- " in md  # three seeds: mean +- SD
     assert "| no-transformer | test2 | official | " in md and "worse" in md.split("## Every set")[1]
     assert "- CPU B: no-cbam\n" in md  # one line per CPU, with the variants that trained on it
-    assert f"- {ablations.UNRECORDED}: maht_net, no-transformer, no-cbam\n" in md
-    png = ablations.forest(table, tmp_path / "forest.png")
+    assert f"- {study.UNRECORDED}: maht_net, no-transformer, no-cbam\n" in md
+    png = study.forest(table, tmp_path / "forest.png")
     assert png.stat().st_size > 1000
     json.dumps(table)  # JSON-safe
 
@@ -125,7 +127,7 @@ def test_the_resolution_section_reads_the_refiner_and_decides_on_validation(tmp_
             "maht_net": {seed: _snapshot("maht_net", seed, 0.0) for seed in (42, 43, 44)},
             "input-512x416": {42: _snapshot("input-512x416", 42, 0.3, refined=refined)},
         }
-        res = ablations.build_table(runs, {}, memory)["resolution"]
+        res = study.build_table(runs, {}, memory)["resolution"]
         ref, hires = res["rows"]
         assert ref["input"] == [320, 256] and hires["input"] == [512, 416] and hires["seeds"] == [42]
         assert ref["train_peak_mb"] == 1004.0 and hires["train_peak_mb"] == 3000.0  # the largest batch
@@ -135,11 +137,11 @@ def test_the_resolution_section_reads_the_refiner_and_decides_on_validation(tmp_
         assert decision in hires["decision"]
         coarse = hires["val.mean"]["vs_reference_coarse"]  # shape decoding alone: +0.3, no gain
         assert coarse["mre_diff"] == pytest.approx(0.3, abs=0.01) and "gains nothing" in hires["coarse"]
-    md = ablations.markdown(ablations.build_table(runs, {}, None))
+    md = study.markdown(study.build_table(runs, {}, None))
     assert "## The resolution hypothesis" in md and "| 512x416 | 42 | 30 | - | - | - |" in md
     assert "no gain on validation" in md and "gains nothing on validation" in md
     assert "  - test1.mean: with the refiner " in md and "; coarse +0.3" in md
-    assert "resolution" not in ablations.build_table({"maht_net": runs["maht_net"]}, {})
+    assert "resolution" not in study.build_table({"maht_net": runs["maht_net"]}, {})
 
 
 def test_cost_times_a_prediction_and_a_training_step_that_reaches_every_parameter():

@@ -139,13 +139,7 @@ def test_summarize_folds_and_concat():
 
 
 def test_every_ablation_is_a_valid_params_setting(params_raw):
-    import sys
-
-    from conftest import REPO
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    from ablations import LOSSES, settings_of
-
+    from mahtnet.analysis.ablation import LOSSES, settings_of
     from mahtnet.models.variants import VARIANTS
 
     names = [n for n, v in VARIANTS.items() if v.network == "maht_net"] + list(LOSSES)
