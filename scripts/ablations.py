@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +63,14 @@ from mahtnet.analysis.ablation import (
     forest,
     load,
     markdown,
+    record,
     settings_of,
 )
 from mahtnet.config import load_profiles, yaml_value
-from mahtnet.hardware import cpu_name
+from mahtnet.errors import run_cli
 from mahtnet.io import write_json, write_text
-from mahtnet.models.variants import MAHT_NET_STAGES, VARIANTS
+from mahtnet.models.variants import VARIANTS
+from mahtnet.paths import relative_to_repo
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = Path("docs/ablation/runs")
@@ -114,25 +115,12 @@ def _command(name: str, settings: dict[str, object], extra: list[str], targets: 
 
 
 def snapshot(rev: str, variant: str, out_dir: Path) -> Path:
-    """The run's scores and per-image MREs (as the protocol study stores them), with its
-    variant, parameters and training minutes."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from protocol_study import _reader
-    from protocol_study import snapshot as protocol_snapshot
+    """The run's record (:func:`mahtnet.analysis.ablation.record`) in ``out_dir``."""
+    r = record(rev, variant, REPO)
+    return write_json(out_dir / f"{variant}-seed{r['seed']}.json", r)
 
-    tmp = protocol_snapshot(rev, "maht_net", out_dir / ".tmp")
-    record = json.loads(tmp.read_text())
-    tmp.unlink()
-    read = _reader(rev)
-    stages = [json.loads(read(f"metrics/train_{s}.json")) for s in MAHT_NET_STAGES]
-    record |= {
-        "variant": variant,
-        "parameters": int(stages[-1]["parameters"]),
-        "training_minutes": sum(s["wall_time_s"] for s in stages) / 60.0,
-        "settings": settings_of(variant) if variant != REFERENCE else {},
-        "host": cpu_name(),  # a queued run ends in this checkout, so it ran here
-    }
-    return write_json(out_dir / f"{variant}-seed{record['seed']}.json", record)
+
+# ---------------------------------------------------------------------------------------- latency
 
 
 def _cost(model, shape: tuple[int, int], batch: int, calls: int = 5, warmup: int = 2) -> dict[str, float]:
@@ -221,7 +209,7 @@ def main() -> None:
             if not args.print:
                 subprocess.run(cmd, check=True, cwd=REPO)
     elif args.command == "snapshot":
-        print(snapshot(args.rev, args.variant, REPO / RUNS))
+        print(relative_to_repo(snapshot(args.rev, args.variant, REPO / RUNS)))
     else:
         runs = load(REPO / RUNS)
         latency_file = REPO / "docs/ablation/latency.json"
@@ -239,4 +227,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

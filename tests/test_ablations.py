@@ -152,3 +152,17 @@ def test_cost_times_a_prediction_and_a_training_step_that_reaches_every_paramete
     cost = ablations._cost(model, (64, 64), 2)
     assert set(cost) == {"predict_ms", "train_step_ms"} and all(v > 0 for v in cost.values())
     assert all(q.grad is not None for q in model.parameters() if q.requires_grad)
+
+
+def test_record_adds_the_variant_its_cost_and_the_cpu(tmp_path):
+    from test_protocol_study import _workspace_run
+
+    _workspace_run(tmp_path, seed=43)
+    for i, stage in enumerate(("stage1", "stage2", "stage3")):
+        (tmp_path / "metrics" / f"train_{stage}.json").write_text(
+            json.dumps({"parameters": 100 + i, "wall_time_s": 60.0})
+        )
+    r = study.record("workspace", "no-cbam", tmp_path)
+    assert (r["variant"], r["seed"], r["parameters"], r["training_minutes"]) == ("no-cbam", 43, 102, 3.0)
+    assert r["settings"] == get_variant("no-cbam").settings and r["host"]
+    assert study.record("workspace", "maht_net", tmp_path)["settings"] == {}

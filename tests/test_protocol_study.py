@@ -1,15 +1,11 @@
-"""scripts/protocol_study.py: the protocol table, paired tests and the validation-only choice."""
+"""mahtnet.analysis.protocol: the protocol table, paired tests and the validation-only choice."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import protocol_study  # noqa: E402
+from mahtnet.analysis import protocol as protocol_study
 
 SUMMARY_KEYS = ("sd_mm", "sdr_2mm", "sdr_4mm", "max_mm", "n_over_10mm", "n_over_15mm")
 
@@ -69,7 +65,7 @@ def test_table_means_paired_tests_and_validation_choice(tmp_path):
 
 
 def test_no_snapshots_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no run snapshots"):
+    with pytest.raises(FileNotFoundError, match="no run snapshots"):
         protocol_study.table(tmp_path, tmp_path / "a.md", tmp_path / "a.json", "senior")
 
 
@@ -102,6 +98,38 @@ def test_readme_without_markers_is_a_clear_error_and_left_alone(tmp_path):
     (runs / "mean-maht_net-seed42.json").write_text(json.dumps(_run("mean", "maht_net", 42, 0.0)))
     readme = tmp_path / "README.md"
     readme.write_text("# no table here\n")
-    with pytest.raises(SystemExit, match="README.md: no .* block to rewrite"):
+    with pytest.raises(ValueError, match="README.md: no .* block to rewrite"):
         protocol_study.table(runs, tmp_path / "p.md", tmp_path / "p.json", "mean", readme)
     assert readme.read_text() == "# no table here\n"
+
+
+def _workspace_run(root, seed: int = 42, model: str = "maht_net"):
+    """A finished run's files as a workspace holds them: params, metrics, per-image errors."""
+    params = {"seed": seed, "data": {"gt": "mean", "dataset": "isbi2015"}}
+    params |= {"preprocess": {"height": 320, "width": 256}, "model": {"encoder": "tf_efficientnet_lite0"}}
+    (root / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+    scores = {"mre_mm": 1.5, "sdr_2mm": 80.0}
+    metrics = {
+        s: {"variants": {"shape": scores}, "variants_mean": {"shape": scores}} for s in ("val", "test2")
+    }
+    (root / "metrics").mkdir()
+    (root / "metrics" / f"{model}.json").write_text(json.dumps(metrics))
+    sets = root / "data" / "eval" / f"{model}_sets"
+    sets.mkdir(parents=True)
+    for s in ("val", "test2"):
+        for gt in ("official", "mean"):
+            (sets / f"{s}_shape_errors_{gt}.csv").write_text("image_id,mre_mm\n007,1.23456\n301,2.0\n")
+
+
+def test_record_of_a_workspace_run(tmp_path):
+    from mahtnet.analysis.snapshots import errors, record
+
+    _workspace_run(tmp_path)
+    r = record("workspace", "maht_net", tmp_path)
+    assert (r["protocol"], r["seed"], r["model"]) == ("mean", 42, "maht_net")
+    assert r["params"]["preprocess.width"] == 256 and set(r["scores"]) == {"val", "test2"}
+    ids, mre = errors(r, "test2", "shape.mean")
+    assert ids == ["007", "301"] and mre.tolist() == [1.2346, 2.0]  # image ids stay strings
+    (tmp_path / "metrics" / "maht_net.json").write_text("{}")
+    with pytest.raises(ValueError, match="metrics/maht_net.json has no per-set scores"):
+        record("workspace", "maht_net", tmp_path)

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from mahtnet.analysis.stats import bootstrap_ci, mean_sd, signed_rank_test
+from mahtnet.analysis import snapshots
+from mahtnet.analysis.snapshots import GTS, SETS, errors
+from mahtnet.analysis.stats import bootstrap_ci, mean_sd, paired_over_seeds
+from mahtnet.hardware import cpu_name
 from mahtnet.models.variants import MAHT_NET_STAGES, VARIANTS, get_variant, variants_tagged
 
-SETS = ("val", "test1", "test2")
-GTS = ("official", "mean")
 VARIANT_READ = "shape"  # the coarse network with shape decoding
 REFERENCE = "maht_net"
 UNRECORDED = "not recorded (snapshots before 2026-12-03)"
@@ -66,6 +67,22 @@ def ablation_names() -> list[str]:
     return [v.name for v in variants_tagged("ablation") if v.name != REFERENCE]
 
 
+def record(rev: str, variant: str, repo: Path) -> dict:
+    """The run's snapshot (:func:`mahtnet.analysis.snapshots.record` of MAHT-Net) with its
+    variant, parameters and training minutes, and the CPU of this checkout (a queued run ends in
+    the checkout that queued it, so it ran here)."""
+    out = snapshots.record(rev, REFERENCE, repo)
+    read = snapshots.reader(rev, repo)
+    stages = [json.loads(read(f"metrics/train_{s}.json")) for s in MAHT_NET_STAGES]
+    return out | {
+        "variant": variant,
+        "parameters": int(stages[-1]["parameters"]),
+        "training_minutes": sum(s["wall_time_s"] for s in stages) / 60.0,
+        "settings": settings_of(variant) if variant != REFERENCE else {},
+        "host": cpu_name(),
+    }
+
+
 def load(folder: Path) -> dict[str, dict[int, dict]]:
     runs: dict[str, dict[int, dict]] = {}
     for p in sorted(folder.glob("*.json")):
@@ -82,10 +99,6 @@ def figure(r: dict, s: str, gt: str, key: str, read: str = VARIANT_READ) -> floa
     return 100.0 - block["sdr_4mm"] if key == "over_4mm" else block[key]
 
 
-def per_image(r: dict, s: str, gt: str, read: str = VARIANT_READ) -> np.ndarray:
-    return np.asarray(r["per_image"][s][f"{read}.{gt}"], dtype=np.float64)
-
-
 def compare(
     ref: dict[int, dict], var: dict[int, dict], s: str, gt: str, read: str = VARIANT_READ
 ) -> dict | None:
@@ -93,26 +106,22 @@ def compare(
     pooled; the reference's seed SD. The verdict is a difference ("better" / "worse") only when
     the mean over seeds exceeds the reference's seed-to-seed SD, its 95 % interval excludes zero
     and the pooled Wilcoxon test gives p < 0.05; otherwise "no difference"."""
-    seeds = sorted(set(ref) & set(var))
-    seeds = [k for k in seeds if s in ref[k]["per_image"] and s in var[k]["per_image"]]
-    if not seeds:
+
+    def by_seed(runs: dict[int, dict]) -> dict:
+        return {k: errors(r, s, f"{read}.{gt}") for k, r in runs.items() if s in r["per_image"]}
+
+    res = paired_over_seeds(by_seed(ref), by_seed(var))
+    if res is None:
         return None
-    diffs, per_seed = [], {}
-    for k in seeds:
-        if ref[k]["per_image"][s]["image_id"] != var[k]["per_image"][s]["image_id"]:
-            raise ValueError(f"seed {k}: the reference and the variant scored different {s} images")
-        d = per_image(var[k], s, gt, read) - per_image(ref[k], s, gt, read)
-        per_seed[str(k)] = {"mre_diff": float(d.mean()), "p": float(signed_rank_test(d)["p_value"])}
-        diffs.append(d)
-    means = np.array([v["mre_diff"] for v in per_seed.values()])
+    means = res["diffs"].mean(axis=1)
     ref_mre = [figure(ref[k], s, gt, "mre_mm", read) for k in ref]
     ref_sd = float(np.std(ref_mre, ddof=1)) if len(ref) > 1 else None
     if len(means) > 1:
         lo, hi = scipy.stats.t.interval(0.95, len(means) - 1, means.mean(), scipy.stats.sem(means))
         ci = (float(lo), float(hi))  # Student t over seeds
     else:  # one seed: a bootstrap over images
-        ci = tuple(float(v) for v in bootstrap_ci(diffs[0]))
-    pooled_p = float(signed_rank_test(np.mean(diffs, axis=0))["p_value"])
+        ci = tuple(float(v) for v in bootstrap_ci(res["diffs"][0]))
+    pooled_p = res["pooled_p"]
     small = ref_sd is None or abs(means.mean()) < ref_sd
     spans_zero = ci[0] <= 0 <= ci[1]
     verdict = (
@@ -120,7 +129,7 @@ def compare(
         if small or spans_zero or pooled_p >= 0.05
         else ("worse" if means.mean() > 0 else "better")
     )
-    return {"seeds": seeds, "per_seed": per_seed, "mre_diff": float(means.mean()), "ci95": ci,
+    return {"seeds": res["seeds"], "per_seed": res["per_seed"], "mre_diff": float(means.mean()), "ci95": ci,
             "pooled_p": pooled_p, "reference_seed_sd": ref_sd, "verdict": verdict}  # fmt: skip
 
 

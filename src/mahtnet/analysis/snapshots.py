@@ -1,0 +1,71 @@
+"""Run snapshots: what the studies keep of one finished run (a DVC experiment, a commit or the
+workspace), so that they grow over sessions without the DVC cache of old runs.
+
+A record holds the run's params, each evaluated set's scores (validation, Test1, Test2; official
+ground truth and the mean of both doctors; every decoding variant) and the per-image MREs the
+paired tests need. The training-protocol study (:mod:`mahtnet.analysis.protocol`) and the
+ablation study (:mod:`mahtnet.analysis.ablation`) both read them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+SETS = ("val", "test1", "test2")
+GTS = ("official", "mean")
+PARAM_KEYS = ("seed", "data.gt", "data.dataset", "preprocess.height", "preprocess.width", "model.encoder")
+
+
+def get_dotted(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def reader(rev: str, repo: Path) -> Callable[[str], str]:
+    """``read(path) -> str`` of the workspace or of a git / DVC revision (an experiment)."""
+    if rev == "workspace":
+        return lambda path: (repo / path).read_text()
+    import dvc.api
+
+    return lambda path: dvc.api.read(path, repo=str(repo), rev=rev)
+
+
+def record(rev: str, model: str, repo: Path) -> dict:
+    """One run's record of ``model`` (``maht_net`` or ``baseline``) at ``rev``."""
+    read = reader(rev, repo)
+    params = yaml.safe_load(read("params.yaml"))
+    metrics = json.loads(read(f"metrics/{model}.json"))
+    sets = [s for s in SETS if s in metrics]
+    if not sets:
+        raise ValueError(f"{rev}: metrics/{model}.json has no per-set scores (val / test1 / test2)")
+    out = {
+        "rev": rev,
+        "model": model,
+        "protocol": get_dotted(params, "data.gt"),
+        "seed": int(params["seed"]),
+        "params": {k: get_dotted(params, k) for k in PARAM_KEYS},
+        "scores": {s: {v: metrics[s][v] for v in ("variants", "variants_mean")} for s in sets},
+        "per_image": {},
+    }
+    for s in sets:
+        for variant in metrics[s]["variants"]:
+            for gt in GTS:
+                text = read(f"data/eval/{model}_sets/{s}_{variant}_errors_{gt}.csv")
+                df = pd.read_csv(io.StringIO(text), dtype={"image_id": str})
+                out["per_image"].setdefault(s, {"image_id": df["image_id"].tolist()})
+                out["per_image"][s][f"{variant}.{gt}"] = [round(float(v), 4) for v in df["mre_mm"]]
+    return out
+
+
+def errors(run: dict, s: str, key: str) -> tuple[list[str], np.ndarray]:
+    """A record's image ids and per-image MREs on set ``s`` under ``key`` (``variant.gt``)."""
+    per = run["per_image"][s]
+    return per["image_id"], np.asarray(per[key], dtype=np.float64)
