@@ -133,3 +133,17 @@ def test_record_of_a_workspace_run(tmp_path):
     (tmp_path / "metrics" / "maht_net.json").write_text("{}")
     with pytest.raises(ValueError, match="metrics/maht_net.json has no per-set scores"):
         record("workspace", "maht_net", tmp_path)
+
+
+def test_paired_over_seeds_common_seeds_only_and_same_images():
+    from mahtnet.analysis.snapshots import paired_over_seeds
+
+    ids = ["001", "002", "003", "004", "005", "006"]
+    a = {42: (ids, np.arange(6.0)), 43: (ids, np.arange(6.0) + 1)}
+    b = {42: (ids, np.arange(6.0) + [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), 44: (ids, np.zeros(6))}
+    res = paired_over_seeds(a, b)
+    assert res["seeds"] == [42] and res["per_seed"]["42"]["mre_diff"] == pytest.approx(0.35)
+    assert res["diffs"].shape == (1, 6) and 0 < res["pooled_p"] < 0.05
+    assert paired_over_seeds(a, {44: (ids, np.zeros(6))}) is None
+    with pytest.raises(ValueError, match="seed 42: the two runs scored different images"):
+        paired_over_seeds(a, {42: (ids[::-1], np.zeros(6))})

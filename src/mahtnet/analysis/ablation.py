@@ -19,8 +19,8 @@ import numpy as np
 import scipy.stats
 
 from mahtnet.analysis import snapshots
-from mahtnet.analysis.snapshots import GTS, SETS, errors
-from mahtnet.analysis.stats import bootstrap_ci, mean_sd, paired_over_seeds
+from mahtnet.analysis.snapshots import GTS, SETS, errors, paired_over_seeds
+from mahtnet.analysis.stats import bootstrap_ci, mean_sd
 from mahtnet.hardware import cpu_name
 from mahtnet.models.variants import MAHT_NET_STAGES, VARIANTS, get_variant, variants_tagged
 

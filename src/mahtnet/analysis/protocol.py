@@ -16,8 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from mahtnet.analysis.literature import load_literature
-from mahtnet.analysis.snapshots import GTS, SETS, errors
-from mahtnet.analysis.stats import mean_sd, paired_over_seeds
+from mahtnet.analysis.snapshots import GTS, SETS, errors, paired_over_seeds
+from mahtnet.analysis.stats import mean_sd
 from mahtnet.io import atomic_write, write_json
 
 FIGURES = ("mre_mm", "sd_mm", "sdr_2mm", "sdr_4mm", "max_mm", "n_over_10mm", "n_over_15mm")

@@ -4,7 +4,8 @@ workspace), so that they grow over sessions without the DVC cache of old runs.
 A record holds the run's params, each evaluated set's scores (validation, Test1, Test2; official
 ground truth and the mean of both doctors; every decoding variant) and the per-image MREs the
 paired tests need. The training-protocol study (:mod:`mahtnet.analysis.protocol`) and the
-ablation study (:mod:`mahtnet.analysis.ablation`) both read them.
+ablation study (:mod:`mahtnet.analysis.ablation`) both read them, and compare two sets of runs
+with :func:`paired_over_seeds`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+
+from mahtnet.analysis.stats import signed_rank_test
 
 SETS = ("val", "test1", "test2")
 GTS = ("official", "mean")
@@ -69,3 +72,26 @@ def errors(run: dict, s: str, key: str) -> tuple[list[str], np.ndarray]:
     """A record's image ids and per-image MREs on set ``s`` under ``key`` (``variant.gt``)."""
     per = run["per_image"][s]
     return per["image_id"], np.asarray(per[key], dtype=np.float64)
+
+
+def paired_over_seeds(
+    a: dict[int, tuple[list[str], np.ndarray]], b: dict[int, tuple[list[str], np.ndarray]]
+) -> dict | None:
+    """B - A on per-image MRE over training seeds: ``a`` and ``b`` map a seed to its run's
+    ``(image_ids, per-image MRE)``. Per common seed the mean difference and its Wilcoxon p;
+    pooled, the Wilcoxon p of the per-image differences averaged over the seeds (``diffs``:
+    ``(S, N)``, not for JSON). None without a common seed; runs of one seed that scored
+    different images raise ValueError."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    for k in seeds:
+        if list(a[k][0]) != list(b[k][0]):
+            raise ValueError(f"seed {k}: the two runs scored different images")
+    diffs = np.array(
+        [np.asarray(b[k][1], dtype=np.float64) - np.asarray(a[k][1], dtype=np.float64) for k in seeds]
+    )
+    per_seed = {str(k): {"mre_diff": float(d.mean()), "p": float(signed_rank_test(d)["p_value"])}
+                for k, d in zip(seeds, diffs, strict=True)}  # fmt: skip
+    pooled_p = float(signed_rank_test(diffs.mean(axis=0))["p_value"])
+    return {"seeds": seeds, "per_seed": per_seed, "pooled_p": pooled_p, "diffs": diffs}

@@ -96,29 +96,6 @@ def signed_rank_test(diffs: np.ndarray) -> dict[str, float | int | None]:
     }
 
 
-def paired_over_seeds(
-    a: dict[int, tuple[list[str], np.ndarray]], b: dict[int, tuple[list[str], np.ndarray]]
-) -> dict | None:
-    """B - A on per-image MRE over training seeds: ``a`` and ``b`` map a seed to its run's
-    ``(image_ids, per-image MRE)``. Per common seed the mean difference and its Wilcoxon p;
-    pooled, the Wilcoxon p of the per-image differences averaged over the seeds (``diffs``:
-    ``(S, N)``, not for JSON). None without a common seed; runs of one seed that scored
-    different images raise ValueError."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    for k in seeds:
-        if list(a[k][0]) != list(b[k][0]):
-            raise ValueError(f"seed {k}: the two runs scored different images")
-    diffs = np.array(
-        [np.asarray(b[k][1], dtype=np.float64) - np.asarray(a[k][1], dtype=np.float64) for k in seeds]
-    )
-    per_seed = {str(k): {"mre_diff": float(d.mean()), "p": float(signed_rank_test(d)["p_value"])}
-                for k, d in zip(seeds, diffs, strict=True)}  # fmt: skip
-    pooled_p = float(signed_rank_test(diffs.mean(axis=0))["p_value"])
-    return {"seeds": seeds, "per_seed": per_seed, "pooled_p": pooled_p, "diffs": diffs}
-
-
 def _zero_spread(d: np.ndarray) -> bool:
     """Differences all equal (up to rounding) but not all zero: t and ``d_z`` are undefined."""
     return bool(np.any(d)) and np.std(d, ddof=1) <= 1e-12 * abs(np.mean(d))
