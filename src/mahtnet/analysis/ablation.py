@@ -19,7 +19,7 @@ import numpy as np
 import scipy.stats
 
 from mahtnet.analysis import snapshots
-from mahtnet.analysis.snapshots import GTS, SETS, errors, paired_over_seeds
+from mahtnet.analysis.snapshots import GTS, SETS, errors, paired_over_seeds, scores
 from mahtnet.analysis.stats import bootstrap_ci, mean_sd
 from mahtnet.hardware import cpu_name
 from mahtnet.models.variants import MAHT_NET_STAGES, VARIANTS, get_variant, variants_tagged
@@ -95,7 +95,7 @@ def load(folder: Path) -> dict[str, dict[int, dict]]:
 
 
 def figure(r: dict, s: str, gt: str, key: str, read: str = VARIANT_READ) -> float:
-    block = r["scores"][s]["variants" if gt == "official" else "variants_mean"][read]
+    block = scores(r, s, gt, read)
     return 100.0 - block["sdr_4mm"] if key == "over_4mm" else block[key]
 
 

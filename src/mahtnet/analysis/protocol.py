@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mahtnet.analysis.literature import load_literature
-from mahtnet.analysis.snapshots import GTS, SETS, errors, paired_over_seeds
+from mahtnet.analysis.snapshots import GTS, SETS, errors, paired_over_seeds, scores
 from mahtnet.analysis.stats import mean_sd
 from mahtnet.io import atomic_write, write_json
 
@@ -34,9 +34,9 @@ def final_variant(run: dict, s: str) -> str:
     return list(run["scores"][s]["variants"])[-1]
 
 
-def score(run: dict, s: str, gt: str, variant: str | None = None) -> dict:
-    key = "variants" if gt == "official" else "variants_mean"
-    return run["scores"][s][key][variant or final_variant(run, s)]
+def score(run: dict, s: str, gt: str) -> dict:
+    """The final decoding variant's figures."""
+    return scores(run, s, gt, final_variant(run, s))
 
 
 def summary_rows(groups: dict[tuple[str, str], list[dict]]) -> list[dict]:

@@ -68,6 +68,12 @@ def record(rev: str, model: str, repo: Path) -> dict:
     return out
 
 
+def scores(run: dict, s: str, gt: str, variant: str) -> dict:
+    """A record's figures (MRE, SDRs, largest error, ...) on set ``s`` of decoding ``variant``
+    against ground truth ``gt`` (``official`` or ``mean``)."""
+    return run["scores"][s]["variants" if gt == "official" else "variants_mean"][variant]
+
+
 def errors(run: dict, s: str, key: str) -> tuple[list[str], np.ndarray]:
     """A record's image ids and per-image MREs on set ``s`` under ``key`` (``variant.gt``)."""
     per = run["per_image"][s]
