@@ -18,7 +18,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--ours", action="append", default=[], help="NAME=evaluate-stage metrics JSON (Test1)"
+        "--ours", action="append", default=[], help="NAME=evaluate-stage metrics JSON (per set, both GTs)"
     )
     parser.add_argument("--input", default="320x256")
     parser.add_argument("--hardware", default="2-core CPU")
@@ -27,15 +27,19 @@ def main() -> None:
     for item in args.ours:
         name, _, path = item.partition("=")
         m = json.loads(Path(path).read_text())
-        # per-set metrics (test1 / test2, official ground truth); older runs: Test1 at the top
-        sets = {k: m[k]["official"] for k in ("test1", "test2") if k in m} or {"test1": m}
-        row = {"name": name, "input": args.input, "hardware": args.hardware, "note": str(path)}
-        for split, s in sets.items():
-            row[split] = {
-                "mre_mm": s["mre_mm"],
-                "sdr": [s[k] for k in ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")],
-            }
-        ours.append(row)
+        # per-set metrics (test1 / test2), one row per ground truth (official, mean of both doctors)
+        for gt in ("official", "mean"):
+            sets = {k: m[k][gt] for k in ("test1", "test2") if gt in m.get(k, {})}
+            if not sets:
+                continue
+            row = {"name": name, "input": args.input, "hardware": args.hardware, "ground_truth": gt}
+            row["note"] = str(path)
+            for split, s in sets.items():
+                row[split] = {
+                    "mre_mm": s["mre_mm"],
+                    "sdr": [s[k] for k in ("sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm")],
+                }
+            ours.append(row)
     print(table(HEADER, comparison_rows(ours)))
 
 

@@ -47,12 +47,16 @@ def main() -> None:
     tab.add_argument("--reference", default="mean", help="the protocol every other one is tested against")
     tab.add_argument("--readme", type=Path, default=Path("README.md"), help="whose headline table to rewrite")
     tab.add_argument("--no-readme", dest="readme", action="store_const", const=None)
+    tab.add_argument(
+        "--side-by-side", type=Path, default=Path("docs/reference.json"),
+        help="public predictions scored by scripts/reference.py: a row of the headline table",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.command == "snapshot":
         for rev in args.rev:
             print(f"{rev} -> {snapshot(rev, args.model, args.out_dir)}")
     else:
-        c = table(args.runs, args.out, args.json, args.reference, args.readme)
+        c = table(args.runs, args.out, args.json, args.reference, args.readme, args.side_by_side)
         print(f"{c['rows']} rows, {c['tests']} paired tests -> {args.out}, {args.json}")
         print(f"chosen on validation: {c['chosen']} ({c['why']})")
 

@@ -87,7 +87,8 @@ def test_table_rewrites_only_the_readme_block(tmp_path):
     assert block[2].startswith("| model | training labels |")
     assert [line.split(" | ")[1] for line in block[4:6]] == ["mean", "senior"]  # the study's rows, sorted
     published = [line for line in block if line.startswith("| *published*")]
-    assert len(published) == len(protocol_study.load_literature()["methods"]) and "| 1.12 |" in published[0]
+    assert len(published) == len(protocol_study.load_literature()["methods"]) and "| 1.12† |" in published[0]
+    assert text.count(protocol_study.PUBLISHED_NOTE) == 1
     protocol_study.table(runs, tmp_path / "p.md", tmp_path / "p.json", "mean", readme)
     assert readme.read_text() == text  # idempotent
 

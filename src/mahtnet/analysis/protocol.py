@@ -134,15 +134,48 @@ README_END = "<!-- protocol-study table end -->"
 
 
 def published_rows() -> list[str]:
-    """The literature's Test1 / Test2 MREs as rows of the headline table (best Test1 first)."""
-    methods = sorted(load_literature()["methods"], key=lambda m: (m["test1"]["mre_mm"], m["name"]))
+    """The literature's Test1 / Test2 MREs as rows of the headline table, each in the columns of
+    the ground truth it was scored against (``compare_with``; marked † where that is inferred):
+    the deep-learning rows beside our mean-of-doctors columns, the challenge rows beside the
+    official ones. Best Test1 first within each ground truth."""
+    methods = sorted(
+        load_literature()["methods"],
+        key=lambda m: (m["compare_with"] != "mean", m["test1"]["mre_mm"], m["name"]),
+    )
     rows = []
     for m in methods:
-        cells = [f"*published* {m['name']}, {m['input']}, {m['hardware']}", "senior", "-", "-"]
+        mark = "†" if m["ground_truth"] == "unknown" else ""
+        named = ", ".join(v for v in (m["name"], m["input"], m["hardware"]) if v != "not printed")
+        cells = [f"*published* {named}", "-", "-", "-"]
         for split in ("test1", "test2"):
-            cells += [f"{m[split]['mre_mm']:.2f}" if split in m else "-", "-"]
+            mre = m.get(split, {}).get("mre_mm")
+            for col in GTS:
+                cells.append(f"{mre:.2f}{mark}" if col == m["compare_with"] and mre is not None else "-")
         rows.append("| " + " | ".join([*cells, "-"]) + " |")
     return rows
+
+
+PUBLISHED_NOTE = (
+    "† ground truth not stated in any text readable here; set beside the mean-of-doctors columns, "
+    "as the deep-learning loaders of this benchmark average both doctors (evidence per row: "
+    "`src/mahtnet/data/literature.yaml`). The challenge rows were scored by the organisers against "
+    "the official files. Published figures as printed in Table 1 of Ao & Wu 2022."
+)
+
+
+def reference_rows(path: Path | None) -> list[str]:
+    """Another method's public predictions scored here (``docs/reference.json``,
+    :mod:`mahtnet.analysis.reference`): every column filled, by our evaluator."""
+    if path is None or not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    row = doc["row"]
+    named = f"*scored here* {row['label']}, {row['input']}, {row['hardware']}"
+    cells = [named, row["training_labels"], "1", "-"]
+    for s in ("test1", "test2"):
+        cells += [f"{doc['sets'][s]['scores'][gt]['mre_mm']:.3f}" for gt in GTS]
+    cells.append(f"{doc['sets']['test2']['scores']['official']['max_mm']:.1f}")
+    return ["| " + " | ".join(cells) + " |"]
 
 
 def update_readme(readme: Path, lines: list[str]) -> None:
@@ -232,8 +265,16 @@ def comparisons(groups: dict[tuple[str, str], list[dict]], reference: str) -> di
     return dict(out)
 
 
-def table(runs_dir: Path, out_md: Path, out_json: Path, reference: str, readme: Path | None = None) -> dict:
-    """Writes ``out_md``, ``out_json`` (and ``readme``'s headline table); returns the choice."""
+def table(
+    runs_dir: Path,
+    out_md: Path,
+    out_json: Path,
+    reference: str,
+    readme: Path | None = None,
+    side_by_side: Path | None = None,
+) -> dict:
+    """Writes ``out_md``, ``out_json`` (and ``readme``'s headline table, with the row of the
+    scored public predictions in ``side_by_side`` where given); returns the choice."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in load_runs(runs_dir):
         groups[(run["protocol"], run["model"])].append(run)
@@ -243,5 +284,6 @@ def table(runs_dir: Path, out_md: Path, out_json: Path, reference: str, readme: 
     write_json(out_json, {"chosen": choice, "rows": rows, "tests": tests, "reference": reference})
     atomic_write(out_md, lambda tmp: tmp.write_text(markdown(rows, tests, choice)))
     if readme is not None:
-        update_readme(readme, [*headline(rows), *published_rows()])
+        lines = [*headline(rows), *reference_rows(side_by_side), *published_rows()]
+        update_readme(readme, [*lines, "", PUBLISHED_NOTE])
     return choice | {"rows": len(rows), "tests": sum(len(v) for v in tests.values())}
