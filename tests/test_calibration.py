@@ -10,8 +10,6 @@ from test_predict import checkpoint, xray  # noqa: F401  (module fixture)
 
 from mahtnet.analysis.calibration import (
     MIN_IMAGES_PER_LANDMARK,
-    CalibrationError,
-    ErrorCalibration,
     cross_validated,
     fit_calibration,
     flagged,
@@ -19,6 +17,7 @@ from mahtnet.analysis.calibration import (
 )
 from mahtnet.cli import main
 from mahtnet.decoding import TorchBackend
+from mahtnet.decoding.calibration import CalibrationError, ErrorCalibration
 from mahtnet.io import write_json
 
 MODEL = {"architecture": "unet", "input_size": [64, 48]}
