@@ -31,13 +31,12 @@ import yaml
 from mahtnet.data.images import read_xray
 from mahtnet.data.isbi import ground_truth, list_split
 from mahtnet.data.preprocess import split_key
-from mahtnet.decoding import LandmarkReader, load_backend, load_refiner
-from mahtnet.decoding.shape import ShapePrior
+from mahtnet.decoding.recipe import ReaderSpec, load_reader
 from mahtnet.io import write_json
 from mahtnet.metrics import gross_errors, radial_errors_mm, summarize
 from mahtnet.models.card import sha256
 from mahtnet.predict.result import predict_xrays
-from mahtnet.release import CARD, FILES, RELEASE_DIR
+from mahtnet.release import CARD, FILES, READER, RELEASE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("Test1Data", "Test2Data")
@@ -67,9 +66,8 @@ def fetch(rev: str, build: Path) -> dict[str, Path]:
 def score(release: Path, data_root: Path) -> dict[str, dict]:
     """The shipped pipeline (ONNX coarse network, shape prior, refiner) on each test split,
     through ``mahtnet predict``'s code: scores against the official ground truth and the mean."""
-    backend = load_backend(release / "maht_net.onnx", "cpu", threads=2)
-    prior = ShapePrior.load(release / "shape_prior.npz")
-    reader = LandmarkReader(backend, prior, load_refiner(release / "refiner.onnx", "cpu", threads=2))
+    spec = ReaderSpec(**{field: release / name for field, name in READER.items()}, device="cpu", threads=2)
+    reader = load_reader(spec)  # the files one by one: at build time the card is not written yet
     out = {}
     for split in SPLITS:
         samples = list_split(data_root, split, "mean", "isbi2015")
@@ -150,6 +148,7 @@ def build(rev: str, data_root: Path) -> None:
             "the last two need the pixel spacing (DICOM, or --pixel-spacing)"
         ),
         "training": experiment_record(rev),
+        "reader": READER,  # the recipe: ReaderSpec.release() reads it
         "files": {
             name: {"sha256": sha256(RELEASE_DIR / name), "bytes": (RELEASE_DIR / name).stat().st_size}
             for name in FILES

@@ -183,7 +183,9 @@ def test_health_model_and_docs(server, files):
     health = call(port, "GET", "/health").json()
     assert health["status"] == "ok" and health["model_sha256"] == sha256(files["model"])
     info = call(port, "GET", "/model").json()
-    assert info["model"]["file"] == str(files["model"]) and info["model"]["format"] == "pytorch"
+    assert info["model"]["file"] == files["model"].name and info["model"]["format"] == "pytorch"
+    assert info["recipe"]["name"] == "unet.pt"
+    assert str(files["root"]) not in json.dumps(info)  # no path of this machine
     assert info["model"]["input_size"] == [64, 48] and info["landmark_names"] == list(LANDMARK_NAMES)
     assert info["limits"]["max_upload_bytes"] == LIMIT and info["limits"]["max_pixels"] == MAX_PIXELS
     assert info["shape_prior"] is None and info["refiner"] is None and info["pixel_spacing_mm"] is None

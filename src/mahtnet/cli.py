@@ -2,15 +2,17 @@
 
 ::
 
-    mahtnet predict IMAGE_OR_FOLDER... --model data/models/stage3.pt|data/models/maht_net.onnx
+    mahtnet predict IMAGE_OR_FOLDER... [--model MODEL_FOLDER|data/models/stage3.pt|data/models/maht_net.onnx]
         [--out DIR] [--pixel-spacing MM] [--device auto|cpu|cuda] [--batch-size N]
         [--shape-prior data/models/shape_prior.npz] [--refiner data/models/refine_maht_net.pt]
         [--tta] [--calibration FILE] [--isbi-txt] [--threads N]
-    mahtnet serve --model ... [the model options of predict] [--host 127.0.0.1] [--port 8000]
+    mahtnet serve [--model ...] [the model options of predict] [--host 127.0.0.1] [--port 8000]
         [--workers N] [--queue N] [--max-upload-mb MB] [--max-pixels N] [--timeout-s S]
         [--review-dir DIR]   (HTTP service and review page, docs/serve.md)
     mahtnet evaluate|export|benchmark ...   (mahtnet.commands: what the DVC stages run, same arguments)
 
+The model options become one recipe (:func:`reader_spec`, a
+:class:`mahtnet.decoding.recipe.ReaderSpec`); without ``--model``, the released model's.
 Errors end in one line, ``error: <file or key>: <reason>`` (``--debug`` or
 ``MAHTNET_DEBUG=1``: the traceback). In a folder run, a bad file is reported and skipped,
 the others are processed, and the exit status is 1 at the end. See docs/predict.md.
@@ -23,6 +25,10 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mahtnet.decoding.recipe import ReaderSpec
 
 WRAPPED = {  # mahtnet COMMAND -> the module whose main(argv) runs it (the DVC stage's too)
     "evaluate": "mahtnet.commands.evaluate",
@@ -31,31 +37,89 @@ WRAPPED = {  # mahtnet COMMAND -> the module whose main(argv) runs it (the DVC s
 }
 
 
-def predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="landmarks of new X-rays (JPEG, PNG, BMP, TIFF, DICOM)")
-    p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (walked recursively)")
+def add_reader_options(p: argparse.ArgumentParser) -> None:
+    """The model and its decoding, as ``predict`` and ``serve`` take them: :func:`reader_spec`
+    turns them into the recipe."""
+    from mahtnet.decoding.recipe import TTA_SHIFTS_PX
+
     p.add_argument(
-        "--model", type=Path, help="a checkpoint (.pt) or an exported .onnx (default: the released model)"
+        "--model",
+        type=Path,
+        help="a model folder (card.json and its files), a checkpoint (.pt) or an exported .onnx "
+        "(default: the released model)",
     )
-    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     p.add_argument("--pixel-spacing", type=float, help="mm per pixel; wins over the file's own (DICOM)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
     p.add_argument("--shape-prior", type=Path, help="shape_prior stage model: shape-consistent decoding")
     p.add_argument(
         "--refiner", type=Path, help="train_refine checkpoint (.pt) or its .onnx export: coarse-to-fine"
     )
+    shifts = "/".join(f"{s:g}" for s in TTA_SHIFTS_PX)
     p.add_argument(
         "--tta",
         action="store_true",
-        help="test-time augmentation: +/-2 px shifts, 5 forward passes (helps without a refiner)",
+        help=f"test-time augmentation: +/-{shifts} px shifts, {1 + 4 * len(TTA_SHIFTS_PX)} forward passes "
+        "(helps without a refiner)",
     )
     p.add_argument(
         "--calibration", type=Path, help="calibrate stage file: each landmark's expected error (mm)"
     )
+
+
+def reader_spec(args: argparse.Namespace) -> ReaderSpec:
+    """The one place a command line becomes a :class:`~mahtnet.decoding.recipe.ReaderSpec`:
+    ``--model`` a folder (its card's recipe), a file, or none (the release); the files the
+    command names win over the folder's."""
+    import dataclasses
+
+    from mahtnet.decoding.recipe import TTA_SHIFTS_PX, ReaderSpec
+
+    if args.model is None:
+        base = ReaderSpec.release()
+    elif args.model.is_dir():
+        base = ReaderSpec.from_folder(args.model)
+    else:
+        base = ReaderSpec(args.model)
+    return dataclasses.replace(
+        base,
+        shape_prior=args.shape_prior or base.shape_prior,
+        refiner=args.refiner or base.refiner,
+        calibration=args.calibration or base.calibration,
+        tta_shifts_px=TTA_SHIFTS_PX if args.tta else base.tta_shifts_px,
+        pixel_spacing_mm=args.pixel_spacing,
+        device=args.device,
+        threads=args.threads,
+    )
+
+
+def predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="landmarks of new X-rays (JPEG, PNG, BMP, TIFF, DICOM)")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (walked recursively)")
+    add_reader_options(p)
+    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--isbi-txt", action="store_true", help="also <name>.txt, the ISBI 19-line 'x,y' format")
     p.add_argument("--no-overlay", action="store_true", help="skip the <name>.png pictures")
+
+
+def serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP inference service and review page (docs/serve.md)")
+    add_reader_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="predictions running at once (threads)")
+    p.add_argument("--queue", type=int, default=8, help="requests that may wait for a worker; more get a 503")
+    p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest request body (MiB)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="largest image (width x height)")
+    p.add_argument("--timeout-s", type=float, default=60.0, help="per-request limit, waiting included (504)")
+    p.add_argument("--review-dir", type=Path, help="a folder of X-rays (and their predict outputs) to review")
+    p.add_argument(
+        "--review-predictions",
+        type=Path,
+        help="where `mahtnet predict --out` wrote them (default: next to the images)",
+    )
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
 def iter_images(inputs: Sequence[Path]) -> Iterator[Path]:
@@ -85,22 +149,34 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def run_predict(args: argparse.Namespace, spec: ReaderSpec) -> int:
     from mahtnet.predict.run import PredictRun
 
     files = list(iter_images(args.inputs))
-    return PredictRun(args).run(files, output_names(files))
+    run = PredictRun(spec, args.out, args.batch_size, args.isbi_txt, overlay=not args.no_overlay)
+    return run.run(files, output_names(files))
+
+
+def run_serve(args: argparse.Namespace, spec: ReaderSpec) -> int:
+    from mahtnet.serve.server import serve
+    from mahtnet.serve.service import Limits
+
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb: must be positive, got {args.max_upload_mb}")
+    limits = Limits(
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        max_pixels=args.max_pixels,
+        timeout_s=args.timeout_s,
+        workers=args.workers,
+        queue=args.queue,
+    )
+    review = (args.review_dir, args.review_predictions) if args.review_dir else None
+    return serve(spec, limits, args.host, args.port, review, args.log_level)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from mahtnet.release import use_release
-
-    use_release(args)
-    if args.command == "serve":
-        from mahtnet.serve.server import run_serve
-
-        return run_serve(args)
-    return run_predict(args)
+    spec = reader_spec(args)
+    return (run_serve if args.command == "serve" else run_predict)(args, spec)
 
 
 def run_wrapped(command: str, argv: Sequence[str]) -> int:
@@ -124,8 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mahtnet", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     predict_parser(sub)
-    from mahtnet.serve.server import add_parser as serve_parser
-
     serve_parser(sub)
     for name, script in WRAPPED.items():
         sub.add_parser(

@@ -20,12 +20,12 @@ import numpy as np
 from mahtnet.analysis import clinical
 from mahtnet.data.images import XRay
 from mahtnet.decoding import LandmarkReader
+from mahtnet.decoding.recipe import DECODING_NAMES
 from mahtnet.models.card import ModelCard
 
 # low_confidence below these, per decoding (the coarse heatmap's confidence, or the refiner's):
 # about the 1st-5th percentile on the ISBI validation images (docs/predict.md)
 LOW_CONFIDENCE = {"arg-max": 0.4, "shape-consistent": 0.4, "refined": 0.2}
-DECODING_NAMES = {"coarse": "arg-max", "shape": "shape-consistent", "refined": "refined"}
 
 
 @dataclasses.dataclass

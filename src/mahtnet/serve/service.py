@@ -1,8 +1,9 @@
 """The model behind ``mahtnet serve`` and the checks an uploaded image goes through.
 
-The model files are loaded by :class:`mahtnet.predict.run.PredictRun`, the class ``mahtnet
-predict`` uses (backend, shape prior, refiner, calibration and their compatibility checks), and
-an image is predicted by :func:`mahtnet.predict.result.predict_xrays` and described by
+The model files are loaded by :func:`mahtnet.decoding.recipe.load_reader` from the recipe
+``mahtnet predict`` would get from the same options (backend, shape prior, refiner, calibration
+and every check of them), and an image is predicted by
+:func:`mahtnet.predict.result.predict_xrays` and described by
 :func:`mahtnet.predict.result.to_json`: the service's JSON is ``mahtnet predict``'s ``<name>.json``
 for the same file and model (only ``image`` differs: the upload's name instead of a path).
 
@@ -13,12 +14,10 @@ header gives the size, and an image over ``max_pixels`` is refused without being
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import dataclasses
 import math
-import sys
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +29,8 @@ from fastapi import HTTPException
 
 from mahtnet.analysis import clinical
 from mahtnet.data.images import DataError, image_size, read_xray
-from mahtnet.predict.result import DECODING_NAMES, LOW_CONFIDENCE, measurement_report, predict_xrays, to_json
+from mahtnet.decoding.recipe import DECODING_NAMES, ReaderSpec, load_reader
+from mahtnet.predict.result import LOW_CONFIDENCE, measurement_report, predict_xrays, to_json
 
 # The request body's format, from its first bytes (DICOM: "DICM" after a 128-byte preamble).
 SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "DICOM": ".dcm"}
@@ -171,54 +171,25 @@ def json_safe(obj: Any) -> Any:
 
 
 class Model:
-    """The model files of ``mahtnet predict`` (same options) and one image through them."""
+    """The reader of a recipe (as ``mahtnet predict`` loads it) and one image through it."""
 
-    def __init__(
-        self,
-        model: Path,
-        device: str = "auto",
-        threads: int = 0,
-        shape_prior: Path | None = None,
-        refiner: Path | None = None,
-        calibration: Path | None = None,
-        pixel_spacing: float | None = None,
-    ):
-        from mahtnet.predict.run import PredictRun
-
-        if pixel_spacing is not None and not (pixel_spacing > 0 and math.isfinite(pixel_spacing)):
-            raise ValueError(f"--pixel-spacing: must be a positive number of mm, got {pixel_spacing}")
-        args = argparse.Namespace(
-            model=Path(model),
-            device=device,
-            threads=threads,
-            shape_prior=shape_prior,
-            refiner=refiner,
-            calibration=calibration,
-            batch_size=1,
-        )
-        run = PredictRun(args)  # exactly what `mahtnet predict` loads, with its checks
-        self.reader = run.reader
-        self.card = run.backend.card
-        self.pixel_spacing = pixel_spacing
-        self.files = {
-            "model": str(model),
-            "shape_prior": shape_prior,
-            "refiner": refiner,
-            "calibration": calibration,
-        }
-        if threads and "torch" in sys.modules:  # the ONNX backend got them above
-            sys.modules["torch"].set_num_threads(threads)
+    def __init__(self, spec: ReaderSpec):
+        self.reader = load_reader(spec, warn=True)
+        self.card = self.reader.backend.card
+        self.pixel_spacing = spec.pixel_spacing_mm
+        self.recipe = spec.describe()  # names and sha256 of the files: no path of this machine
 
     def describe(self) -> dict[str, Any]:
-        """What ``GET /model`` says: the model card (as in every prediction) and the options."""
+        """What ``GET /model`` says: the model card (as in every prediction, its file by name),
+        the recipe and the options."""
         from mahtnet.predict.overlay import MEASUREMENT_LINES
 
-        files = {k: (None if v is None else str(v)) for k, v in self.files.items()}
+        files = {k: v["file"] for k, v in self.recipe["files"].items()}
+        named = {k: files.get(k) for k in ("shape_prior", "refiner", "calibration")}
         return {
-            "model": self.card.to_dict(),
-            "shape_prior": files["shape_prior"],
-            "refiner": files["refiner"],
-            "calibration": files["calibration"],
+            "model": {**self.card.to_dict(), "file": files["model"]},
+            "recipe": self.recipe,
+            **named,
             "pixel_spacing_mm": self.pixel_spacing,
             "low_confidence_threshold": LOW_CONFIDENCE[DECODING_NAMES[self.reader.variants()[-1]]],
             "landmark_names": list(self.card.landmark_names),

@@ -82,7 +82,7 @@ async function loadModel() {
   const m = info.model;
   const decoding = info.refiner ? "refined" : info.shape_prior ? "shape-consistent" : null;
   $("model-info").textContent =
-    `${m.architecture} (${m.format}), ${m.file}, sha256 ${m.sha256.slice(0, 12)}, decoding: ` +
+    `${info.recipe.name}: ${m.architecture} (${m.format}), sha256 ${m.sha256.slice(0, 12)}, decoding: ` +
     (decoding ? `${decoding} where the pixel spacing is known, else arg-max` : "arg-max");
 }
 
