@@ -28,12 +28,12 @@ from mahtnet.analysis.plots import plot_reliability
 from mahtnet.config import load_params
 from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet
-from mahtnet.decoding import LandmarkReader, TorchBackend, load_refiner
-from mahtnet.decoding.shape import ShapePrior
+from mahtnet.decoding import LandmarkReader
+from mahtnet.decoding.recipe import DECODING_NAMES, ReaderSpec, load_reader
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json
 from mahtnet.metrics import radial_errors_mm
-from mahtnet.predict.result import DECODING_NAMES, LOW_CONFIDENCE
+from mahtnet.predict.result import LOW_CONFIDENCE
 from mahtnet.tracking import start_run
 
 
@@ -63,11 +63,11 @@ def main() -> None:
     params = load_params()
     if args.refiner and not args.fine:
         raise SystemExit("--refiner needs --fine (the prepare_fine folder)")
-    backend = TorchBackend(args.checkpoint, params.train.device)
-    prior = ShapePrior.load(args.shape_prior) if args.shape_prior else None
-    refiner = load_refiner(args.refiner, params.train.device) if args.refiner else None
-    reader = LandmarkReader(backend, prior, refiner)
-    card = backend.card.to_dict()
+    spec = ReaderSpec(
+        args.checkpoint, shape_prior=args.shape_prior, refiner=args.refiner, device=params.train.device
+    )  # the recipe `mahtnet predict` gets from the same files
+    reader = load_reader(spec)
+    card = reader.backend.card.to_dict()
     model = {
         k: card[k]
         for k in ("architecture", "input_size", "sigma", "stride", "landmark_names", "training_data")

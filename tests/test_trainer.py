@@ -8,11 +8,12 @@ import pytest
 import torch
 from test_training import _prepared, _set, run_stage, tiny_raw
 
-from mahtnet.analysis.evaluation import Decoding, evaluate_variants
+from mahtnet.analysis.evaluation import evaluate_variants
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import parse_params
 from mahtnet.data.fine import FineSet
 from mahtnet.decoding import load_refiner
+from mahtnet.decoding.recipe import ReaderSpec, load_reader
 from mahtnet.decoding.shape import fit_prior_from_prepared
 from mahtnet.models.checkpoint import load_checkpoint
 from mahtnet.training.loop import Callback, StageOutputs, Trainer, TrainerSettings
@@ -102,8 +103,9 @@ def test_refiner_trains_and_evaluation_reports_every_variant(data, tmp_path):
     assert meta["patch_size"] == 16 and len(meta["jitter"]["sd_mm"]) == 19
     refiner = load_refiner(out.checkpoint, "cpu")
     assert refiner.card.kind == "refiner" and refiner.card.input_size == (16, 16)
-    how = Decoding(prior=fit_prior_from_prepared(train_set), refiner=refiner, fine=_fine(val_set))
-    results = evaluate_variants(tmp_path / "baseline.pt", val_set, [2.0], "cpu", 4, how)
+    prior = fit_prior_from_prepared(train_set).save(tmp_path / "prior.npz")
+    spec = ReaderSpec(tmp_path / "baseline.pt", prior, out.checkpoint, device="cpu")
+    results = evaluate_variants(load_reader(spec, batch_size=4), val_set, [2.0], _fine(val_set))
     assert list(results) == ["coarse", "shape", "refined"]
     assert np.all(np.isfinite(results["refined"].pred))
     with pytest.raises(Exception, match="not a refiner"):

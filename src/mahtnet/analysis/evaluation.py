@@ -1,5 +1,6 @@
-"""Evaluate a checkpoint (or an ensemble of checkpoints) on a prepared split: MRE / SDR
-overall and per landmark, at the original image resolution."""
+"""Evaluate a reader (a :class:`mahtnet.decoding.recipe.ReaderSpec` loaded), or an ensemble of
+coarse networks, on a prepared split: MRE / SDR overall and per landmark, at the original
+image resolution."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from mahtnet.analysis import clinical
 from mahtnet.analysis.plots import plot_confidence, plot_predictions
 from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet
-from mahtnet.decoding import LandmarkReader, TorchBackend
-from mahtnet.decoding.reader import refine_landmarks
-from mahtnet.decoding.shape import ShapePrior
+from mahtnet.decoding import LandmarkReader
+from mahtnet.decoding.recipe import ReaderSpec, load_reader
 from mahtnet.io import atomic_write
 
 SDR_CURVE_MM = tuple(np.round(np.arange(0.5, 10.01, 0.25), 2))
@@ -174,69 +174,53 @@ def write_csv(path: str | Path, df: pd.DataFrame, float_format: str = "%.4f") ->
     return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, float_format=float_format))
 
 
-@dataclasses.dataclass
-class Decoding:
-    """How landmarks are read from a coarse model, beyond the arg-max: shape-consistent peak
-    choice (``prior``), test-time augmentation (``transforms``, centre-relative 2x3 matrices
-    from :func:`mahtnet.decoding.tta.tta_transforms`; identity only = off), and the refiner
-    (a backend of :func:`mahtnet.decoding.load_refiner`, on ``fine``)."""
-
-    prior: ShapePrior | None = None
-    candidates: int = 3
-    transforms: list[np.ndarray] | None = None
-    refiner: object | None = None
-    fine: FineSet | None = None
-
-    def reader(self, backend, batch_size: int = 8) -> LandmarkReader:
-        """The coarse reader of ``backend`` (the refiner runs after any ensemble averaging)."""
-        return LandmarkReader(
-            backend, self.prior, None, self.transforms, self.candidates, batch_size=batch_size
-        )
-
-
-def _backend(path, data: PreparedSet, device: str) -> TorchBackend:
-    backend = TorchBackend(path, device)
-    if tuple(data.images.shape[1:]) != backend.codec.input_size:
-        raise ValueError(
-            f"prepared images are {data.images.shape[1:]} but checkpoint {path} expects "
-            f"{backend.codec.input_size}; re-run preprocess with the checkpoint's input size"
-        )
-    return backend
+def load_ensemble(
+    spec: ReaderSpec, more: Sequence[str | Path] = (), batch_size: int = 8
+) -> list[LandmarkReader]:
+    """The readers of an ensemble: ``spec``'s, and one per coarse network in ``more`` with the
+    same decoding (the refiner is loaded once, with ``spec``'s: it runs after the average)."""
+    first = load_reader(spec, batch_size)
+    rest = [load_reader(dataclasses.replace(spec, model=m, refiner=None), batch_size) for m in more]
+    return [first, *rest]
 
 
 def evaluate_variants(
-    checkpoints: str | Path | Sequence[str | Path],
+    readers: LandmarkReader | Sequence[LandmarkReader],
     data: PreparedSet,
     thresholds_mm: Sequence[float],
-    device: str = "auto",
-    batch_size: int = 8,
-    how: Decoding | None = None,
+    fine: FineSet | None = None,
 ) -> dict[str, Evaluation]:
-    """Evaluate a checkpoint, or an ensemble (landmarks averaged in original px), in each
-    variant of ``how`` (:class:`mahtnet.decoding.LandmarkReader`): ``coarse`` (arg-max; with
-    TTA when set), ``shape`` (shape-consistent peaks) and ``refined`` (the refiner applied to
-    the previous variant's landmarks)."""
-    how = how or Decoding()
-    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-    if not paths:
+    """Evaluate a reader (:func:`mahtnet.decoding.recipe.load_reader`), or an ensemble
+    (:func:`load_ensemble`: landmarks averaged in original px), in each of its variants:
+    ``coarse`` (arg-max; with TTA when set), ``shape`` (shape-consistent peaks) and ``refined``
+    (the first reader's refiner on the previous variant's average, on ``fine``: the split at
+    the refiner's resolution)."""
+    readers = [readers] if isinstance(readers, LandmarkReader) else list(readers)
+    if not readers:
         raise ValueError("no checkpoint to evaluate")
-    backends = [_backend(p, data, device) for p in paths]
-    names = list(backends[0].card.landmark_names)
-    for path, backend in zip(paths, backends, strict=True):
-        if list(backend.card.landmark_names) != names:
-            raise ValueError(f"checkpoint {path} predicts other landmarks than {paths[0]}")
-    runs = [how.reader(b, batch_size).read_prepared(data) for b in backends]
-    conf = np.mean([r.confidence for r in runs], axis=0)
+    cards = [r.backend.card for r in readers]
+    for card in cards:
+        if tuple(data.images.shape[1:]) != card.input_size:
+            raise ValueError(
+                f"prepared images are {data.images.shape[1:]} but checkpoint {card.file} expects "
+                f"{card.input_size}; re-run preprocess with the checkpoint's input size"
+            )
+        if card.landmark_names != cards[0].landmark_names:
+            raise ValueError(f"checkpoint {card.file} predicts other landmarks than {cards[0].file}")
+    names = list(cards[0].landmark_names)
+    boxes = [data.letterbox(i) for i in range(len(data))]
+    runs = [r.coarse(data.images, boxes, list(data.spacing)) for r in readers]
+    conf = np.mean([c for _, c in runs], axis=0)
     out: dict[str, Evaluation] = {}
-    for variant in runs[0].landmarks:
-        pred = np.mean([r.landmarks[variant] for r in runs], axis=0)
+    for variant in runs[0][0]:
+        pred = np.mean([landmarks[variant] for landmarks, _ in runs], axis=0)
         out[variant] = make_evaluation(data, pred, conf, names, thresholds_mm)
-    if how.refiner is not None:
-        if how.fine is None or list(how.fine.ids) != list(data.ids):
+    if readers[0].refiner is not None:
+        if fine is None or list(fine.ids) != list(data.ids):
             raise ValueError(
                 "the refiner needs the fine-resolution images of the evaluated split (prepare_fine)"
             )
-        pred, refined_conf = refine_landmarks(how.refiner, how.fine, out[list(out)[-1]].pred)
+        pred, refined_conf = readers[0].refine(fine, out[list(out)[-1]].pred)
         out["refined"] = make_evaluation(data, pred, refined_conf, names, thresholds_mm)
     return out
 
@@ -267,4 +251,8 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate a checkpoint, or an ensemble of checkpoints (their landmark predictions are
     averaged in original-image pixels, their confidences averaged) on ``data`` (arg-max)."""
-    return evaluate_variants(checkpoints, data, thresholds_mm, device, batch_size)["coarse"]
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not paths:
+        raise ValueError("no checkpoint to evaluate")
+    readers = load_ensemble(ReaderSpec(paths[0], device=device), paths[1:], batch_size)
+    return evaluate_variants(readers, data, thresholds_mm)["coarse"]

@@ -29,8 +29,7 @@ from pathlib import Path
 import torch
 
 from mahtnet.data.images import read_xray
-from mahtnet.decoding import LandmarkReader, load_backend, load_refiner
-from mahtnet.decoding.shape import ShapePrior
+from mahtnet.decoding.recipe import ReaderSpec, load_reader
 from mahtnet.deploy.export import export_onnx, export_refiner_onnx, median_ms
 from mahtnet.hardware import cpu_name
 from mahtnet.io import write_json, write_text
@@ -38,20 +37,14 @@ from mahtnet.paths import relative_to_repo, repo_root
 from mahtnet.predict.result import predict_xrays, to_json
 
 
-def end_to_end_ms(
-    model: Path, image: Path, threads: int, repeats: int, out: Path, headline=None, spacing=None
-) -> float:
-    """Median ms of file -> JSON for one image (the files loaded once, two warm-up runs);
-    ``headline``: (shape prior, refiner file) for shape decoding + refiner at ``spacing`` mm/px."""
-    backend = load_backend(model, "cpu", threads)
-    reader = LandmarkReader(backend)
-    if headline is not None:
-        prior, refiner = headline
-        reader = LandmarkReader(backend, ShapePrior.load(prior), load_refiner(refiner, "cpu", threads))
+def end_to_end_ms(spec: ReaderSpec, image: Path, repeats: int, out: Path) -> float:
+    """Median ms of file -> JSON for one image through ``spec``'s reader (the files loaded once,
+    two warm-up runs)."""
+    reader = load_reader(spec)
 
     def once() -> None:
-        p = predict_xrays(reader, [read_xray(image)], spacing)[0]
-        write_text(out, json.dumps(to_json(p, backend.card), indent=2))
+        p = predict_xrays(reader, [read_xray(image)], spec.pixel_spacing_mm)[0]
+        write_text(out, json.dumps(to_json(p, reader.backend.card), indent=2))
 
     return median_ms(once, repeats)
 
@@ -79,9 +72,18 @@ def fresh_process(onnx: Path, image: Path, out: Path, headline: list[str] = ()) 
 def headline(args: argparse.Namespace, tmp: Path, name: str, ckpt: str, onnx: Path, refiner: str) -> dict:
     """The shape + refiner path of one model on PyTorch and on onnxruntime (both ONNX files)."""
     refiner_onnx = export_refiner_onnx(refiner, tmp / f"refine_{name}.onnx")
-    bench = lambda model, ref, out: end_to_end_ms(  # noqa: E731
-        model, args.image, args.threads, args.repeats, out, (args.shape_prior, ref), args.pixel_spacing
-    )
+
+    def bench(model: Path, ref: Path, out: Path) -> float:
+        spec = ReaderSpec(
+            model,
+            args.shape_prior,
+            ref,
+            pixel_spacing_mm=args.pixel_spacing,
+            device="cpu",
+            threads=args.threads,
+        )
+        return end_to_end_ms(spec, args.image, args.repeats, out)
+
     options = ["--shape-prior", str(args.shape_prior), "--refiner", str(refiner_onnx)]
     options += ["--pixel-spacing", str(args.pixel_spacing)]
     row = {
@@ -124,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         "models": {},
     }
     refiners = dict(item.partition("=")[::2] for item in args.refiner)
+
+    def arg_max(model: Path) -> ReaderSpec:  # no shape prior, no refiner, no pixel spacing
+        return ReaderSpec(model, device="cpu", threads=args.threads)
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for item in args.model:
@@ -131,10 +137,8 @@ def main(argv: list[str] | None = None) -> None:
             onnx = export_onnx(ckpt, tmp / f"{name}.onnx")
             row = {
                 "checkpoint": relative_to_repo(ckpt),
-                "pytorch_ms": end_to_end_ms(
-                    Path(ckpt), args.image, args.threads, args.repeats, tmp / "p.json"
-                ),
-                "onnxruntime_ms": end_to_end_ms(onnx, args.image, args.threads, args.repeats, tmp / "o.json"),
+                "pytorch_ms": end_to_end_ms(arg_max(Path(ckpt)), args.image, args.repeats, tmp / "p.json"),
+                "onnxruntime_ms": end_to_end_ms(arg_max(onnx), args.image, args.repeats, tmp / "o.json"),
                 "onnx_fresh_process": fresh_process(onnx, args.image, tmp / "fresh"),
             }
             row["onnx_vs_pytorch"] = row["onnxruntime_ms"] / row["pytorch_ms"]

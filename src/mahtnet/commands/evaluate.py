@@ -33,15 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mahtnet.analysis.evaluation import Decoding, evaluate_variants, write_csv
+from mahtnet.analysis.evaluation import evaluate_variants, load_ensemble, write_csv
 from mahtnet.analysis.explain import attention_figures
 from mahtnet.config import flatten, load_params, to_dict
 from mahtnet.data.fine import FineSet, prepare_fine
 from mahtnet.data.isbi import list_split
 from mahtnet.data.preprocess import PreparedSet, prepare, split_key
-from mahtnet.decoding import load_refiner
-from mahtnet.decoding.shape import ShapePrior
-from mahtnet.decoding.tta import tta_transforms
+from mahtnet.decoding.recipe import ReaderSpec
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json
 from mahtnet.models.checkpoint import read_card
@@ -76,23 +74,31 @@ def load_sets(args: argparse.Namespace, params) -> dict[str, tuple[PreparedSet, 
     return {split_key(args.split): (prepare(samples, height, width), samples, None)}
 
 
-def decoding(args: argparse.Namespace, params, samples: list | None, fine: Path | None) -> Decoding:
-    """The variants to evaluate: shape-consistent decoding, TTA and the refiner, as configured."""
+def reader_spec(args: argparse.Namespace, params) -> ReaderSpec:
+    """The recipe evaluated: the (first) checkpoint with shape-consistent decoding, TTA and the
+    refiner, as configured."""
     e = params.evaluate
-    how = Decoding(candidates=e.shape_candidates)
-    if args.shape_prior and e.shape_decode:
-        how.prior = ShapePrior.load(args.shape_prior)
-    if e.tta_shifts_px or e.tta_scales:
-        how.transforms = tta_transforms(e.tta_shifts_px, e.tta_scales)
-    if args.refiner:
-        how.refiner = load_refiner(args.refiner, args.device)
-        if fine:
-            how.fine = FineSet.load(fine)
-        elif samples is not None:
-            how.fine = prepare_fine(samples, how.refiner.card.spacing_mm)
-        else:
-            raise SystemExit("--refiner with --prepared needs --fine (the prepare_fine stage's split)")
-    return how
+    return ReaderSpec(
+        args.checkpoint[0],
+        shape_prior=args.shape_prior if e.shape_decode else None,
+        refiner=args.refiner,
+        tta_shifts_px=tuple(e.tta_shifts_px),
+        tta_scales=tuple(e.tta_scales),
+        candidates=e.shape_candidates,
+        device=args.device,
+    )
+
+
+def fine_set(refiner, samples: list | None, fine: Path | None) -> FineSet | None:
+    """The refiner's images of one set: the prepare_fine file, or (``--data-root``) the
+    samples resampled here; None without a refiner."""
+    if refiner is None:
+        return None
+    if fine:
+        return FineSet.load(fine)
+    if samples is not None:
+        return prepare_fine(samples, refiner.card.spacing_mm)
+    raise SystemExit("--refiner with --prepared needs --fine (the prepare_fine stage's split)")
 
 
 def variant_summaries(results: dict, gt: str = "official") -> dict[str, dict]:
@@ -216,11 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     with start_run(params.tracking, f"evaluate:{args.out.stem}", logged) as run:
         e, t0, out, all_results = params.evaluate, time.perf_counter(), {}, {}
+        readers = load_ensemble(reader_spec(args, params), args.checkpoint[1:], e.batch_size)
         for name, (data, samples, fine) in sets.items():
-            how = decoding(args, params, samples, fine)
-            results = evaluate_variants(
-                args.checkpoint, data, e.sdr_thresholds_mm, args.device, e.batch_size, how
-            )
+            fine_data = fine_set(readers[0].refiner, samples, fine)
+            results = evaluate_variants(readers, data, e.sdr_thresholds_mm, fine_data)
             out[name], all_results[name] = set_block(results), results
             if args.sets_dir:
                 write_predictions(args.sets_dir, name, results)
