@@ -134,3 +134,25 @@ def tiny_unet_checkpoint(path, input_size=(32, 32), params=None):
     if params is not None:
         meta["params"] = params
     return save_checkpoint(path, UNet(1, len(LANDMARK_NAMES), channels=4, depth=2), meta)
+
+
+def tiny_refiner_checkpoint(path, landmark_names=None):
+    """A saved, untrained refiner checkpoint (4 channels, depth 2, 16 px patches at 0.3 mm/px),
+    of the 19 ISBI landmarks unless ``landmark_names`` says otherwise."""
+    import torch
+
+    from mahtnet.landmarks import LANDMARK_NAMES
+    from mahtnet.models.checkpoint import save_checkpoint
+    from mahtnet.models.factory import build_refiner
+
+    names = list(LANDMARK_NAMES if landmark_names is None else landmark_names)
+    torch.manual_seed(1)
+    meta = {
+        "kind": "refiner",
+        "model": {"name": "refiner", "channels": 4, "depth": 2},
+        "patch_size": 16,
+        "sigma": 2.0,
+        "spacing_mm": 0.3,
+        "landmark_names": names,
+    }
+    return save_checkpoint(path, build_refiner(len(names), 4, 2), meta)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_unet_checkpoint, write_dicom
+from conftest import tiny_refiner_checkpoint, tiny_unet_checkpoint, write_dicom
 
 from mahtnet.cli import main
 from mahtnet.data.preprocess import Letterbox, letterbox_image
@@ -179,22 +179,7 @@ def test_wrapped_commands_are_library_commands(capsys):
 
 @pytest.fixture(scope="module")
 def refiner(tmp_path_factory):
-    import torch
-
-    from mahtnet.models.checkpoint import save_checkpoint
-    from mahtnet.models.factory import build_refiner
-
-    torch.manual_seed(1)
-    meta = {
-        "kind": "refiner",
-        "model": {"name": "refiner", "channels": 4, "depth": 2},
-        "patch_size": 16,
-        "sigma": 2.0,
-        "spacing_mm": 0.3,
-        "landmark_names": list(LANDMARK_NAMES),
-    }
-    path = tmp_path_factory.mktemp("refiner") / "refiner.pt"
-    return save_checkpoint(path, build_refiner(K, 4, 2), meta)
+    return tiny_refiner_checkpoint(tmp_path_factory.mktemp("refiner") / "refiner.pt")
 
 
 @pytest.fixture(scope="module")

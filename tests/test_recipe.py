@@ -9,7 +9,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import tiny_unet_checkpoint
+from conftest import tiny_refiner_checkpoint, tiny_unet_checkpoint
 
 from mahtnet.cli import main
 from mahtnet.decoding.recipe import TTA_SHIFTS_PX, ReaderSpec, load_reader
@@ -25,24 +25,6 @@ def _prior(k: int = K, seed: int = 0) -> ShapePrior:
 
     rng = np.random.default_rng(seed)
     return ShapePrior.fit(np.stack([sample_landmarks(rng, load_shape_model())[:k] for _ in range(30)]))
-
-
-def _refiner(path, names=LANDMARK_NAMES):
-    import torch
-
-    from mahtnet.models.checkpoint import save_checkpoint
-    from mahtnet.models.factory import build_refiner
-
-    torch.manual_seed(1)
-    meta = {
-        "kind": "refiner",
-        "model": {"name": "refiner", "channels": 4, "depth": 2},
-        "patch_size": 16,
-        "sigma": 2.0,
-        "spacing_mm": 0.3,
-        "landmark_names": list(names),
-    }
-    return save_checkpoint(path, build_refiner(len(names), 4, 2), meta)
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +121,12 @@ def test_load_reader_checks_the_files_together(folder, tmp_path):
     _prior(5).save(tmp_path / "five.npz")
     with pytest.raises(ValueError, match=r"five\.npz: a shape prior of 5 landmarks, but .*unet\.pt reads 19"):
         load_reader(ReaderSpec(model, shape_prior=tmp_path / "five.npz", device="cpu"))
-    other = _refiner(tmp_path / "other_refiner.pt", [f"p{i}" for i in range(K)])
+    other = tiny_refiner_checkpoint(tmp_path / "other_refiner.pt", [f"p{i}" for i in range(K)])
     with pytest.raises(ValueError, match=r"other_refiner\.pt: a refiner of other landmarks"):
         load_reader(ReaderSpec(model, refiner=other, device="cpu"))
-    good = load_reader(ReaderSpec(model, refiner=_refiner(tmp_path / "refiner.pt"), device="cpu"))
+    good = load_reader(
+        ReaderSpec(model, refiner=tiny_refiner_checkpoint(tmp_path / "refiner.pt"), device="cpu")
+    )
     assert good.variants() == ["coarse", "refined"]
 
 
