@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mahtnet.analysis.adaptation import markdown, study
+from mahtnet.analysis.adaptation import markdown, prior_variance, readme_table, study, update_readme
 from mahtnet.errors import run_cli
 from mahtnet.io import atomic_write, write_json
 
@@ -107,6 +107,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ZERO_SHOT)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--from", dest="existing", type=Path, help="read mahtnet predict outputs from DIR/<split>")
+    c = sub.add_parser("card", help="write the prior spread of corrections into the release's card")
+    c.add_argument("--root", type=Path, default=ROOT)
+    c.add_argument("--zero-shot", type=Path, default=ZERO_SHOT)
     r = sub.add_parser("run", help="the study from the zero-shot predictions")
     r.add_argument("--root", type=Path, default=ROOT)
     r.add_argument("--zero-shot", type=Path, default=ZERO_SHOT)
@@ -115,17 +118,32 @@ def main() -> None:
     r.add_argument("--out", type=Path, default=REPO / "docs/adaptation.md")
     r.add_argument("--json", type=Path, default=REPO / "docs/adaptation.json")
     r.add_argument("--figure", type=Path, default=REPO / "docs/figures/adaptation_k.png")
+    r.add_argument("--readme", type=Path, default=REPO / "README.md", help="whose few-shot table to rewrite")
+    r.add_argument("--no-readme", dest="readme", action="store_const", const=None)
     args = parser.parse_args()
     if args.command == "predict":
         predict(args.root, args.out, args.threads, args.existing)
         print(f"-> {args.out}")
         return
     zero_shot = json.loads(args.zero_shot.read_text())
-    card = json.loads((REPO / "src/mahtnet/release/card.json").read_text())
+    card_path = REPO / "src/mahtnet/release/card.json"
+    card = json.loads(card_path.read_text())
+    if args.command == "card":
+        prior = prior_variance(zero_shot, args.root, int(card["training"]["seed"]))
+        card["adaptation_prior_variance_mm2"] = [round(float(v), 6) for v in prior]
+        card["adaptation_prior_from"] = (
+            "scripts/adaptation_study.py card: the model's residual variance on its validation images "
+            "(mean of both doctors) plus one doctor's scatter on the training images, per landmark and axis"
+        )
+        write_json(card_path, card)
+        print(f"-> {card_path.relative_to(REPO)}: adaptation_prior_variance_mm2")
+        return
     doc = study(zero_shot, args.root, int(card["training"]["seed"]), draws=args.draws, seed=args.seed)
     write_json(args.json, doc)
     atomic_write(args.out, lambda tmp: tmp.write_text(markdown(doc)))
     figure(doc, args.figure)
+    if args.readme is not None:
+        update_readme(args.readme, readme_table(doc))
     print(f"default (chosen on {doc['default']['on']}): {doc['default']['method']}")
     for name, per_k in doc["targets"].items():
         row = "  ".join(

@@ -156,6 +156,10 @@ def build(rev: str, data_root: Path) -> None:
         "scores": score(RELEASE_DIR, data_root),
         "scored_with": f"scripts/release.py (mahtnet predict's code, --pixel-spacing {ISBI_SPACING_MM})",
     }
+    print(
+        "next: python scripts/adaptation_study.py predict && python scripts/adaptation_study.py card "
+        "(the new model's prior spread of corrections, which mahtnet adapt reads from the card)"
+    )
     write_json(CARD, card)
     total = sum(f["bytes"] for f in card["files"].values()) / 2**20
     print(f"released {', '.join(FILES)} ({total:.1f} MiB) and {CARD}")

@@ -140,11 +140,13 @@ def predicted(files):
 
 
 @contextlib.contextmanager
-def serving(log: Path, model: Path, *options):
-    """``python -m mahtnet serve --model MODEL OPTIONS`` on a free loopback port, always stopped
-    at the end; its log must hold no traceback (every error was a one-line answer)."""
+def serving(log: Path, model: Path | None, *options):
+    """``python -m mahtnet serve --model MODEL OPTIONS`` (None: the released model) on a free
+    loopback port, always stopped at the end; its log must hold no traceback (every error was a
+    one-line answer)."""
     port = free_port()
-    cmd = mahtnet("serve", "--model", model, "--device", "cpu", "--port", port, *options)
+    chosen = [] if model is None else ["--model", model]
+    cmd = mahtnet("serve", *chosen, "--device", "cpu", "--port", port, *options)
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=ENV)
     try:

@@ -9,6 +9,8 @@
     mahtnet serve [--model ...] [the model options of predict] [--host 127.0.0.1] [--port 8000]
         [--workers N] [--queue N] [--max-upload-mb MB] [--max-pixels N] [--timeout-s S]
         [--review-dir DIR]   (HTTP service and review page, docs/serve.md)
+    mahtnet adapt CORRECTIONS_DIR --out MODEL_FOLDER [--model BASE] [--method auto|mean|shrunk|...]
+        [--pixel-spacing MM]   (a clinic's conventions from its corrections, docs/adaptation.md)
     mahtnet evaluate|export|benchmark ...   (mahtnet.commands: what the DVC stages run, same arguments)
 
 The model options become one recipe (:func:`reader_spec`, a
@@ -122,6 +124,61 @@ def serve_parser(sub) -> None:
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
+def adapt_parser(sub) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="learn a clinic's conventions from its corrections: an adapted model folder",
+    )
+    p.add_argument(
+        "corrections",
+        type=Path,
+        help="a folder of the review page's <image>.corrected.json files, or of images with ISBI <stem>.txt",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="the adapted model folder to write (must not exist)"
+    )
+    p.add_argument("--model", type=Path, help="the base model folder (default: the released model)")
+    p.add_argument(
+        "--method",
+        default="auto",
+        help="auto (leave-one-out on the corrections), mean, shrunk, frame-mean or frame-shrunk",
+    )
+    p.add_argument(
+        "--pixel-spacing", type=float, help="mm per pixel of the corrected images (ISBI .txt input)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    """``mahtnet adapt``: the base model re-reads every corrected image (its positions must be
+    those the review file recorded), then the conventions are fitted and the folder written."""
+    import dataclasses
+    import json
+
+    from mahtnet.adapt.build import adapt
+    from mahtnet.data.images import read_xray
+    from mahtnet.decoding.recipe import ReaderSpec, load_reader
+
+    base = ReaderSpec.release() if args.model is None else ReaderSpec.from_folder(args.model)
+    if base.adaptation is not None:
+        raise ValueError(f"{args.model}: already an adapted model; adapt its base model instead")
+    reader = load_reader(dataclasses.replace(base, threads=args.threads))
+
+    def predict(image: Path, spacing: float):
+        return reader.read_images([read_xray(image).pixels], [spacing]).final[0]
+
+    prior = json.loads(base.card.read_text()).get("adaptation_prior_variance_mm2")
+    card = adapt(args.corrections, base.card, args.out, predict, args.method, args.pixel_spacing, prior)
+    a = card["adaptation"]
+    loo = a["leave_one_out"]
+    figure = "" if loo is None else f"; leave-one-out MRE {loo['mre_mm']:.3f} mm"
+    figure += "" if loo is None else f" (unadapted {loo['unadapted_mre_mm']:.3f})"
+    print(
+        f"{a['k']} corrected images, method {a['method']} (chosen by {a['chosen_by']}){figure} -> {args.out}"
+    )
+    return 0
+
+
 def iter_images(inputs: Sequence[Path]) -> Iterator[Path]:
     """Files as given; folders walked recursively for X-ray suffixes (sorted). A missing
     input or a folder without images is an error."""
@@ -175,6 +232,8 @@ def run_serve(args: argparse.Namespace, spec: ReaderSpec) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.command == "adapt":
+        return run_adapt(args)
     spec = reader_spec(args)
     return (run_serve if args.command == "serve" else run_predict)(args, spec)
 
@@ -201,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     predict_parser(sub)
     serve_parser(sub)
+    adapt_parser(sub)
     for name, script in WRAPPED.items():
         sub.add_parser(
             name, help=f"{script} (the DVC stage's command; --help for its arguments)", add_help=False

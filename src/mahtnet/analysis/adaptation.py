@@ -26,6 +26,7 @@ from mahtnet.analysis.stats import mean_sd
 from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM, load_challenge, load_doctors
 from mahtnet.data.preprocess import split_train_val
 from mahtnet.decoding.conventions import METHODS, choose, fit
+from mahtnet.io import atomic_write
 
 TARGETS = {  # name -> (set, ground truth)
     "test2-official": ("test2", "official"),
@@ -268,3 +269,33 @@ def markdown(doc: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+README_START = "<!-- adaptation table: written by scripts/adaptation_study.py run -->"
+README_END = "<!-- adaptation table end -->"
+
+
+def readme_table(doc: dict) -> list[str]:
+    """The README's short few-shot table: per target, zero-shot and the default method at each
+    k (mean over draws), the plain mean offset at k = 10 and the offset methods' bound."""
+    default = doc["default"]["method"]
+    ks = [str(k) for k in doc["ks"]]
+    head = ["target (few-shot)", "zero-shot", *(f"k = {k}" for k in ks), "plain mean, k = 10", "bound"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, per_k in doc["targets"].items():
+        cells = [name, f"{per_k[ks[0]]['zero_shot']['mre_mm']['mean']:.3f}"]
+        cells += [f"{per_k[k]['methods'][default]['mre_mm']['mean']:.3f}" for k in ks]
+        cells.append(f"{per_k['10']['methods']['mean']['mre_mm']['mean']:.3f}" if "10" in per_k else "-")
+        cells.append(f"{doc['oracle_offset'][name]['mre_mm']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def update_readme(readme: Path, lines: list[str]) -> None:
+    """Replace what lies between the README's adaptation markers with ``lines``."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme}: no '{README_START}' ... '{README_END}' block to rewrite")
+    new = text[:start] + "\n".join([README_START, "", *lines, "", README_END]) + text[end + len(README_END) :]
+    atomic_write(readme, lambda tmp: tmp.write_text(new))

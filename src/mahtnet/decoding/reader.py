@@ -88,7 +88,9 @@ class LandmarkReader:
     peaks per heatmap), TTA ``transforms`` (centre-relative 2x3 matrices from
     :func:`mahtnet.decoding.tta.tta_transforms`; ``None`` or identity only: off), ``refiner``
     backend and ``calibration``; ``batch_size`` images per forward pass, ``refine_batch_size``
-    patches per refiner pass."""
+    patches per refiner pass; ``adaptation``: a clinic's conventions
+    (:class:`mahtnet.decoding.conventions.Convention`) added last, as the ``adapted`` variant,
+    to every image whose pixel spacing is known."""
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class LandmarkReader:
         calibration=None,
         batch_size: int = 8,
         refine_batch_size: int = 64,
+        adaptation=None,
     ):
         self.backend, self.prior, self.refiner = backend, prior, refiner
         self.transforms = [check_transform(t) for t in (transforms if transforms is not None else [IDENTITY])]
@@ -107,11 +110,15 @@ class LandmarkReader:
             raise ValueError("no TTA transforms")
         self.candidates, self.calibration = candidates, calibration
         self.batch_size, self.refine_batch_size = batch_size, refine_batch_size
+        self.adaptation = adaptation  # a clinic's Convention (decoding/conventions.py), or None
         self.codec: HeatmapCodec = backend.codec
 
     def variants(self) -> list[str]:
         """The variants this reader emits, in order."""
-        return ["coarse"] + ["shape"] * (self.prior is not None) + ["refined"] * (self.refiner is not None)
+        variants = (
+            ["coarse"] + ["shape"] * (self.prior is not None) + ["refined"] * (self.refiner is not None)
+        )
+        return variants + ["adapted"] * (self.adaptation is not None)
 
     # ------------------------------------------------------------------------- coarse
 
@@ -129,7 +136,7 @@ class LandmarkReader:
         runs = [self._one_transform(images, boxes, spacing, t) for t in self.transforms]
         points = np.stack([p for p, _ in runs]).mean(axis=0)  # (V, N, K, 2) input px
         conf = np.stack([c for _, c in runs]).mean(axis=0)
-        names = self.variants()[: len(points)]
+        names = [v for v in self.variants() if v != "adapted"][: len(points)]
         return {
             v: np.stack([b.to_original(p) for b, p in zip(boxes, points[i], strict=True)])
             for i, v in enumerate(names)
@@ -210,6 +217,12 @@ class LandmarkReader:
                 for i in known:
                     decoding[i] = "refined"
             landmarks["refined"] = refined
+        if self.adaptation is not None:  # the clinic's conventions, where the spacing is known
+            adapted = landmarks[list(landmarks)[-1]].copy()
+            for i in known:
+                adapted[i] = self.adaptation.apply(adapted[i], spacing[i])
+                decoding[i] = "adapted"
+            landmarks["adapted"] = adapted
         expected = None if self.calibration is None else self.calibration.expected_error(conf)
         return Readout(landmarks, conf, decoding, expected)
 

@@ -35,16 +35,22 @@ import numpy as np
 import mahtnet.release as shipped
 from mahtnet.decoding.backends import load_backend, load_refiner
 from mahtnet.decoding.calibration import ErrorCalibration
+from mahtnet.decoding.conventions import Convention
 from mahtnet.decoding.reader import LandmarkReader
 from mahtnet.decoding.shape import ShapePrior
 from mahtnet.decoding.tta import tta_transforms
 from mahtnet.models.card import sha256, synthetic_warning
 
 CARD_NAME = "card.json"
-FILE_FIELDS = ("model", "shape_prior", "refiner", "calibration")
+FILE_FIELDS = ("model", "shape_prior", "refiner", "calibration", "adaptation")
 CARD_KEYS = (*FILE_FIELDS, "tta_shifts_px", "tta_scales", "candidates")  # a card's "reader" block
 TTA_SHIFTS_PX = (2.0,)  # --tta: the transforms screened on the ISBI validation images (docs/evaluation.md)
-DECODING_NAMES = {"coarse": "arg-max", "shape": "shape-consistent", "refined": "refined"}  # per variant
+DECODING_NAMES = {
+    "coarse": "arg-max",
+    "shape": "shape-consistent",
+    "refined": "refined",
+    "adapted": "adapted",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +61,7 @@ class ReaderSpec:
     ``shape_prior``: the shape_prior stage's model (shape-consistent decoding, ``candidates``
     peaks per heatmap); ``refiner``: a train_refine checkpoint or its ``.onnx`` (coarse-to-fine);
     ``calibration``: a calibrate stage file (each landmark's expected error, mm);
+    ``adaptation``: a clinic's conventions learned by ``mahtnet adapt`` (``adaptation.json``);
     ``tta_shifts_px`` / ``tta_scales``: test-time augmentation (both empty: off);
     ``pixel_spacing_mm``: mm per pixel of the images read, winning over a file's own (None: the
     file's, where it has one); ``device`` and ``threads`` (0: the runtime's default): where the
@@ -65,6 +72,7 @@ class ReaderSpec:
     shape_prior: Path | None = None
     refiner: Path | None = None
     calibration: Path | None = None
+    adaptation: Path | None = None
     tta_shifts_px: tuple[float, ...] = ()
     tta_scales: tuple[float, ...] = ()
     candidates: int = 3
@@ -147,8 +155,12 @@ class ReaderSpec:
         """The recipe as its results may show it, without a path of this machine: its name (the
         card's, else the model file's), each file by name and sha256, the decoding options."""
         card = read_card(self.card) if self.card is not None else {}
+        adaptation = card.get("adaptation") if self.adaptation is not None else None
         return {
             "name": card.get("name", self.model.name),
+            "adaptation": None
+            if adaptation is None
+            else {k: adaptation.get(k) for k in ("method", "k", "created_at")},
             "files": {name: {"file": p.name, "sha256": sha256(p)} for name, p in self.files().items()},
             "tta_shifts_px": list(self.tta_shifts_px),
             "tta_scales": list(self.tta_scales),
@@ -198,11 +210,19 @@ def load_reader(spec: ReaderSpec, batch_size: int = 8, warn: bool = False) -> La
     if spec.calibration is not None:
         calibration = ErrorCalibration.load(spec.calibration)
         calibration.check_model(backend.card.to_dict(), spec.calibration)
+    adaptation = None if spec.adaptation is None else load_convention(spec.adaptation)
     reader = LandmarkReader(
-        backend, prior, refiner, spec.transforms(), spec.candidates, calibration, batch_size
+        backend,
+        prior,
+        refiner,
+        spec.transforms(),
+        spec.candidates,
+        calibration,
+        batch_size,
+        adaptation=adaptation,
     )
     fitted = None if calibration is None else calibration.model.get("decoding")
-    emitted = DECODING_NAMES[reader.variants()[-1]]
+    emitted = DECODING_NAMES[[v for v in reader.variants() if v != "adapted"][-1]]
     if fitted is not None and fitted != emitted:  # e.g. fitted on refined landmarks, used without the refiner
         raise ValueError(
             f"{spec.calibration}: fitted on {fitted} landmarks, but this run emits {emitted} ones "
@@ -211,6 +231,15 @@ def load_reader(spec: ReaderSpec, batch_size: int = 8, warn: bool = False) -> La
     if spec.threads and "torch" in sys.modules:  # a checkpoint's PyTorch (ONNX sessions have theirs)
         sys.modules["torch"].set_num_threads(spec.threads)
     return reader
+
+
+def load_convention(path: Path) -> Convention:
+    """A clinic's conventions (``mahtnet adapt``'s ``adaptation.json``); a one-line error naming
+    the file otherwise."""
+    try:
+        return Convention.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not an adaptation file ({err})") from None
 
 
 def check_card(spec: ReaderSpec) -> None:

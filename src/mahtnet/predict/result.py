@@ -25,7 +25,12 @@ from mahtnet.models.card import ModelCard
 
 # low_confidence below these, per decoding (the coarse heatmap's confidence, or the refiner's):
 # about the 1st-5th percentile on the ISBI validation images (docs/predict.md)
-LOW_CONFIDENCE = {"arg-max": 0.4, "shape-consistent": 0.4, "refined": 0.2}
+LOW_CONFIDENCE = {
+    "arg-max": 0.4,
+    "shape-consistent": 0.4,
+    "refined": 0.2,
+    "adapted": 0.2,
+}  # adapted: refined + offsets
 
 
 @dataclasses.dataclass
@@ -37,7 +42,7 @@ class Prediction:
     spacing_source: str | None
     landmarks: np.ndarray  # (K, 2) original px (x, y)
     confidence: np.ndarray  # (K,) peak / target peak (mahtnet.decoding.reader)
-    decoding: str  # arg-max | shape-consistent | refined
+    decoding: str  # arg-max | shape-consistent | refined | adapted
     expected_error_mm: np.ndarray | None = None  # (K,) with a calibration
 
 
