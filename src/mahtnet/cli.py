@@ -121,6 +121,12 @@ def serve_parser(sub) -> None:
         type=Path,
         help="where `mahtnet predict --out` wrote them (default: next to the images)",
     )
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        help="where the review page's adaptations are written (a new folder each) and the models to "
+        "switch to are found (default with --review-dir: REVIEW_DIR/.mahtnet-models)",
+    )
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -215,6 +221,7 @@ def run_predict(args: argparse.Namespace, spec: ReaderSpec) -> int:
 
 
 def run_serve(args: argparse.Namespace, spec: ReaderSpec) -> int:
+    from mahtnet.decoding.recipe import TTA_SHIFTS_PX
     from mahtnet.serve.server import serve
     from mahtnet.serve.service import Limits
 
@@ -228,7 +235,8 @@ def run_serve(args: argparse.Namespace, spec: ReaderSpec) -> int:
         queue=args.queue,
     )
     review = (args.review_dir, args.review_predictions) if args.review_dir else None
-    return serve(spec, limits, args.host, args.port, review, args.log_level)
+    options = {"tta_shifts_px": TTA_SHIFTS_PX} if args.tta else {}  # every model served gets --tta
+    return serve(spec, limits, args.host, args.port, review, args.log_level, args.models_dir, options)
 
 
 def run_command(args: argparse.Namespace) -> int:

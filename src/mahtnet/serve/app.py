@@ -3,7 +3,9 @@
 Every refused request gets a 4xx (503 busy, 504 timed out) with a one-line JSON body
 ``{"error": "<reason naming the culprit>"}``; an unexpected failure a 500 with the same kind
 of body and no traceback (the traceback goes to the server's log). The service keeps no state
-but the model: the review page's corrections are files next to the images of ``--review-dir``.
+but the model it serves (switched by ``POST /model/use``): the review page's corrections are files
+next to the images of ``--review-dir``, and the models adapted to them (``POST /review/adapt``)
+new folders of ``--models-dir``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from mahtnet.serve.review import (
     save_correction,
 )
 from mahtnet.serve.service import (
+    ADAPT_TIMEOUT_S,
     Limits,
+    Models,
     Pool,
     RequestError,
     measurements_of,
@@ -62,6 +66,18 @@ class CorrectionIn(LandmarksIn):
     predicted: list[tuple[float, float]] | None = None
     model: dict[str, Any] | None = None
     decoding: str | None = None
+
+
+class AdaptIn(BaseModel):
+    """``POST /review/adapt``: the method, as ``mahtnet adapt --method``."""
+
+    method: str = Field("auto", max_length=40)
+
+
+class UseIn(BaseModel):
+    """``POST /model/use``: a name of ``GET /models``."""
+
+    name: str = Field(..., max_length=300)
 
 
 class BodyLimit:
@@ -123,11 +139,16 @@ def _location(loc: tuple) -> str:
     return f"{where} {path}".strip()
 
 
-def create_app(model, limits: Limits, review: ReviewDir | None = None) -> FastAPI:
+def create_app(
+    model, limits: Limits, review: ReviewDir | None = None, models: Models | None = None
+) -> FastAPI:
     """The application around ``model`` (a :class:`mahtnet.serve.service.Model`, or anything with
-    its ``card``, ``describe``, ``predict_upload``, ``predict_file`` and ``display_image``)."""
+    its ``card``, ``describe``, ``predict_upload``, ``predict_file`` and ``display_image``);
+    ``models``: the models it may switch to (:class:`mahtnet.serve.service.Models`, whose
+    ``current`` is ``model``; None: ``model`` only). Each request takes the current model once."""
     from fastapi_offline import FastAPIOffline  # Swagger UI served from the package, no CDN
 
+    models = Models(model) if models is None else models
     pool = Pool(limits)
     started = time.time()
 
@@ -188,7 +209,7 @@ def create_app(model, limits: Limits, review: ReviewDir | None = None) -> FastAP
     def health() -> dict[str, Any]:
         return {
             "status": "ok",
-            "model_sha256": model.card.sha256,
+            "model_sha256": models.current.card.sha256,
             "in_flight": pool.in_flight,
             "capacity": pool.capacity,
             "uptime_s": round(time.time() - started, 3),
@@ -196,7 +217,24 @@ def create_app(model, limits: Limits, review: ReviewDir | None = None) -> FastAP
 
     @app.get("/model", summary="The model card and the prediction options")
     def model_card() -> dict[str, Any]:
-        return {**model.describe(), "limits": limits.to_dict(), "review_dir": review is not None}
+        m = models.current
+        return {
+            **m.describe(),
+            "serving": m.served_name,
+            "limits": limits.to_dict(),
+            "review_dir": review is not None,
+        }
+
+    @app.get("/models", summary="The models this server can switch to (POST /model/use)")
+    def model_list() -> dict[str, Any]:
+        return models.listing()
+
+    @app.post("/model/use", summary="Serve another model of GET /models (later requests)")
+    async def model_use(body: UseIn) -> dict[str, Any]:
+        slow = max(limits.timeout_s, ADAPT_TIMEOUT_S)  # loading a model is no prediction
+        m = await pool.run(body.name, models.load, body.name, timeout_s=slow)
+        models.use(m)
+        return {"serving": m.served_name, "recipe": m.recipe}
 
     @app.post(
         "/predict",
@@ -233,9 +271,8 @@ def create_app(model, limits: Limits, review: ReviewDir | None = None) -> FastAP
         data = await read_body(request, limits.max_upload_bytes)
         kind = upload_kind(data, request.headers.get("content-type"), name or "body")
         label = safe_label(name, kind)
-        return await pool.run(
-            label, model.predict_upload, data, kind, label, limits.max_pixels, overlay, image
-        )
+        m = models.current
+        return await pool.run(label, m.predict_upload, data, kind, label, limits.max_pixels, overlay, image)
 
     @app.post("/measurements", summary="The ISBI task-2 measurements of 19 landmarks")
     def measurements(body: LandmarksIn) -> dict[str, Any]:
@@ -291,18 +328,39 @@ def create_app(model, limits: Limits, review: ReviewDir | None = None) -> FastAP
     @app.get("/review/items", summary="The images of --review-dir")
     def review_items() -> dict[str, Any]:
         if review is None:
-            return {"review_dir": None, "items": []}
-        return {"review_dir": review.root.name, "items": review.summary()}
+            return {"review_dir": None, "items": [], "adapt": None}
+        items = review.summary()
+        corrected = sum(item["corrected"] for item in items)
+        return {
+            "review_dir": review.root.name,
+            "items": items,
+            "adapt": models.adapt_command(review.root, corrected),
+        }
+
+    @app.post("/review/adapt", summary="Adapt the served model's base to the corrections of --review-dir")
+    async def review_adapt(body: AdaptIn | None = None) -> dict[str, Any]:
+        rd = review_dir()
+        corrected = sum(item["corrected"] for item in rd.summary())
+        if corrected < 1:
+            raise RequestError(
+                422, f"no corrections saved in {rd.root.name} yet: correct an image and save it first"
+            )
+        method = "auto" if body is None else body.method
+        return await pool.run(
+            "adaptation", models.adapt, rd.root, method, timeout_s=max(limits.timeout_s, ADAPT_TIMEOUT_S)
+        )
 
     @app.get("/review/item", summary="One image of --review-dir: its prediction and correction")
     async def review_item(id: str = Query(..., max_length=4000)) -> dict[str, Any]:
         rd = review_dir()
         path = review_image(id)
-        prediction = rd.prediction(path)
+        m = models.current
+        # mahtnet predict's file is the start's model's: another served model predicts now
+        prediction = rd.prediction(path) if m.served_name == models.startup_name else None
         source = "file" if prediction is not None else "model"
         if prediction is None:  # predicted now, not saved (the service writes corrections only)
             prediction = await pool.run(
-                id, model.guarded, path, id, lambda: model.predict_file(path, id, limits.max_pixels)
+                id, m.guarded, path, id, lambda: m.predict_file(path, id, limits.max_pixels)
             )
         from mahtnet.serve.review import correction_paths, load_correction
 
@@ -327,7 +385,7 @@ def create_app(model, limits: Limits, review: ReviewDir | None = None) -> FastAP
     @app.get("/review/image", summary="One image of --review-dir as the network reads it (8-bit PNG)")
     async def review_image_png(id: str = Query(..., max_length=4000)):
         path = review_image(id)
-        data = await pool.run(id, model.display_image, path, id, limits.max_pixels)
+        data = await pool.run(id, models.current.display_image, path, id, limits.max_pixels)
         return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.post("/review/correction", summary="Save corrected landmarks next to an image of --review-dir")

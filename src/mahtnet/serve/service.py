@@ -17,8 +17,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import datetime as dt
 import math
 import tempfile
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from fastapi import HTTPException
 
 from mahtnet.analysis import clinical
 from mahtnet.data.images import DataError, image_size, read_xray
-from mahtnet.decoding.recipe import DECODING_NAMES, ReaderSpec, load_reader
+from mahtnet.decoding.recipe import CARD_NAME, DECODING_NAMES, FILE_FIELDS, ReaderSpec, load_reader, read_card
 from mahtnet.predict.result import LOW_CONFIDENCE, measurement_report, predict_xrays, to_json
 
 # The request body's format, from its first bytes (DICOM: "DICM" after a 128-byte preamble).
@@ -174,8 +176,10 @@ class Model:
     """The reader of a recipe (as ``mahtnet predict`` loads it) and one image through it."""
 
     def __init__(self, spec: ReaderSpec):
+        self.spec = spec
         self.reader = load_reader(spec, warn=True)
         self.card = self.reader.backend.card
+        self.served_name: str | None = None  # its name among the server's models (Models)
         self.pixel_spacing = spec.pixel_spacing_mm
         self.recipe = spec.describe()  # names and sha256 of the files: no path of this machine
 
@@ -283,7 +287,8 @@ class Pool:
     def _release(self) -> None:
         self.in_flight -= 1
 
-    async def run(self, what: str, fn, *args):
+    async def run(self, what: str, fn, *args, timeout_s: float | None = None):
+        """``fn(*args)`` on a worker; ``timeout_s``: this job's limit (default ``--timeout-s``)."""
         import asyncio
 
         if self.in_flight >= self.capacity:
@@ -302,13 +307,310 @@ class Pool:
 
         future = self.executor.submit(fn, *args)
         future.add_done_callback(done)
+        limit = self.limits.timeout_s if timeout_s is None else timeout_s
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.limits.timeout_s)
+            return await asyncio.wait_for(asyncio.wrap_future(future), limit)
         except asyncio.TimeoutError:
             future.cancel()  # a job still waiting is dropped; a running one finishes unseen
-            raise RequestError(
-                504, f"{what}: no result within --timeout-s {self.limits.timeout_s:g} s"
-            ) from None
+            which = "--timeout-s " if timeout_s is None else ""
+            raise RequestError(504, f"{what}: no result within {which}{limit:g} s") from None
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# ----- the models a server may switch between, and adapting to the review's corrections ----------
+
+RELEASE = "release"  # the released model (src/mahtnet/release/)
+STARTUP = "startup"  # the model given at start when it is neither the release nor a folder of --models-dir
+MODELS_DIR_NAME = ".mahtnet-models"  # the default --models-dir inside --review-dir (hidden: no X-rays)
+ADAPT_TIMEOUT_S = 600.0  # an adaptation re-reads every corrected image: it may take longer than --timeout-s
+
+
+def _resolved(spec: ReaderSpec) -> ReaderSpec:
+    paths = {f: getattr(spec, f).resolve() for f in (*FILE_FIELDS, "card") if getattr(spec, f) is not None}
+    return dataclasses.replace(spec, **paths)
+
+
+def _files(card: dict) -> dict[str, str | None]:
+    files = card.get("files") or {}
+    return {n: (f.get("sha256") if isinstance(f, dict) else None) for n, f in files.items()}
+
+
+class Models:
+    """The served model, and the others the server may switch to by name: ``release``, each model
+    folder of ``models_dir`` (an adaptation written by :meth:`adapt`, or one copied there), and
+    ``startup`` (the model given at start, when it is neither). A name is looked up among these,
+    never used as a path. Every model is read with the start's pixel spacing, device, threads and
+    ``options`` (``--tta``); files given on the command line (``--shape-prior`` ...) belong to the
+    start's model only.
+
+    ``current`` is swapped in one assignment: a request takes it once when it starts and
+    finishes with that model, whatever is switched meanwhile."""
+
+    def __init__(
+        self,
+        current,
+        spec: ReaderSpec | None = None,
+        models_dir: Path | None = None,
+        options: dict[str, Any] | None = None,
+    ):
+        self.current = current
+        self.spec = spec
+        self.dir = None if models_dir is None else Path(models_dir).resolve()
+        if self.dir is not None and self.dir.exists() and not self.dir.is_dir():
+            raise NotADirectoryError(f"{models_dir}: --models-dir is not a folder")
+        self.options = dict(options or {})
+        self.startup_name = STARTUP if spec is None else self._name_of(spec)
+        current.served_name = self.startup_name
+        self._adapting = threading.Lock()
+
+    @classmethod
+    def start(cls, spec: ReaderSpec, models_dir: Path | None = None, options: dict | None = None) -> Models:
+        return cls(Model(spec), spec, models_dir, options)
+
+    # ----- names ----------------------------------------------------------------------------
+
+    def folders(self) -> dict[str, Path]:
+        """The model folders of ``models_dir`` by name (hidden ones, e.g. an adaptation being
+        written, skipped)."""
+        if self.dir is None or not self.dir.is_dir():
+            return {}
+        return {
+            p.name: p
+            for p in sorted(self.dir.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and (p / CARD_NAME).is_file()
+        }
+
+    def spec_of(self, name: str) -> ReaderSpec:
+        """The recipe of a model by name; ``KeyError`` when there is none of that name."""
+        if name == STARTUP and self.startup_name == STARTUP and self.spec is not None:
+            return self.spec
+        if self.spec is None:
+            raise KeyError(name)
+        options = {
+            "device": self.spec.device,
+            "threads": self.spec.threads,
+            "pixel_spacing_mm": self.spec.pixel_spacing_mm,
+        }
+        if name == RELEASE:
+            base = ReaderSpec.release(**options)
+        else:
+            folder = self.folders().get(name)
+            if folder is None:
+                raise KeyError(name)
+            base = ReaderSpec.from_folder(folder, **options)
+        return dataclasses.replace(base, **self.options)
+
+    def _name_of(self, spec: ReaderSpec) -> str:
+        for name in (RELEASE, *self.folders()):
+            with contextlib.suppress(KeyError, OSError, ValueError):
+                if _resolved(self.spec_of(name)) == _resolved(spec):
+                    return name
+        return STARTUP
+
+    def names(self) -> list[str]:
+        if self.spec is None:
+            return []  # a model handed to create_app: nothing to switch to
+        names = [STARTUP] if self.startup_name == STARTUP else []
+        with contextlib.suppress(OSError, ValueError):
+            ReaderSpec.release()
+            names.append(RELEASE)
+        return names + list(self.folders())
+
+    def card_of(self, name: str) -> dict[str, Any]:
+        spec = self.spec_of(name)
+        return read_card(spec.card) if spec.card is not None else {"name": spec.model.name}
+
+    def listing(self) -> dict[str, Any]:
+        """``GET /models``: each model's name, card name and adaptation, and which is served."""
+        models = []
+        for name in self.names():
+            entry: dict[str, Any] = {"name": name, "current": name == self.current.served_name}
+            try:
+                card = self.card_of(name)
+                a = card.get("adaptation") if isinstance(card.get("adaptation"), dict) else None
+                entry["label"] = card.get("name", name)
+                entry["adaptation"] = None if a is None else _adaptation_summary(a)
+                entry["base"] = (card.get("base") or {}).get("name") if a is not None else None
+            except (KeyError, OSError, ValueError) as err:
+                entry["error"] = self.unpathed(str(err))
+            models.append(entry)
+        return {
+            "current": self.current.served_name,
+            "models_dir": None if self.dir is None else self.dir.name,
+            "models": models,
+        }
+
+    def unpathed(self, text: str, *roots: Path) -> str:
+        """``text`` with this machine's folders (``models_dir``, ``roots``) as their names."""
+        for root in [r for r in (self.dir, *roots) if r is not None]:
+            text = text.replace(f"{root}/", "").replace(str(root), root.name)
+        return one_line(text)
+
+    # ----- switching ------------------------------------------------------------------------
+
+    def load(self, name: str) -> Model:
+        """The model of ``name``, loaded with every check of ``load_reader`` (in a worker); the
+        caller makes it current (:meth:`use`)."""
+        try:
+            spec = self.spec_of(name)
+        except KeyError:
+            shown = "".join(ch for ch in name if ch.isprintable())[:200]
+            known = ", ".join(self.names())
+            raise RequestError(404, f"no model named {shown!r} (available: {known})") from None
+        except (OSError, ValueError) as err:
+            raise RequestError(422, f"{name}: {self.unpathed(str(err))}") from None
+        try:
+            model = Model(spec)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise RequestError(422, f"{name}: {self.unpathed(str(err))}") from None
+        model.served_name = name
+        return model
+
+    def use(self, model: Model) -> None:
+        self.current = model  # one assignment: requests already running keep the model they took
+
+    # ----- adapting -------------------------------------------------------------------------
+
+    def base_of(self, model) -> tuple[str, ReaderSpec]:
+        """The name and recipe (as ``mahtnet adapt`` reads a base folder) of the model an
+        adaptation of the served ``model`` starts from: the model itself, or, when it is adapted,
+        its base (found by its files' sha256 among the release, the start's model and the folders
+        of ``models_dir``): adaptations are never stacked."""
+        spec = getattr(model, "spec", None)
+        if spec is None or spec.card is None:
+            what = "this server's model" if spec is None else spec.model.name
+            raise RequestError(
+                422,
+                f"the served model ({what}) is a single file, not a model folder: an adaptation starts "
+                "from a model folder (serve the release, or --model FOLDER)",
+            )
+        card = read_card(spec.card)
+        if spec.adaptation is None:
+            return model.served_name, self._base_spec(spec.card)
+        wanted = _files(card.get("base") or {})
+        for name in self.names():
+            with contextlib.suppress(KeyError, OSError, ValueError):
+                other = self.spec_of(name)
+                plain = other.adaptation is None and other.card is not None and bool(wanted)
+                if plain and _files(read_card(other.card)) == wanted:
+                    return name, self._base_spec(other.card)
+        base = (card.get("base") or {}).get("name", "?")
+        raise RequestError(
+            422,
+            f"the served model is adapted from {base!r}, which is neither the release nor a model folder "
+            "of --models-dir: run mahtnet adapt with --model BASE_FOLDER",
+        )
+
+    def _base_spec(self, card: Path) -> ReaderSpec:
+        """The base as ``mahtnet adapt --model FOLDER`` reads it (the folder's recipe)."""
+        assert self.spec is not None
+        return ReaderSpec.from_folder(card.parent, device=self.spec.device, threads=self.spec.threads)
+
+    def display_dir(self, review_root: Path) -> str:
+        """``models_dir`` as the adapt command names it, from the review folder's parent."""
+        assert self.dir is not None
+        if self.dir.is_relative_to(review_root):
+            return (Path(review_root.name) / self.dir.relative_to(review_root)).as_posix()
+        return self.dir.name
+
+    def adapt_command(self, review_root: Path, corrections: int) -> dict[str, Any]:
+        """The one command that adapts to the review's corrections (run from the review folder's
+        parent), or why there is none."""
+        out: dict[str, Any] = {"corrections": corrections, "command": None, "base": None, "reason": None}
+        if self.dir is None:
+            out["reason"] = "no --models-dir"
+            return out
+        try:
+            base, _ = self.base_of(self.current)
+        except RequestError as err:
+            out["reason"] = err.detail
+            return out
+        where = self.display_dir(review_root)
+        words = ["mahtnet", "adapt", review_root.name, "--out", f"{where}/adapted-k{max(corrections, 1)}"]
+        if base == STARTUP and self.spec is not None and self.spec.card is not None:
+            words += ["--model", self.spec.card.parent.name]  # its name only: no path of this machine
+        elif base != RELEASE:
+            words += ["--model", f"{where}/{base}"]
+        if self.spec is not None and self.spec.pixel_spacing_mm is not None:
+            words += ["--pixel-spacing", f"{self.spec.pixel_spacing_mm:g}"]
+        out["base"], out["command"] = base, " ".join(_quoted_word(w) for w in words)
+        return out
+
+    def fresh_name(self, k: int) -> str:
+        """``adapted-k<k>-<UTC time>``, with ``-2``, ``-3``... when taken: never an existing folder."""
+        assert self.dir is not None
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        name, n = f"adapted-k{k}-{stamp}", 1
+        while (self.dir / name).exists():
+            n += 1
+            name = f"adapted-k{k}-{stamp}-{n}"
+        return name
+
+    def adapt(self, review_root: Path, method: str = "auto") -> dict[str, Any]:
+        """``mahtnet adapt REVIEW_DIR --out MODELS_DIR/<fresh name> [--model BASE]`` in a worker:
+        the same :func:`mahtnet.adapt.build.adapt`, from the served model's base. One at a time
+        (409 while another runs); bad corrections are a 422 with adapt's one-line error."""
+        from mahtnet.adapt.build import adapt
+        from mahtnet.adapt.sources import find
+
+        if self.dir is None:
+            raise RequestError(404, "no --models-dir: this server cannot write an adapted model")
+        if not self._adapting.acquire(blocking=False):
+            raise RequestError(409, "an adaptation is already running; retry when it has finished")
+        try:
+            base_name, base = self.base_of(self.current)
+            assert self.spec is not None
+            spacing = self.spec.pixel_spacing_mm
+            try:
+                k = len(find(review_root, spacing))
+                out = self.dir / self.fresh_name(k)
+                reader = load_reader(base)
+
+                def predict(image: Path, spacing_mm: float) -> np.ndarray:
+                    return reader.read_images([read_xray(image).pixels], [spacing_mm]).final[0]
+
+                prior = read_card(base.card).get("adaptation_prior_variance_mm2")
+                card = adapt(review_root, base.card, out, predict, method, spacing, prior)
+            except KeyError as err:
+                reason = str(err.args[0] if err.args else err)
+                raise RequestError(422, self.unpathed(reason, review_root)) from None
+            except (OSError, ValueError, RuntimeError) as err:  # DataError is a ValueError
+                raise RequestError(422, self.unpathed(str(err), review_root)) from None
+        finally:
+            self._adapting.release()
+        a = card["adaptation"]
+        return json_safe(
+            {
+                "name": out.name,
+                "label": card["name"],
+                "base": base_name,
+                "k": a["k"],
+                "method": a["method"],
+                "chosen_by": a.get("chosen_by"),
+                "leave_one_out": a.get("leave_one_out"),
+                "every_method": a.get("every_method"),
+                "pixel_spacing_mm": a.get("pixel_spacing_mm"),
+                "created_at": a.get("created_at"),
+            }
+        )
+
+
+def _adaptation_summary(a: dict) -> dict[str, Any]:
+    loo = a.get("leave_one_out") if isinstance(a.get("leave_one_out"), dict) else None
+    return json_safe(
+        {
+            "method": a.get("method"),
+            "k": a.get("k"),
+            "created_at": a.get("created_at"),
+            "leave_one_out_mre_mm": None if loo is None else loo.get("mre_mm"),
+            "unadapted_mre_mm": None if loo is None else loo.get("unadapted_mre_mm"),
+        }
+    )
+
+
+def _quoted_word(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
