@@ -300,6 +300,10 @@ def bad_requests(files) -> list[tuple]:
             ["query parameter 'format'"],
         ),
         ("GET", "/review/item?id=../images/a.png", None, None, 404, ["../images/a.png", "no such image"]),
+        ("POST", "/model/use", b'{"name": "../x"}', "application/json", 404, ["'../x'", "no model named"]),
+        ("POST", "/model/use", b'{"name": "unet.pt"}', "application/json", 404, ["no model named"]),
+        ("POST", "/model/use", b"{}", "application/json", 422, ["body.name"]),
+        ("POST", "/review/adapt", b'{"method": 3}', "application/json", 422, ["body.method"]),
     ]
 
 
@@ -380,6 +384,22 @@ def test_review_correction_is_saved_next_to_the_image_and_read_back(server, file
     again = call(port, "GET", "/review/item?id=r.png").json()
     assert again["correction"]["landmarks"] == corrected
     assert call(port, "GET", "/review/items").json()["items"][0]["corrected"] is True
+
+
+def test_models_of_a_single_file_server(server, files):
+    """A checkpoint given by file: served as ``startup`` beside the release, and no adaptation
+    from it (an adaptation starts from a model folder); nothing is written for asking."""
+    port = server["port"]
+    assert call(port, "GET", "/model").json()["serving"] == "startup"
+    models = call(port, "GET", "/models").json()
+    assert models["current"] == "startup" and [m["name"] for m in models["models"]] == ["startup", "release"]
+    assert models["models"][0]["label"] == "unet.pt" and models["models_dir"] == ".mahtnet-models"
+    adapt = call(port, "GET", "/review/items").json()["adapt"]
+    assert adapt["command"] is None and "single file" in adapt["reason"]
+    r = post_json(port, "/model/use", {"name": "startup"})  # the served one: reloaded, still served
+    assert r.status == 200 and r.json()["serving"] == "startup", r.body
+    assert_good_prediction(port, files)
+    assert not (files["review"] / ".mahtnet-models").exists()
 
 
 def test_onnx_model(files, predicted, tmp_path):
