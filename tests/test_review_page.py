@@ -206,3 +206,72 @@ def test_upload_from_the_browser(browser, server, setup):
     assert text(page, "#image-info").startswith("upload.png: 384×480 px, 0.5 mm/px")
     assert page.locator("#save").is_disabled()  # nowhere to save an upload: export only
     assert text(page, "#m-MW .value") != "—"  # the spacing is known: MW in mm
+
+
+@pytest.fixture(scope="module")
+def release_review(tmp_path_factory):
+    """The released model serving a review folder of two synthetic X-rays, each with a correction
+    saved at its true landmarks (through the API, as the page saves it)."""
+    root = tmp_path_factory.mktemp("release-review")
+    review = root / "xrays"
+    review.mkdir()
+    truths = {}
+    for name, seed in (("a.png", 11), ("b.png", 12)):
+        image, truths[name] = generate_sample(seed, 384, 480, SPACING_MM, 5.0, 0.05, 8.0)
+        cv2.imwrite(str(review / name), image)
+    options = ["--pixel-spacing", SPACING_MM, "--review-dir", review]
+    with serving(root / "serve.log", None, *options) as s:
+        for name, truth in truths.items():
+            item = call(s["port"], "GET", f"/review/item?id={name}").json()
+            predicted = [[r["x_px"], r["y_px"]] for r in item["prediction"]["landmarks"]]
+            body = {"landmarks": truth.tolist(), "predicted": predicted, "pixel_spacing_mm": SPACING_MM}
+            r = post_json(s["port"], f"/review/correction?id={name}", body)
+            assert r.status == 200, r.body
+        yield {**s, "review": review}
+
+
+def test_model_panel_adapt_and_use(browser, release_review):
+    """The Model panel names the release and the saved corrections with the one adapt command;
+    "Adapt to my 2 corrections" writes a new model folder, "Use this model" serves it, and the
+    panel and the open image say so."""
+    review = release_review["review"]
+    corrections = {p.name: p.read_bytes() for p in review.glob("*.corrected.*")}
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{release_review['url']}/review")
+    page.wait_for_selector("body[data-state=idle]")
+    serving_model = page.locator("#model-serving")
+    assert serving_model.get_attribute("data-name") == "release"
+    assert serving_model.get_attribute("data-adapted") == "0"
+    assert text(page, "#model-serving").startswith("Points by the release: MAHT-Net, ISBI 2015 release")
+    assert page.locator("#corrections-count").get_attribute("data-count") == "2"
+    assert text(page, "#corrections-count").startswith("2 corrections saved in the review folder")
+    assert text(page, "#adapt-command") == (
+        "mahtnet adapt xrays --out xrays/.mahtnet-models/adapted-k2 --pixel-spacing 0.5"
+    )
+    assert page.locator("#models-box").is_hidden()  # the release only: nothing to switch to yet
+
+    page.click("#items button[data-id='b.png']")
+    page.wait_for_selector("body[data-state=ready]")
+    assert "decoding refined" in text(page, "#image-info")
+
+    assert text(page, "#adapt") == "Adapt to my 2 corrections"
+    page.click("#adapt")
+    page.wait_for_function("document.getElementById('model-status').textContent.startsWith('wrote ')")
+    name = page.locator("#models").input_value()
+    assert name.startswith("adapted-k2-") and (review / ".mahtnet-models" / name / "card.json").is_file()
+    assert f"wrote {name}: k=2, method " in text(page, "#model-status")
+    assert serving_model.get_attribute("data-name") == "release"  # written, not served yet
+
+    page.click("#use-model")
+    page.wait_for_function("document.getElementById('model-status').textContent.startsWith('serving ')")
+    page.wait_for_selector("body[data-state=ready]")
+    assert serving_model.get_attribute("data-name") == name
+    assert serving_model.get_attribute("data-adapted") == "1"
+    assert "adapted: k=2 corrections, method" in text(page, "#model-serving")
+    assert "adapted, k=2" in text(page, "#model-info")
+    page.wait_for_function("document.getElementById('image-info').textContent.includes('decoding adapted')")
+    assert page.locator("#use-model").is_disabled()  # the selected model is the served one
+    assert {p.name: p.read_bytes() for p in review.glob("*.corrected.*")} == corrections
+    assert errors == []

@@ -25,7 +25,9 @@ const S = {
   predictedMeasurements: {},
   selected: -1,
 };
-const MODEL = { lines: [], threshold: 0.4, names: [], measurements: [] };
+const MODEL = { lines: [], threshold: 0.4, names: [], measurements: [], serving: null };
+let lastUpload = null; // the uploaded file, predicted again when the served model changes
+const ADAPT_TITLE = $("adapt").title;
 let drag = null;
 let layers = null;
 let measuring = false;
@@ -79,16 +81,66 @@ async function loadModel() {
   MODEL.threshold = info.low_confidence_threshold;
   MODEL.names = info.landmark_names;
   MODEL.measurements = info.measurements;
+  MODEL.serving = info.serving;
   const m = info.model;
+  const a = info.recipe.adaptation;
   const decoding = info.refiner ? "refined" : info.shape_prior ? "shape-consistent" : null;
   $("model-info").textContent =
     `${info.recipe.name}: ${m.architecture} (${m.format}), sha256 ${m.sha256.slice(0, 12)}, decoding: ` +
-    (decoding ? `${decoding} where the pixel spacing is known, else arg-max` : "arg-max");
+    (decoding ? `${decoding} where the pixel spacing is known, else arg-max` : "arg-max") +
+    (a ? `, then the clinic's offsets (adapted, k=${a.k})` : "");
+  const serving = $("model-serving");
+  serving.dataset.name = info.serving;
+  serving.dataset.adapted = a ? "1" : "0";
+  serving.classList.toggle("adapted", Boolean(a));
+  serving.textContent = a
+    ? `Points by ${info.serving}: ${info.recipe.name} (adapted: k=${a.k} corrections, method ${a.method})`
+    : `Points by ${info.serving === "release" ? "the release" : info.serving}: ${info.recipe.name}`;
+}
+
+async function loadModels() {
+  const list = await (await api("GET", "/models")).json();
+  const select = $("models");
+  const keep = select.value;
+  select.replaceChildren();
+  for (const entry of list.models) {
+    const option = document.createElement("option");
+    option.value = entry.name;
+    const a = entry.adaptation;
+    option.textContent = entry.name + (a ? ` (k=${a.k}, ${a.method})` : "") + (entry.current ? " — serving" : "");
+    if (entry.error) option.textContent += ` — ${entry.error}`;
+    select.append(option);
+  }
+  const names = list.models.map((e) => e.name);
+  select.value = names.includes(keep) && keep !== list.current ? keep : list.current;
+  $("models-box").hidden = list.models.length < 2;
+  updateUseButton();
+}
+
+function updateUseButton() {
+  $("use-model").disabled = !$("models").value || $("models").value === MODEL.serving;
+}
+
+function showAdapt(adapt) {
+  if (!adapt) return;
+  $("adapt-box").hidden = false;
+  const n = adapt.corrections;
+  const count = $("corrections-count");
+  count.dataset.count = n;
+  count.textContent = `${n} correction${n === 1 ? "" : "s"} saved in the review folder` +
+    (adapt.base ? `; an adaptation starts from ${adapt.base === "release" ? "the release" : adapt.base}` : "");
+  const button = $("adapt");
+  button.textContent = `Adapt to my ${n} correction${n === 1 ? "" : "s"}`;
+  button.disabled = n < 1 || !adapt.command || document.body.dataset.adapting === "1";
+  button.title = adapt.reason || (n < 1 ? "save a correction first" : ADAPT_TITLE);
+  $("adapt-command").textContent = adapt.command || `(none: ${adapt.reason})`;
+  $("copy-command").disabled = !adapt.command;
 }
 
 async function loadItems() {
   const list = await (await api("GET", "/review/items")).json();
   if (list.review_dir === null) return;
+  showAdapt(list.adapt);
   $("items-box").hidden = false;
   $("review-dir").textContent = list.review_dir;
   const ul = $("items");
@@ -138,6 +190,7 @@ async function openUpload(file) {
     setDocument(doc, null);
     S.mode = "upload";
     S.id = null;
+    lastUpload = file;
     await showImage(`data:image/png;base64,${png}`);
     status(`${file.name}: predicted (uploads can be exported; saving needs --review-dir)`);
     await loadItems();
@@ -476,6 +529,72 @@ for (const fmt of ["txt", "json", "csv"]) {
   });
 }
 
+function modelStatus(text, isError) {
+  const el = $("model-status");
+  el.textContent = text;
+  el.classList.toggle("error", Boolean(isError));
+}
+
+function mm(value) {
+  return value === null || value === undefined ? "—" : `${value.toFixed(2)} mm`;
+}
+
+$("adapt").addEventListener("click", async () => {
+  const n = $("corrections-count").dataset.count;
+  document.body.dataset.adapting = "1";
+  $("adapt").disabled = true;
+  modelStatus(`adapting to ${n} corrections (the base model reads each corrected image again)…`);
+  try {
+    const out = await (await api("POST", "/review/adapt", { method: "auto" })).json();
+    const loo = out.leave_one_out;
+    const figure = loo ? `; leave-one-out error ${mm(loo.mre_mm)} (unadapted ${mm(loo.unadapted_mre_mm)})` : "";
+    await loadModels();
+    $("models").value = out.name;
+    updateUseButton();
+    modelStatus(`wrote ${out.name}: k=${out.k}, method ${out.method}${figure}. "Use this model" to serve it.`);
+    $("models-box").dataset.adapted = out.name;
+  } catch (err) {
+    modelStatus(err.message, true);
+  } finally {
+    delete document.body.dataset.adapting;
+    await loadItems().catch(() => {});
+  }
+});
+
+$("models").addEventListener("change", updateUseButton);
+
+$("use-model").addEventListener("click", async () => {
+  const name = $("models").value;
+  $("use-model").disabled = true;
+  modelStatus(`loading ${name}…`);
+  try {
+    await api("POST", "/model/use", { name });
+    await loadModel();
+    await loadModels();
+    await loadItems();
+    modelStatus(`serving ${name}`);
+    if (S.mode === "item") await openItem(S.id); // the open image, predicted by the new model
+    else if (S.mode === "upload" && lastUpload) await openUpload(lastUpload);
+  } catch (err) {
+    modelStatus(err.message, true);
+    updateUseButton();
+  }
+});
+
+$("copy-command").addEventListener("click", async () => {
+  const text = $("adapt-command").textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (_) { // no clipboard API (not a secure context): select it for Ctrl+C
+    const range = document.createRange();
+    range.selectNodeContents($("adapt-command"));
+    window.getSelection().removeAllRanges();
+    window.getSelection().addRange(range);
+    document.execCommand("copy");
+  }
+  modelStatus("command copied");
+});
+
 $("upload").addEventListener("change", (event) => {
   const file = event.target.files[0];
   if (file) openUpload(file);
@@ -484,6 +603,7 @@ $("upload").addEventListener("change", (event) => {
 (async () => {
   try {
     await loadModel();
+    await loadModels();
     await loadItems();
     document.body.dataset.state = "idle";
   } catch (err) {
