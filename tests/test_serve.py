@@ -422,14 +422,60 @@ def test_onnx_model(files, predicted, tmp_path):
 class SlowModel:
     """The service's model interface; ``slow.png`` takes ``delay`` seconds."""
 
-    def __init__(self, delay: float):
-        self.delay = delay
+    def __init__(self, delay: float, tag: str | None = None):
+        self.delay, self.tag = delay, tag
         self.card = type("Card", (), {"sha256": "0" * 64})()
 
     def predict_upload(self, data, kind, label, max_pixels, overlay, image):
         if label == "slow.png":
             time.sleep(self.delay)
-        return {"image": label}
+        return {"image": label} if self.tag is None else {"image": label, "by": self.tag}
+
+
+@contextlib.contextmanager
+def in_process(app):
+    """``app`` on an in-process uvicorn on a free loopback port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_a_switch_leaves_running_requests_with_their_model(files):
+    """``Models.use`` (what ``POST /model/use`` does once the model is loaded) swaps the model for
+    the requests that come after; one already running finishes with the model it started with."""
+    from mahtnet.serve.app import create_app
+    from mahtnet.serve.service import Limits, Models
+
+    limits = Limits(max_upload_bytes=LIMIT, max_pixels=MAX_PIXELS, timeout_s=30.0, workers=2, queue=2)
+    models = Models(SlowModel(2.0, "old"))
+    png = (files["images"] / "a.png").read_bytes()
+    with in_process(create_app(models.current, limits, None, models)) as port:
+        results = {}
+        slow = threading.Thread(
+            target=lambda: results.setdefault(
+                "slow", call(port, "POST", "/predict?name=slow.png", png, "image/png")
+            )
+        )
+        slow.start()
+        while call(port, "GET", "/health").json()["in_flight"] < 1:
+            time.sleep(0.02)
+        models.use(SlowModel(0.0, "new"))
+        fast = call(port, "POST", "/predict?name=fast.png", png, "image/png")
+        slow.join(30)
+    assert fast.json() == {"image": "fast.png", "by": "new"}
+    assert results["slow"].json() == {"image": "slow.png", "by": "old"}
 
 
 def test_pool_is_bounded_and_timed(files):

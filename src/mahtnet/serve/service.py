@@ -373,13 +373,16 @@ class Models:
 
     def folders(self) -> dict[str, Path]:
         """The model folders of ``models_dir`` by name (hidden ones, e.g. an adaptation being
-        written, skipped)."""
+        written, and ones called ``release`` or ``startup``, which name other models, skipped)."""
         if self.dir is None or not self.dir.is_dir():
             return {}
         return {
             p.name: p
             for p in sorted(self.dir.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (p / CARD_NAME).is_file()
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and p.name not in (RELEASE, STARTUP)
+            and (p / CARD_NAME).is_file()
         }
 
     def spec_of(self, name: str) -> ReaderSpec:
