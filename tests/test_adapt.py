@@ -176,3 +176,18 @@ def test_an_interrupted_write_leaves_no_folder(tmp_path, base, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build.adapt(tmp_path / "scans", base, tmp_path / "out", predict)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_predict_outputs_are_not_corrections_and_adapted_points_are_refused(tmp_path, base):
+    for path in _images(tmp_path / "scans", 2):  # mahtnet predict --isbi-txt --out scans/: a prediction
+        (path.with_suffix(".txt")).write_text("".join(f"{x:.0f},{y:.0f}\n" for x, y in _model_points(path)))
+        path.with_suffix(".json").write_text(json.dumps({"landmarks": [], "model": {}}))
+    with pytest.raises(FileNotFoundError, match="no corrections"):
+        build.adapt(tmp_path / "scans", base, tmp_path / "out", predict, pixel_spacing_mm=0.1)
+    _review_corrections(tmp_path / "review", 2)
+    path = sorted((tmp_path / "review").glob("*.corrected.json"))[0]
+    doc = json.loads(path.read_text())
+    doc["predicted_by"] = {"model": {}, "decoding": "adapted"}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="x00.png.corrected.json: corrected from an adapted model"):
+        build.adapt(tmp_path / "review", base, tmp_path / "out", predict)

@@ -103,6 +103,11 @@ def predict_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--isbi-txt", action="store_true", help="also <name>.txt, the ISBI 19-line 'x,y' format")
     p.add_argument("--no-overlay", action="store_true", help="skip the <name>.png pictures")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="read images the verdict refuses (rotated, not a cephalogram, too small) anyway, marked forced",
+    )
 
 
 def serve_parser(sub) -> None:
@@ -158,23 +163,11 @@ def adapt_parser(sub) -> None:
 def run_adapt(args: argparse.Namespace) -> int:
     """``mahtnet adapt``: the base model re-reads every corrected image (its positions must be
     those the review file recorded), then the conventions are fitted and the folder written."""
-    import dataclasses
-    import json
-
-    from mahtnet.adapt.build import adapt
-    from mahtnet.data.images import read_xray
-    from mahtnet.decoding.recipe import ReaderSpec, load_reader
+    from mahtnet.adapt.build import adapt_model
+    from mahtnet.decoding.recipe import ReaderSpec
 
     base = ReaderSpec.release() if args.model is None else ReaderSpec.from_folder(args.model)
-    if base.adaptation is not None:
-        raise ValueError(f"{args.model}: already an adapted model; adapt its base model instead")
-    reader = load_reader(dataclasses.replace(base, threads=args.threads))
-
-    def predict(image: Path, spacing: float):
-        return reader.read_images([read_xray(image).pixels], [spacing]).final[0]
-
-    prior = json.loads(base.card.read_text()).get("adaptation_prior_variance_mm2")
-    card = adapt(args.corrections, base.card, args.out, predict, args.method, args.pixel_spacing, prior)
+    card = adapt_model(args.corrections, base, args.out, args.method, args.pixel_spacing, args.threads)
     a = card["adaptation"]
     loo = a["leave_one_out"]
     figure = "" if loo is None else f"; leave-one-out MRE {loo['mre_mm']:.3f} mm"
@@ -216,7 +209,9 @@ def run_predict(args: argparse.Namespace, spec: ReaderSpec) -> int:
     from mahtnet.predict.run import PredictRun
 
     files = list(iter_images(args.inputs))
-    run = PredictRun(spec, args.out, args.batch_size, args.isbi_txt, overlay=not args.no_overlay)
+    run = PredictRun(
+        spec, args.out, args.batch_size, args.isbi_txt, overlay=not args.no_overlay, force=args.force
+    )
     return run.run(files, output_names(files))
 
 

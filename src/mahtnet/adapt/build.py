@@ -14,6 +14,7 @@ folder (the release, an earlier adaptation) is never overwritten.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -25,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from mahtnet.adapt.sources import CorrectedImage, check_predicted, find
+from mahtnet.data.images import read_xray
 from mahtnet.decoding.conventions import METHODS, Convention, choose, fit, leave_one_out
+from mahtnet.decoding.recipe import ReaderSpec, load_reader, read_card
 from mahtnet.io import write_json
 
 ADAPTATION_FILE = "adaptation.json"
@@ -105,6 +108,9 @@ def write_folder(
                 "figures": conv.to_dict(),
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             },
+            # the base model's verdict thresholds, flags and bound travel with it (the bound is the
+            # base model's: conservative, as adapted errors are smaller where the offsets help)
+            **({"trust": base["trust"]} if "trust" in base else {}),
             "reader": {**reader, "adaptation": ADAPTATION_FILE},
             "files": files | {ADAPTATION_FILE: _file_entry(tmp / ADAPTATION_FILE)},
         }
@@ -120,6 +126,31 @@ def _file_entry(path: Path) -> dict:
     import hashlib
 
     return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+
+
+def adapt_model(
+    corrections_dir: Path,
+    base: ReaderSpec,
+    out: Path,
+    method: str = "auto",
+    pixel_spacing_mm: float | None = None,
+    threads: int = 0,
+) -> dict:
+    """:func:`adapt` from a base model folder's recipe (``mahtnet adapt`` and the review page's
+    "adapt"): its reader re-reads the corrected images, its card gives the prior spread of
+    corrections. An adapted model is never a base: adapt its base instead."""
+    if base.adaptation is not None or base.card is None:
+        what = "an adapted model" if base.adaptation is not None else "a model file without a folder and card"
+        raise ValueError(
+            f"{base.card or base.model}: {what} cannot be a base; adapt a model folder such as the release"
+        )
+    reader = load_reader(dataclasses.replace(base, threads=threads))
+
+    def predict(image: Path, spacing: float) -> np.ndarray:
+        return reader.read_images([read_xray(image).pixels], [spacing]).final[0]
+
+    prior = read_card(base.card).get("adaptation_prior_variance_mm2")
+    return adapt(corrections_dir, base.card, out, predict, method, pixel_spacing_mm, prior)
 
 
 def adapt(

@@ -53,6 +53,11 @@ def _from_review(path: Path) -> CorrectedImage:
     if not c.image.is_file():
         raise FileNotFoundError(f"{path}: its image {c.image.name} is not beside it")
     doc = json.loads(path.read_text())
+    if (doc.get("predicted_by") or {}).get("decoding") == "adapted":
+        raise ValueError(
+            f"{path}: corrected from an adapted model's points (they carry its offsets); correct with the "
+            "base model served (the release), then adapt"
+        )
     rows = doc["landmarks"]
     predicted = None
     if all(r.get("predicted_x_px") is not None for r in rows):
@@ -63,6 +68,16 @@ def _from_review(path: Path) -> CorrectedImage:
     return CorrectedImage(
         c.image, c.landmarks, predicted, c.pixel_spacing_mm, path, _sha256(c.image), _sha256(path)
     )
+
+
+def _is_prediction(path: Path) -> bool:
+    """Whether ``path`` is a ``mahtnet predict`` output (its ``--isbi-txt`` file lies beside it:
+    a prediction, not a correction)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "landmarks" in doc and "model" in doc
 
 
 def _from_annotation(image: Path, txt: Path) -> CorrectedImage:
@@ -83,8 +98,9 @@ def find(folder: str | Path, pixel_spacing_mm: float | None = None) -> list[Corr
     reviewed = {c.image.resolve() for c in found}
     for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in XRAY_SUFFIXES and p.is_file()):
         txt = image.with_suffix(".txt")
-        if image.resolve() not in reviewed and txt.is_file():
-            found.append(_from_annotation(image, txt))
+        if image.resolve() in reviewed or not txt.is_file() or _is_prediction(image.with_suffix(".json")):
+            continue  # reviewed, no annotation, or the .txt is mahtnet predict's (--isbi-txt)
+        found.append(_from_annotation(image, txt))
     if not found:
         raise FileNotFoundError(
             f"{folder}: no corrections (neither <image>{CORRECTED_JSON} files of the review page nor "

@@ -555,7 +555,7 @@ class Models:
         """``mahtnet adapt REVIEW_DIR --out MODELS_DIR/<fresh name> [--model BASE]`` in a worker:
         the same :func:`mahtnet.adapt.build.adapt`, from the served model's base. One at a time
         (409 while another runs); bad corrections are a 422 with adapt's one-line error."""
-        from mahtnet.adapt.build import adapt
+        from mahtnet.adapt.build import adapt_model
         from mahtnet.adapt.sources import find
 
         if self.dir is None:
@@ -569,13 +569,7 @@ class Models:
             try:
                 k = len(find(review_root, spacing))
                 out = self.dir / self.fresh_name(k)
-                reader = load_reader(base)
-
-                def predict(image: Path, spacing_mm: float) -> np.ndarray:
-                    return reader.read_images([read_xray(image).pixels], [spacing_mm]).final[0]
-
-                prior = read_card(base.card).get("adaptation_prior_variance_mm2")
-                card = adapt(review_root, base.card, out, predict, method, spacing, prior)
+                card = adapt_model(review_root, base, out, method, spacing, base.threads)
             except KeyError as err:
                 reason = str(err.args[0] if err.args else err)
                 raise RequestError(422, self.unpathed(reason, review_root)) from None
