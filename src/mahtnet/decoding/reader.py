@@ -77,6 +77,7 @@ class Readout:
     confidence: np.ndarray
     decoding: list[str]
     expected_error_mm: np.ndarray | None = None
+    signals: dict[str, np.ndarray] | None = None  # (N, K) each: what tells a reading's trust (below)
 
     @property
     def final(self) -> np.ndarray:
@@ -203,8 +204,8 @@ class LandmarkReader:
     ) -> Readout:
         """Every variant of letterboxed ``images``; ``fine``: the images with a known spacing
         at the refiner's resolution, in order (needed with a refiner)."""
-        landmarks, conf = self.coarse(images, boxes, spacing)
-        conf = conf.copy()
+        landmarks, coarse_conf = self.coarse(images, boxes, spacing)
+        conf = coarse_conf.copy()
         known = [i for i, s in enumerate(spacing) if s is not None]
         last = list(landmarks)[-1]
         decoding = [last if s is not None else "coarse" for s in spacing]
@@ -224,7 +225,36 @@ class LandmarkReader:
                 decoding[i] = "adapted"
             landmarks["adapted"] = adapted
         expected = None if self.calibration is None else self.calibration.expected_error(conf)
-        return Readout(landmarks, conf, decoding, expected)
+        signals = self.signals(landmarks, coarse_conf, spacing) if self.prior is not None else None
+        return Readout(landmarks, conf, decoding, expected, signals)
+
+    def signals(
+        self, landmarks: dict[str, np.ndarray], coarse_conf: np.ndarray, spacing: Sequence[float | None]
+    ) -> dict[str, np.ndarray]:
+        """What tells a reading's trust, per image and landmark ``(N, K)`` (NaN where the
+        spacing is unknown): the coarse heatmap's confidence; each landmark's distance from
+        where the shape prior puts it given the other landmarks, in units of the prior's
+        residual SD, for the arg-max and for the final (unadapted) reading; and how far shape
+        decoding and the refiner moved it (mm)."""
+        n, k = coarse_conf.shape
+        order = [v for v in landmarks if v != "adapted"]
+        final, argmax = landmarks[order[-1]], landmarks["coarse"]
+        shape = landmarks.get("shape", argmax)
+        out = {
+            name: np.full((n, k), np.nan)
+            for name in ("argmax_residual_sd", "residual_sd", "shape_shift_mm", "refine_shift_mm")
+        }
+        out["coarse_confidence"] = np.asarray(coarse_conf, dtype=np.float64)
+        sd = self.prior.residual_sd
+        for i, s in enumerate(spacing):
+            if s is None:
+                continue
+            for name, points in (("argmax_residual_sd", argmax[i]), ("residual_sd", final[i])):
+                pred = self.prior.loo_predict(points * s)
+                out[name][i] = np.linalg.norm(pred - points * s, axis=-1) / sd
+            out["shape_shift_mm"][i] = np.linalg.norm(shape[i] - argmax[i], axis=-1) * s
+            out["refine_shift_mm"][i] = np.linalg.norm(final[i] - shape[i], axis=-1) * s
+        return out
 
     def read_prepared(self, data: PreparedSet, fine: FineSet | None = None) -> Readout:
         """Every variant of a prepared split (``fine``: the split at the refiner's resolution)."""

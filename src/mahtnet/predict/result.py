@@ -21,6 +21,7 @@ from mahtnet.analysis import clinical
 from mahtnet.data.images import XRay
 from mahtnet.decoding import LandmarkReader
 from mahtnet.decoding.recipe import DECODING_NAMES
+from mahtnet.decoding.trust import REFUSED, TrustModel, read_checked
 from mahtnet.models.card import ModelCard
 
 # low_confidence below these, per decoding (the coarse heatmap's confidence, or the refiner's):
@@ -43,7 +44,17 @@ class Prediction:
     landmarks: np.ndarray  # (K, 2) original px (x, y)
     confidence: np.ndarray  # (K,) peak / target peak (mahtnet.decoding.reader)
     decoding: str  # arg-max | shape-consistent | refined | adapted
-    expected_error_mm: np.ndarray | None = None  # (K,) with a calibration
+    expected_error_mm: np.ndarray | None = None  # (K,) with a calibration, else the trust block's
+    verdict: str = "unchecked"  # mahtnet.decoding.trust.VERDICTS; unchecked: the model has no trust block
+    verdict_reason: str | None = None
+    forced: bool = False  # a refused image read anyway (--force)
+    check_first: np.ndarray | None = None  # (K,) bool: the trust block's flags
+    error_bound_mm: np.ndarray | None = None  # (K,) the trust block's bound (its coverage)
+    coverage: float | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.verdict in REFUSED and not self.forced
 
 
 def resolve_spacing(xray: XRay, override_mm: float | None) -> tuple[float | None, str | None]:
@@ -56,19 +67,57 @@ def resolve_spacing(xray: XRay, override_mm: float | None) -> tuple[float | None
 
 
 def predict_xrays(
-    reader: LandmarkReader, xrays: Sequence[XRay], pixel_spacing_mm: float | None = None
+    reader: LandmarkReader,
+    xrays: Sequence[XRay],
+    pixel_spacing_mm: float | None = None,
+    trust: TrustModel | None = None,
+    force: bool = False,
 ) -> list[Prediction]:
     """Landmarks of a batch of X-rays through ``reader``: shape decoding and the refiner (when
-    the reader has them) where the pixel spacing is known, the arg-max elsewhere."""
+    the reader has them) where the pixel spacing is known, the arg-max elsewhere. With a
+    ``trust`` block (the model card's), each image gets its verdict first
+    (:func:`mahtnet.decoding.trust.read_checked`): a refused image has no landmarks unless
+    ``force``; each landmark its flag, expected error and bound."""
     spacing = [resolve_spacing(x, pixel_spacing_mm) for x in xrays]
-    out = reader.read_images([x.pixels for x in xrays], [s for s, _ in spacing])
-    expected = out.expected_error_mm if out.expected_error_mm is not None else [None] * len(xrays)
-    return [
-        Prediction(x, s, src, c, p, DECODING_NAMES[d], e)
-        for x, (s, src), c, p, d, e in zip(
-            xrays, spacing, out.final, out.confidence, out.decoding, expected, strict=True
-        )
-    ]
+    if trust is None:
+        out = reader.read_images([x.pixels for x in xrays], [s for s, _ in spacing])
+        expected = out.expected_error_mm if out.expected_error_mm is not None else [None] * len(xrays)
+        return [
+            Prediction(x, s, src, c, p, DECODING_NAMES[d], e)
+            for x, (s, src), c, p, d, e in zip(
+                xrays, spacing, out.final, out.confidence, out.decoding, expected, strict=True
+            )
+        ]
+    return [_checked(reader, trust, x, s, src, force) for x, (s, src) in zip(xrays, spacing, strict=True)]
+
+
+def _checked(reader, trust: TrustModel, x: XRay, s: float | None, src: str | None, force: bool) -> Prediction:
+    c = read_checked(lambda px, sp: reader.read_images([px], [sp]), trust, x.pixels, s, force)
+    if c.readout is None:
+        empty = np.empty((0, 2))
+        return Prediction(x, s, src, empty, np.empty(0), "none", None, c.verdict, c.reason, False)
+    out = c.readout
+    expected, bound = trust.bounds()
+    if out.expected_error_mm is not None:
+        expected = out.expected_error_mm[0]
+    flags = (
+        trust.flags({k: v[0] for k, v in out.signals.items()}, out.confidence[0]) if s is not None else None
+    )
+    return Prediction(
+        x,
+        s,
+        src,
+        out.final[0],
+        out.confidence[0],
+        DECODING_NAMES[out.decoding[0]],
+        expected if s is not None else None,
+        c.verdict,
+        c.reason,
+        c.forced,
+        flags,
+        bound if s is not None else None,
+        trust.coverage,
+    )
 
 
 def measurement_report(landmarks: np.ndarray, spacing_mm: float | None) -> dict[str, dict]:
@@ -93,13 +142,27 @@ def measurement_report(landmarks: np.ndarray, spacing_mm: float | None) -> dict[
 
 
 def to_json(p: Prediction, card: ModelCard, threshold: float | None = None) -> dict[str, Any]:
-    """The per-image result document (``<name>.json``); with a calibrated reader, each
-    landmark's expected error (mm). ``threshold``: of ``low_confidence`` (default: the
-    decoding's, :data:`LOW_CONFIDENCE`)."""
-    threshold = LOW_CONFIDENCE[p.decoding] if threshold is None else threshold
+    """The per-image result document (``<name>.json``): the image's ``verdict`` first; per
+    landmark the position, the confidence (peak / target peak, capped at 1), ``low_confidence``
+    (below ``threshold``, default the decoding's :data:`LOW_CONFIDENCE`), and where known the
+    expected error, the error bound and ``check_first``. A refused image (not forced) has no
+    landmarks and no measurements."""
     h, w = p.xray.pixels.shape
+    head = {
+        "image": str(p.xray.path),
+        "width_px": int(w),
+        "height_px": int(h),
+        "pixel_spacing_mm": p.spacing_mm,
+        "pixel_spacing_source": p.spacing_source,
+        "verdict": p.verdict,
+        "verdict_reason": p.verdict_reason,
+        "forced": p.forced,
+    }
+    if p.refused:
+        return {**head, "decoding": None, "landmarks": [], "measurements": None, "model": card.to_dict()}
+    threshold = LOW_CONFIDENCE[p.decoding] if threshold is None else threshold
     rows = []
-    expected = p.expected_error_mm
+    expected, bound, flags = p.expected_error_mm, p.error_bound_mm, p.check_first
     for k, (name, (x, y), c) in enumerate(zip(card.landmark_names, p.landmarks, p.confidence, strict=True)):
         mm = None if p.spacing_mm is None else (float(x * p.spacing_mm), float(y * p.spacing_mm))
         rows.append(
@@ -109,19 +172,20 @@ def to_json(p: Prediction, card: ModelCard, threshold: float | None = None) -> d
                 "y_px": float(y),
                 "x_mm": None if mm is None else mm[0],
                 "y_mm": None if mm is None else mm[1],
-                "confidence": float(c),
+                "confidence": min(float(c), 1.0),
                 "low_confidence": bool(c < threshold),
                 **({} if expected is None else {"expected_error_mm": float(expected[k])}),
+                **({} if bound is None else {"error_bound_mm": float(bound[k])}),
+                **({} if flags is None else {"check_first": bool(flags[k])}),
             }
         )
+    order = [] if flags is None else sorted(np.flatnonzero(flags), key=lambda k: float(p.confidence[k]))
     return {
-        "image": str(p.xray.path),
-        "width_px": int(w),
-        "height_px": int(h),
-        "pixel_spacing_mm": p.spacing_mm,
-        "pixel_spacing_source": p.spacing_source,
+        **head,
         "decoding": p.decoding,
         "low_confidence_threshold": threshold,
+        **({} if p.coverage is None or bound is None else {"error_bound_coverage": p.coverage}),
+        **({} if flags is None else {"check_first": [card.landmark_names[k] for k in order]}),
         "landmarks": rows,
         "measurements": measurement_report(p.landmarks, p.spacing_mm),
         "model": card.to_dict(),

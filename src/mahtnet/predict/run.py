@@ -18,12 +18,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from mahtnet.data.images import XRay, read_xray
-from mahtnet.decoding.recipe import ReaderSpec, load_reader
+from mahtnet.decoding.recipe import ReaderSpec, load_reader, load_trust
 from mahtnet.io import write_text
 from mahtnet.predict.result import Prediction, isbi_text, predict_xrays, to_json
 
 CSV_COLUMNS = ["image", "landmark", "x_px", "y_px", "x_mm", "y_mm", "confidence", "low_confidence"]
 CALIBRATED = "expected_error_mm"  # a column and JSON field with --calibration
+REFUSED_EXIT = 3  # exit status when some image was refused by its verdict and none failed
 
 
 class PredictRun:
@@ -32,20 +33,29 @@ class PredictRun:
     (``isbi_txt``) and the overlay pictures (``overlay``)."""
 
     def __init__(
-        self, spec: ReaderSpec, out: Path, batch_size: int = 4, isbi_txt: bool = False, overlay: bool = True
+        self,
+        spec: ReaderSpec,
+        out: Path,
+        batch_size: int = 4,
+        isbi_txt: bool = False,
+        overlay: bool = True,
+        force: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"--batch-size: must be at least 1, got {batch_size}")
         self.spec, self.out, self.batch_size = spec, Path(out), batch_size
         self.isbi_txt, self.overlay = isbi_txt, overlay
         self.reader = load_reader(spec, warn=True)
+        self.trust, self.force = load_trust(spec), force
+        self.refused: list[tuple[Path, str]] = []
         self.card = self.reader.backend.card
         self.calibration = self.reader.calibration
         self.failed: list[tuple[Path, str]] = []
         self.rows: list[dict] = []
 
     def run(self, files: Sequence[Path], names: Sequence[str]) -> int:
-        """Predict every file; 0 when all succeeded, 1 when any failed."""
+        """Predict every file; 0 when all succeeded, 1 when any failed, 3 (:data:`REFUSED_EXIT`)
+        when none failed but some image was refused by its verdict."""
         bs = self.batch_size
         with tqdm(total=len(files), unit="image", desc="predict", disable=None) as bar:
             for start in range(0, len(files), bs):
@@ -57,9 +67,14 @@ class PredictRun:
             write_text(self.out / "landmarks.csv", csv)
         done = len(files) - len(self.failed)
         print(f"{done} of {len(files)} images predicted -> {self.out}", file=sys.stderr)
+        if self.refused:
+            print(
+                f"{len(self.refused)} of {len(files)} images refused (see above; --force reads them)",
+                file=sys.stderr,
+            )
         if self.failed:
             print(f"error: {len(self.failed)} of {len(files)} images failed (see above)", file=sys.stderr)
-        return 1 if self.failed else 0
+        return 1 if self.failed else (REFUSED_EXIT if self.refused else 0)
 
     def _fail(self, path: Path, err: Exception) -> None:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
@@ -82,7 +97,9 @@ class PredictRun:
         if not good:
             return
         try:
-            preds = predict_xrays(self.reader, [x for x, _ in good], self.spec.pixel_spacing_mm)
+            preds = predict_xrays(
+                self.reader, [x for x, _ in good], self.spec.pixel_spacing_mm, self.trust, self.force
+            )
         except (ValueError, RuntimeError) as err:
             if len(good) == 1:
                 self._fail(good[0][0].path, err)
@@ -97,6 +114,10 @@ class PredictRun:
         out = self.out
         doc = to_json(p, self.card)
         write_text(out / f"{name}.json", json.dumps(doc, indent=2) + "\n")
+        if p.refused:  # the verdict only: no landmarks, no picture, no rows
+            tqdm.write(f"refused: {p.xray.path}: {p.verdict}: {p.verdict_reason}", file=sys.stderr)
+            self.refused.append((p.xray.path, p.verdict))
+            return
         if self.isbi_txt:
             write_text(out / f"{name}.txt", isbi_text(p))
         if self.overlay:

@@ -1,0 +1,118 @@
+"""mahtnet.decoding.trust: the image verdict, landmark flags and the conformal bound."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mahtnet.decoding import trust as tr
+from mahtnet.decoding.reader import Readout
+
+K = 19
+
+
+def _signals(res=1.0, conf=0.9, shift=0.5, final_res=1.0):
+    return {
+        "coarse_confidence": np.full(K, conf),
+        "argmax_residual_sd": np.full(K, res),
+        "residual_sd": np.full(K, final_res),
+        "shape_shift_mm": np.zeros(K),
+        "refine_shift_mm": np.full(K, shift),
+    }
+
+
+def _model(**changes):
+    base = dict(
+        min_side_px=500, min_fov_mm=90.0, max_median_residual_sd=2.0, min_median_confidence=0.7,
+        flag_min_confidence=0.2, flag_max_refine_shift_mm=3.0, flag_max_residual_sd=4.0, coverage=0.9,
+        scale_mm=tuple(np.linspace(0.5, 2.0, K)), bound_quantile=3.0, expected_quantile=1.0, fitted_on="test",
+    )  # fmt: skip
+    return tr.TrustModel(**(base | changes))
+
+
+def test_fit_takes_the_training_range_with_a_margin_and_the_conformal_quantile():
+    rng = np.random.default_rng(0)
+    train = [
+        _signals(res=r, conf=c)
+        for r, c in zip(rng.uniform(0.5, 1.2, 50), rng.uniform(0.85, 1.0, 50), strict=True)
+    ]
+    val = [
+        _signals(shift=s, final_res=r)
+        for s, r in zip(rng.uniform(0, 2, 20), rng.uniform(0, 2, 20), strict=True)
+    ]
+    errors = rng.gamma(2.0, 0.5, size=(20, K))
+    t = tr.fit(train, [(2400, 1935)] * 50, 0.1, val, rng.uniform(0.1, 1, (20, K)), errors, errors * 0.8)
+    assert t.max_median_residual_sd == pytest.approx(
+        max(np.median(s["argmax_residual_sd"]) for s in train) * 1.5, abs=1e-3
+    )
+    assert t.min_median_confidence == pytest.approx(
+        min(np.median(s["coarse_confidence"]) for s in train) * 0.9, abs=1e-3
+    )
+    assert t.min_side_px == 967 and t.min_fov_mm == pytest.approx(96.8, abs=0.1)
+    _, bound = t.bounds()
+    assert (errors <= bound).mean() >= 0.9  # in-sample: split conformal covers at least its level
+    back = tr.TrustModel.from_dict(t.to_dict())
+    assert back.bound_quantile == t.bound_quantile and len(back.scale_mm) == K
+
+
+def test_conformal_quantile_is_the_ceil_rank():
+    assert tr.conformal_quantile(np.arange(1, 10), 0.9) == 9  # ceil(10 * 0.9) = 9th smallest
+    assert tr.conformal_quantile(np.arange(1, 100), 0.9) == 90
+
+
+def test_image_checks_flags_and_bad_blocks():
+    t = _model()
+    assert t.too_small((8, 8), None).startswith("8x8 px: fewer than 500")
+    assert "field of view of 60 mm" in t.too_small((600, 800), 0.1)
+    assert t.too_small((2400, 1935), 0.1) is None
+    assert t.fits(t.image_figures(_signals())) and not t.fits(t.image_figures(_signals(res=30)))
+    assert not t.fits(t.image_figures(_signals(conf=0.1)))
+    no_spacing = _signals() | {"argmax_residual_sd": np.full(K, np.nan)}
+    assert math.isnan(t.image_figures(no_spacing)["median_residual_sd"]) and t.fits(
+        t.image_figures(no_spacing)
+    )
+    sig = _signals()
+    sig["refine_shift_mm"][3], sig["residual_sd"][5] = 5.0, 9.0
+    conf = np.full(K, 0.8)
+    conf[7] = 0.1
+    assert np.flatnonzero(t.flags(sig, conf)).tolist() == [3, 5, 7]
+    with pytest.raises(ValueError, match="lacks coverage"):
+        tr.TrustModel.from_dict({k: v for k, v in t.to_dict().items() if k != "coverage"})
+    with pytest.raises(ValueError, match="finite number"):
+        tr.TrustModel.from_dict(t.to_dict() | {"bound_quantile": float("nan")})
+
+
+def _fake_reader(upright):
+    """A reader whose signals fit only for the orientation ``upright(pixels)`` says is upright."""
+
+    def read(pixels, spacing):
+        ok = upright(pixels)
+        pts = np.tile([[10.0, 20.0]], (K, 1))
+        sig = {k: v[None] for k, v in _signals(res=1.0 if ok else 40.0, conf=0.9 if ok else 0.05).items()}
+        return Readout({"coarse": pts[None].copy()}, np.full((1, K), 0.9), ["coarse"], None, sig)
+
+    return read
+
+
+def test_verdicts_mirrored_rotated_not_a_cephalogram_too_small_and_force():
+    t = _model()
+    image = np.zeros((2400, 1935), np.uint8)
+    image[0, 0] = 255  # the marker sits top-left when upright
+    ok = tr.read_checked(_fake_reader(lambda p: p[0, 0] == 255), t, image, 0.1)
+    assert ok.verdict == "ok" and not ok.refused and ok.readout.final[0][0].tolist() == [10.0, 20.0]
+    mirrored = tr.read_checked(
+        _fake_reader(lambda p: p[0, -1] == 255 and p.shape == image.shape), t, image, 0.1
+    )
+    assert mirrored.verdict == "mirrored" and not mirrored.refused
+    assert mirrored.readout.final[0][0].tolist() == [1935 - 1 - 10.0, 20.0]  # mapped back to the image
+    rotated = tr.read_checked(
+        _fake_reader(lambda p: p.shape == (1935, 2400) and p[-1, 0] == 255), t, image, 0.1
+    )
+    assert rotated.verdict == "rotated" and rotated.refused and rotated.readout is None
+    assert "90 degrees" in rotated.reason
+    nothing = tr.read_checked(_fake_reader(lambda p: False), t, image, 0.1)
+    assert nothing.verdict == "not_a_lateral_cephalogram" and "limit 2.0" in nothing.reason
+    forced = tr.read_checked(_fake_reader(lambda p: False), t, image, 0.1, force=True)
+    assert forced.forced and forced.readout is not None
+    small = tr.read_checked(_fake_reader(lambda p: True), t, np.zeros((8, 8), np.uint8), None)
+    assert small.verdict == "too_small" and small.readout is None
