@@ -232,10 +232,11 @@ class LandmarkReader:
         self, landmarks: dict[str, np.ndarray], coarse_conf: np.ndarray, spacing: Sequence[float | None]
     ) -> dict[str, np.ndarray]:
         """What tells a reading's trust, per image and landmark ``(N, K)`` (NaN where the
-        spacing is unknown): the coarse heatmap's confidence; each landmark's distance from
-        where the shape prior puts it given the other landmarks, in units of the prior's
-        residual SD, for the arg-max and for the final (unadapted) reading; and how far shape
-        decoding and the refiner moved it (mm)."""
+        spacing is unknown): the coarse heatmap's confidence; the distance of each arg-max
+        landmark from the shape prior fitted to the whole arg-max configuration, and of each
+        final (unadapted) landmark from where the prior puts it given the other landmarks,
+        both in units of the prior's residual SD; and how far shape decoding and the refiner
+        moved it (mm). All the prior's fits of a read in one batch."""
         n, k = coarse_conf.shape
         order = [v for v in landmarks if v != "adapted"]
         final, argmax = landmarks[order[-1]], landmarks["coarse"]
@@ -245,15 +246,23 @@ class LandmarkReader:
             for name in ("argmax_residual_sd", "residual_sd", "shape_shift_mm", "refine_shift_mm")
         }
         out["coarse_confidence"] = np.asarray(coarse_conf, dtype=np.float64)
+        known = [i for i, s in enumerate(spacing) if s is not None]
+        if not known:
+            return out
+        s = np.array([spacing[i] for i in known])[:, None, None]
+        a_mm, f_mm = argmax[known] * s, final[known] * s  # (n', K, 2)
+        points = np.concatenate(
+            [a_mm[:, None], np.repeat(f_mm[:, None], k, axis=1)], axis=1
+        )  # (n', 1+K, K, 2)
+        weights = np.concatenate([np.ones((1, k)), 1.0 - np.eye(k)])  # the whole shape, then leave-one-out
+        fits = self.prior.fit_batch(points.reshape(-1, k, 2), np.tile(weights, (len(known), 1)))
+        fits = fits.reshape(len(known), 1 + k, k, 2)
         sd = self.prior.residual_sd
-        for i, s in enumerate(spacing):
-            if s is None:
-                continue
-            for name, points in (("argmax_residual_sd", argmax[i]), ("residual_sd", final[i])):
-                pred = self.prior.loo_predict(points * s)
-                out[name][i] = np.linalg.norm(pred - points * s, axis=-1) / sd
-            out["shape_shift_mm"][i] = np.linalg.norm(shape[i] - argmax[i], axis=-1) * s
-            out["refine_shift_mm"][i] = np.linalg.norm(final[i] - shape[i], axis=-1) * s
+        out["argmax_residual_sd"][known] = np.linalg.norm(fits[:, 0] - a_mm, axis=-1) / sd
+        loo = fits[:, 1:][:, np.arange(k), np.arange(k)]  # (n', K, 2): landmark j from the others
+        out["residual_sd"][known] = np.linalg.norm(loo - f_mm, axis=-1) / sd
+        out["shape_shift_mm"][known] = np.linalg.norm(shape[known] - argmax[known], axis=-1) * s[:, :, 0]
+        out["refine_shift_mm"][known] = np.linalg.norm(final[known] - shape[known], axis=-1) * s[:, :, 0]
         return out
 
     def read_prepared(self, data: PreparedSet, fine: FineSet | None = None) -> Readout:
