@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from mahtnet.errors import run_cli
 from mahtnet.hardware import cpu_name
 from mahtnet.io import write_json
@@ -48,7 +50,7 @@ def main() -> None:
     seconds = []
     with tempfile.TemporaryDirectory() as tmp:
         corrections(args.root, args.k, Path(tmp) / "clinic")
-        for run in range(args.runs):
+        for run in tqdm(range(args.runs), desc="benchmark adapt", unit="run", disable=None):
             cmd = [sys.executable, "-m", "mahtnet", "adapt", f"{tmp}/clinic", "--out", f"{tmp}/model{run}"]
             cmd += ["--pixel-spacing", "0.1", "--threads", str(args.threads)]
             start = time.perf_counter()
@@ -58,7 +60,7 @@ def main() -> None:
             seconds.append(time.perf_counter() - start)
             if done.returncode != 0:
                 raise RuntimeError(f"mahtnet adapt failed: {done.stderr.strip()}")
-            print(f"run {run + 1}: {seconds[-1]:.1f} s  {done.stdout.strip().split(' -> ')[0]}")
+            tqdm.write(f"run {run + 1}: {seconds[-1]:.1f} s  {done.stdout.strip().split(' -> ')[0]}")
     result = {
         "what": f"mahtnet adapt, k = {args.k} ISBI images with annotation files, the released model, "
         f"{args.threads} threads, a fresh process per run (imports and model load included)",

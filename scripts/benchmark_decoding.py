@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mahtnet.codec import HeatmapCodec
 from mahtnet.data.fine import FineSet
@@ -116,7 +117,10 @@ def main() -> None:
             .final,
         ),
     }
-    ms = {name: median_ms(fn, args.repeats) for name, fn in cases.items()}
+    ms = {
+        name: median_ms(fn, args.repeats)
+        for name, fn in tqdm(cases.items(), desc="benchmark decoding", unit="option", disable=None)
+    }
     result = {
         "cpu": platform.processor() or platform.machine(),
         "threads": args.threads,

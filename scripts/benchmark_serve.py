@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -167,8 +168,10 @@ class Server:
 
 
 def load(host: str, port: int, path: str, body: bytes, content_type: str, args) -> dict:
-    """``args.requests`` requests from ``args.concurrency`` threads; latencies and statuses."""
+    """``args.requests`` requests from ``args.concurrency`` threads; latencies and statuses. On
+    a terminal, a progress bar on stderr: one step per answered request."""
     latencies, statuses, lock = [], Counter(), threading.Lock()
+    bar = tqdm(total=args.requests, desc="serve load", unit="request", disable=None)
     remaining = [args.requests]
     deadline = time.monotonic() + args.deadline_s
 
@@ -188,6 +191,7 @@ def load(host: str, port: int, path: str, body: bytes, content_type: str, args) 
                 statuses[str(status)] += 1
                 if status == 200:
                     latencies.append(dt)
+                bar.update()
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client, daemon=True) for _ in range(args.concurrency)]
@@ -196,6 +200,7 @@ def load(host: str, port: int, path: str, body: bytes, content_type: str, args) 
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()) + args.timeout_s + 5)
     elapsed = time.perf_counter() - start
+    bar.close()
     ms = np.array(latencies) * 1000.0
     sent = sum(statuses.values())
     pct = lambda q: round(float(np.percentile(ms, q)), 2) if ms.size else None

@@ -29,11 +29,13 @@ import ctypes
 import dataclasses
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 from mahtnet.config import load_params
 from mahtnet.hardware import cpu_name
@@ -200,28 +202,48 @@ def build_variants(names: list[str], base, device: torch.device):
         yield name, p, build_model(VARIANTS[name]["name"], p, 1, NUM_LANDMARKS).to(device)
 
 
+def progress(args: argparse.Namespace, grid: list, phase: str) -> tqdm:
+    """A progress bar on stderr (on a terminal only): one step per variant and case, drawn
+    between measurements."""
+    return tqdm(total=len(args.variants) * len(grid), desc=phase, unit="case", disable=None)
+
+
+def say(line: str) -> None:
+    """A line on stdout, above the progress bar, at once."""
+    tqdm.write(line)
+    sys.stdout.flush()
+
+
 def measure_latencies(args: argparse.Namespace, base, device: torch.device, grid: list) -> dict:
     """Phase 1, with the default allocator: per variant its settings, parameters and latency cases."""
     results = {}
-    for name, p, model in build_variants(args.variants, base, device):
-        cases = [latency_case(model, s, b, device, args.budget_s, args.max_repeats) for s, b in grid]
-        results[name] = {
-            "model": {"name": VARIANTS[name]["name"]}
-            | {k: v for k, v in dataclasses.asdict(p).items() if k in VARIANTS[name]},
-            "parameters": count_parameters(model),
-            "cases": cases,
-        }
-        print(f"{name} latency: {cases}", flush=True)
+    with progress(args, grid, "latency") as bar:
+        for name, p, model in build_variants(args.variants, base, device):
+            cases = []
+            for s, b in grid:
+                bar.set_postfix_str(f"{name} {s}x{s} batch {b}")
+                cases.append(latency_case(model, s, b, device, args.budget_s, args.max_repeats))
+                bar.update()
+            results[name] = {
+                "model": {"name": VARIANTS[name]["name"]}
+                | {k: v for k, v in dataclasses.asdict(p).items() if k in VARIANTS[name]},
+                "parameters": count_parameters(model),
+                "cases": cases,
+            }
+            say(f"{name} latency: {cases}")
     return results
 
 
 def measure_memory(args: argparse.Namespace, base, device: torch.device, grid: list, results: dict) -> None:
     """Phase 2: add the peak memory to every case of ``results``."""
-    for name, _, model in build_variants(args.variants, base, device):
-        for case, (s, b) in zip(results[name]["cases"], grid, strict=True):
-            case.update(memory_case(model, s, b, device))
-        peaks = [c["peak_memory_mb_forward_backward"] for c in results[name]["cases"]]
-        print(f"{name} forward+backward peak MiB: {peaks}", flush=True)
+    with progress(args, grid, "memory") as bar:
+        for name, _, model in build_variants(args.variants, base, device):
+            for case, (s, b) in zip(results[name]["cases"], grid, strict=True):
+                bar.set_postfix_str(f"{name} {s}x{s} batch {b}")
+                case.update(memory_case(model, s, b, device))
+                bar.update()
+            peaks = [c["peak_memory_mb_forward_backward"] for c in results[name]["cases"]]
+            say(f"{name} forward+backward peak MiB: {peaks}")
 
 
 def case_key(c: dict) -> str:

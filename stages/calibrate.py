@@ -15,7 +15,11 @@ prior and refiner) then reports the expected error of every landmark.
 """
 
 import argparse
+import math
 from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
 
 from mahtnet.analysis.calibration import (
     cross_validated,
@@ -37,13 +41,29 @@ from mahtnet.predict.result import LOW_CONFIDENCE
 from mahtnet.tracking import start_run
 
 
-def errors_and_confidence(reader: LandmarkReader, path: Path, fine_dir: Path | None):
-    """The official-ground-truth errors ``(N, K)`` mm of the reader's final landmarks on a
-    prepared split, and their confidence."""
+def load_split(
+    reader: LandmarkReader, path: Path, fine_dir: Path | None
+) -> tuple[PreparedSet, FineSet | None]:
+    """A prepared split and, with a refiner, the same images at its resolution."""
     data = PreparedSet.load(path)
-    fine = FineSet.load(fine_dir / path.name) if reader.refiner is not None else None
-    out = reader.read_prepared(data, fine)
-    return radial_errors_mm(out.final, data.official_orig, data.spacing), out.confidence
+    return data, FineSet.load(fine_dir / path.name) if reader.refiner is not None else None
+
+
+def errors_and_confidence(reader: LandmarkReader, data: PreparedSet, fine: FineSet | None, bar: tqdm):
+    """The official-ground-truth errors ``(N, K)`` mm of the reader's final landmarks on a
+    prepared split, and their confidence. Read in chunks of whole network and refiner batches
+    (the same batches as the whole split's, so the same numbers), advancing ``bar`` by each
+    chunk's images."""
+    step = math.lcm(reader.batch_size, reader.refine_batch_size)
+    final, confidence = [], []
+    for start in range(0, len(data), step):
+        rows = np.arange(start, min(start + step, len(data)))
+        out = reader.read_prepared(data.subset(rows), None if fine is None else fine.subset(rows))
+        final.append(out.final)
+        confidence.append(out.confidence)
+        bar.update(len(rows))
+    final, confidence = np.concatenate(final), np.concatenate(confidence)
+    return radial_errors_mm(final, data.official_orig, data.spacing), confidence
 
 
 def main() -> None:
@@ -73,8 +93,10 @@ def main() -> None:
         for k in ("architecture", "input_size", "sigma", "stride", "landmark_names", "training_data")
     }
     decoding = DECODING_NAMES[reader.variants()[-1]]
-    val_err, val_conf = errors_and_confidence(reader, args.val, args.fine)
-    test_err, test_conf = errors_and_confidence(reader, args.test, args.fine)
+    val, test = load_split(reader, args.val, args.fine), load_split(reader, args.test, args.fine)
+    with tqdm(total=len(val[0]) + len(test[0]), desc="calibrate", unit="image", disable=None) as bar:
+        val_err, val_conf = errors_and_confidence(reader, *val, bar)
+        test_err, test_conf = errors_and_confidence(reader, *test, bar)
     fitted_for = model | {"checkpoint": str(args.checkpoint), "decoding": decoding}
     cal = fit_calibration(val_conf, val_err, fitted_for)
     write_json(args.out, cal.to_dict())

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from mahtnet.analysis.stats import compare_paired
 from mahtnet.config import load_params, to_dict
@@ -49,9 +50,16 @@ def main() -> None:
     calibration = PreparedSet.load(args.calibration).images[: q.calibration_images]
     data = PreparedSet.load(args.prepared)
     with start_run(params.tracking, "quantize", {"quantize": to_dict(q)}) as run:
-        quantize_int8(args.onnx, args.out, calibration, q)
-        fp32, err_fp32, pred_fp32 = score(args.onnx, data, thresholds, args.repeats)
-        int8, err_int8, pred_int8 = score(args.out, data, thresholds, args.repeats)
+        with tqdm(total=3, desc="quantize", unit="step", disable=None) as bar:
+            bar.set_postfix_str("INT8 calibration")
+            quantize_int8(args.onnx, args.out, calibration, q)
+            bar.update()
+            bar.set_postfix_str("float model")
+            fp32, err_fp32, pred_fp32 = score(args.onnx, data, thresholds, args.repeats)
+            bar.update()
+            bar.set_postfix_str("INT8 model")
+            int8, err_int8, pred_int8 = score(args.out, data, thresholds, args.repeats)
+            bar.update()
         test = compare_paired(err_fp32, err_int8, thresholds, n_boot=params.compare.bootstrap_samples)
         summary = {
             "fp32": fp32,

@@ -58,7 +58,9 @@ def main() -> None:
                 evaluate(ckpt, data, e.sdr_thresholds_mm, params.train.device, e.batch_size).errors_mm
             )
             compare = lambda a, b: compare_paired(a, b, e.sdr_thresholds_mm, n_boot=200)
-            results[name] = robustness(score, samples, images, params.robustness, size, compare)
+            results[name] = robustness(
+                score, samples, images, params.robustness, size, compare, f"robustness {name}"
+            )
             print(f"{name}: clean MRE {results[name]['clean']['mre_mm']:.3f} mm", flush=True)
         write_json(args.out, results)
         write_csv(args.csv, table(results))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
+from tqdm import tqdm
 
 from mahtnet import metrics
 from mahtnet.analysis import clinical
@@ -189,12 +190,14 @@ def evaluate_variants(
     data: PreparedSet,
     thresholds_mm: Sequence[float],
     fine: FineSet | None = None,
+    progress: str | None = None,
 ) -> dict[str, Evaluation]:
     """Evaluate a reader (:func:`mahtnet.decoding.recipe.load_reader`), or an ensemble
     (:func:`load_ensemble`: landmarks averaged in original px), in each of its variants:
     ``coarse`` (arg-max; with TTA when set), ``shape`` (shape-consistent peaks) and ``refined``
     (the first reader's refiner on the previous variant's average, on ``fine``: the split at
-    the refiner's resolution)."""
+    the refiner's resolution). ``progress``: the label of a progress bar on stderr (one step
+    per image and pass; shown on a terminal only), none without it."""
     readers = [readers] if isinstance(readers, LandmarkReader) else list(readers)
     if not readers:
         raise ValueError("no checkpoint to evaluate")
@@ -208,21 +211,62 @@ def evaluate_variants(
         if card.landmark_names != cards[0].landmark_names:
             raise ValueError(f"checkpoint {card.file} predicts other landmarks than {cards[0].file}")
     names = list(cards[0].landmark_names)
-    boxes = [data.letterbox(i) for i in range(len(data))]
-    runs = [r.coarse(data.images, boxes, list(data.spacing)) for r in readers]
-    conf = np.mean([c for _, c in runs], axis=0)
-    out: dict[str, Evaluation] = {}
-    for variant in runs[0][0]:
-        pred = np.mean([landmarks[variant] for landmarks, _ in runs], axis=0)
-        out[variant] = make_evaluation(data, pred, conf, names, thresholds_mm)
-    if readers[0].refiner is not None:
-        if fine is None or list(fine.ids) != list(data.ids):
-            raise ValueError(
-                "the refiner needs the fine-resolution images of the evaluated split (prepare_fine)"
-            )
-        pred, refined_conf = readers[0].refine(fine, out[list(out)[-1]].pred)
-        out["refined"] = make_evaluation(data, pred, refined_conf, names, thresholds_mm)
+    refiner = readers[0].refiner
+    if refiner is not None and (fine is None or list(fine.ids) != list(data.ids)):
+        raise ValueError("the refiner needs the fine-resolution images of the evaluated split (prepare_fine)")
+    passes = len(readers) + (refiner is not None)
+    with tqdm(
+        total=passes * len(data), desc=progress, unit="image", leave=False, disable=None if progress else True
+    ) as bar:
+        runs = [coarse_in_batches(r, data, bar) for r in readers]
+        conf = np.mean([c for _, c in runs], axis=0)
+        out: dict[str, Evaluation] = {}
+        for variant in runs[0][0]:
+            pred = np.mean([landmarks[variant] for landmarks, _ in runs], axis=0)
+            out[variant] = make_evaluation(data, pred, conf, names, thresholds_mm)
+        if refiner is not None:
+            pred, refined_conf = refine_in_batches(readers[0], fine, out[list(out)[-1]].pred, bar)
+            out["refined"] = make_evaluation(data, pred, refined_conf, names, thresholds_mm)
     return out
+
+
+def coarse_in_batches(reader: LandmarkReader, data: PreparedSet, bar: tqdm) -> tuple[dict, np.ndarray]:
+    """``reader.coarse`` on ``data``, one of its batches at a time (the same forward passes as
+    on the whole split, so the same numbers), advancing ``bar`` by each batch's images."""
+    parts, step = [], max(1, reader.batch_size)
+    for start in range(0, len(data), step):
+        rows = range(start, min(start + step, len(data)))
+        boxes = [data.letterbox(i) for i in rows]
+        parts.append(
+            reader.coarse(
+                data.images[rows.start : rows.stop], boxes, list(data.spacing[rows.start : rows.stop])
+            )
+        )
+        bar.update(len(rows))
+    if len(parts) <= 1:  # one batch, or none (the reader says what is wrong with an empty split)
+        return parts[0] if parts else reader.coarse(data.images, [], [])
+    landmarks = {v: np.concatenate([p[0][v] for p in parts]) for v in parts[0][0]}
+    return landmarks, np.concatenate([p[1] for p in parts])
+
+
+def refine_in_batches(
+    reader: LandmarkReader, fine: FineSet, points_orig: np.ndarray, bar: tqdm
+) -> tuple[np.ndarray, np.ndarray]:
+    """``reader.refine`` on ``fine``, ``refine_batch_size`` images at a time (the same patch
+    batches as on the whole split, so the same numbers), advancing ``bar`` by each chunk's images."""
+    step = max(1, reader.refine_batch_size)
+    if len(fine) <= step:
+        out = reader.refine(fine, points_orig)
+        bar.update(len(fine))
+        return out
+    points, conf = [], []
+    for start in range(0, len(fine), step):
+        rows = np.arange(start, min(start + step, len(fine)))
+        p, c = reader.refine(fine.subset(rows), points_orig[rows])
+        points.append(p)
+        conf.append(c)
+        bar.update(len(rows))
+    return np.concatenate(points), np.concatenate(conf)
 
 
 def make_evaluation(

@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from mahtnet.config import RobustnessParams
 from mahtnet.data.preprocess import prepare_images
@@ -100,27 +101,36 @@ def robustness(
     p: RobustnessParams,
     size: tuple[int, int],
     compare: Callable[[np.ndarray, np.ndarray], dict],
+    desc: str = "robustness",
 ) -> dict[str, Any]:
     """``score(prepared set) -> errors (N, K) mm`` on the clean and every perturbed test set;
     ``compare(clean errors, perturbed errors)``: the paired test. Returns the clean scores and,
-    per perturbation, one row per severity."""
-    clean = score(prepare_images([s.image_id for s in samples], images, [s.landmarks for s in samples],
-                                 [s.pixel_spacing_mm for s in samples], *size))  # fmt: skip
-    out: dict[str, Any] = {"clean": _row(clean), "perturbations": {}}
-    for name, levels in severities(p).items():
-        rows = []
-        for severity in levels:
-            errors = score(perturbed_set(samples, images, name, severity, size, p.seed))
-            test = compare(clean, errors)
-            rows.append(
-                {
-                    "severity": severity,
-                    **_row(errors),
-                    "mre_increase_mm": test["mre_diff"],
-                    "wilcoxon_p": test["wilcoxon"]["p_value"],
-                }
-            )
-        out["perturbations"][name] = {"meaning": PERTURBATIONS[name][1], "rows": rows}
+    per perturbation, one row per severity. On a terminal, a progress bar ``desc`` on stderr:
+    one step per scored set."""
+    levels_of = severities(p)
+    total = 1 + sum(len(levels) for levels in levels_of.values())
+    with tqdm(total=total, desc=desc, unit="set", disable=None) as bar:
+        bar.set_postfix_str("clean")
+        clean = score(prepare_images([s.image_id for s in samples], images, [s.landmarks for s in samples],
+                                     [s.pixel_spacing_mm for s in samples], *size))  # fmt: skip
+        bar.update()
+        out: dict[str, Any] = {"clean": _row(clean), "perturbations": {}}
+        for name, levels in levels_of.items():
+            rows = []
+            for severity in levels:
+                bar.set_postfix_str(f"{name} {severity:g}")
+                errors = score(perturbed_set(samples, images, name, severity, size, p.seed))
+                test = compare(clean, errors)
+                rows.append(
+                    {
+                        "severity": severity,
+                        **_row(errors),
+                        "mre_increase_mm": test["mre_diff"],
+                        "wilcoxon_p": test["wilcoxon"]["p_value"],
+                    }
+                )
+                bar.update()
+            out["perturbations"][name] = {"meaning": PERTURBATIONS[name][1], "rows": rows}
     return out
 
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from mahtnet.data.images import read_xray
 from mahtnet.decoding.recipe import ReaderSpec, load_reader
@@ -69,7 +70,17 @@ def fresh_process(onnx: Path, image: Path, out: Path, headline: list[str] = ()) 
     }
 
 
-def headline(args: argparse.Namespace, tmp: Path, name: str, ckpt: str, onnx: Path, refiner: str) -> dict:
+def step(bar: tqdm, what: str, measure, *args):
+    """``measure(*args)``, shown as ``what`` on the progress bar, which then moves one step."""
+    bar.set_postfix_str(what)
+    out = measure(*args)
+    bar.update()
+    return out
+
+
+def headline(
+    args: argparse.Namespace, tmp: Path, name: str, ckpt: str, onnx: Path, refiner: str, bar: tqdm
+) -> dict:
     """The shape + refiner path of one model on PyTorch and on onnxruntime (both ONNX files)."""
     refiner_onnx = export_refiner_onnx(refiner, tmp / f"refine_{name}.onnx")
 
@@ -88,11 +99,17 @@ def headline(args: argparse.Namespace, tmp: Path, name: str, ckpt: str, onnx: Pa
     options += ["--pixel-spacing", str(args.pixel_spacing)]
     row = {
         "refiner": relative_to_repo(refiner),
-        "headline_pytorch_ms": bench(Path(ckpt), Path(refiner), tmp / "hp.json"),
-        "headline_onnxruntime_ms": bench(onnx, refiner_onnx, tmp / "ho.json"),
-        "headline_onnx_fresh_process": fresh_process(onnx, args.image, tmp / "hfresh", options),
+        "headline_pytorch_ms": step(
+            bar, f"{name} headline PyTorch", bench, Path(ckpt), Path(refiner), tmp / "hp.json"
+        ),
+        "headline_onnxruntime_ms": step(
+            bar, f"{name} headline onnxruntime", bench, onnx, refiner_onnx, tmp / "ho.json"
+        ),
+        "headline_onnx_fresh_process": step(
+            bar, f"{name} headline fresh process", fresh_process, onnx, args.image, tmp / "hfresh", options
+        ),
     }
-    print(
+    tqdm.write(
         f"{name} shape + refiner: PyTorch {row['headline_pytorch_ms']:.1f} ms, "
         f"onnxruntime {row['headline_onnxruntime_ms']:.1f} ms per image"
     )
@@ -130,22 +147,36 @@ def main(argv: list[str] | None = None) -> None:
     def arg_max(model: Path) -> ReaderSpec:  # no shape prior, no refiner, no pixel spacing
         return ReaderSpec(model, device="cpu", threads=args.threads)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    models = [item.partition("=")[::2] for item in args.model]
+    steps = sum(3 + 3 * (name in refiners and args.shape_prior is not None) for name, _ in models)
+    bar = tqdm(total=steps, desc="benchmark", unit="step", disable=None)
+    with tempfile.TemporaryDirectory() as tmp, bar:
         tmp = Path(tmp)
-        for item in args.model:
-            name, _, ckpt = item.partition("=")
-            onnx = export_onnx(ckpt, tmp / f"{name}.onnx")
+        for name, ckpt in models:
+            onnx, pytorch = export_onnx(ckpt, tmp / f"{name}.onnx"), arg_max(Path(ckpt))
             row = {
                 "checkpoint": relative_to_repo(ckpt),
-                "pytorch_ms": end_to_end_ms(arg_max(Path(ckpt)), args.image, args.repeats, tmp / "p.json"),
-                "onnxruntime_ms": end_to_end_ms(arg_max(onnx), args.image, args.repeats, tmp / "o.json"),
-                "onnx_fresh_process": fresh_process(onnx, args.image, tmp / "fresh"),
+                "pytorch_ms": step(
+                    bar, f"{name} PyTorch", end_to_end_ms, pytorch, args.image, args.repeats, tmp / "p.json"
+                ),
+                "onnxruntime_ms": step(
+                    bar,
+                    f"{name} onnxruntime",
+                    end_to_end_ms,
+                    arg_max(onnx),
+                    args.image,
+                    args.repeats,
+                    tmp / "o.json",
+                ),
+                "onnx_fresh_process": step(
+                    bar, f"{name} fresh process", fresh_process, onnx, args.image, tmp / "fresh"
+                ),
             }
             row["onnx_vs_pytorch"] = row["onnxruntime_ms"] / row["pytorch_ms"]
             if name in refiners and args.shape_prior:
-                row.update(headline(args, tmp, name, ckpt, onnx, refiners[name]))
+                row.update(headline(args, tmp, name, ckpt, onnx, refiners[name], bar))
             section["models"][name] = row
-            print(
+            tqdm.write(
                 f"{name}: PyTorch {row['pytorch_ms']:.1f} ms, "
                 f"onnxruntime {row['onnxruntime_ms']:.1f} ms per image"
             )

@@ -23,7 +23,8 @@ shape_prior stage's model; used when ``evaluate.shape_decode``), then ``--refine
 train_refine checkpoint, on ``--fine`` images or, with ``--data-root``, images resampled
 here). ``evaluate.tta_shifts_px`` / ``tta_scales`` add test-time augmentation. Plots and the
 per-image CSVs (``compare``'s input) are of the test split; ``--sets-dir`` holds every set's
-predictions in every variant.
+predictions in every variant. On a terminal, progress bars on stderr (per set, and per
+image within one).
 """
 
 import argparse
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from mahtnet.analysis.evaluation import evaluate_variants, load_ensemble, write_csv
 from mahtnet.analysis.explain import attention_figures
@@ -223,9 +225,9 @@ def main(argv: list[str] | None = None) -> None:
     with start_run(params.tracking, f"evaluate:{args.out.stem}", logged) as run:
         e, t0, out, all_results = params.evaluate, time.perf_counter(), {}, {}
         readers = load_ensemble(reader_spec(args, params), args.checkpoint[1:], e.batch_size)
-        for name, (data, samples, fine) in sets.items():
+        for name, (data, samples, fine) in tqdm(sets.items(), desc="evaluate", unit="set", disable=None):
             fine_data = fine_set(readers[0].refiner, samples, fine)
-            results = evaluate_variants(readers, data, e.sdr_thresholds_mm, fine_data)
+            results = evaluate_variants(readers, data, e.sdr_thresholds_mm, fine_data, name)
             out[name], all_results[name] = set_block(results), results
             if args.sets_dir:
                 write_predictions(args.sets_dir, name, results)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from mahtnet.analysis.stats import compare_paired
 from mahtnet.data.preprocess import PreparedSet
@@ -79,17 +80,24 @@ def tradeoff(
 ) -> dict[str, dict]:
     """``{variant: row}``: the full model first, then its INT8 file, then each other checkpoint;
     every row but the first with ``mre_diff_mm`` and ``wilcoxon_p`` against the full model;
-    memory columns with ``peak_memory``."""
+    memory columns with ``peak_memory``. On a terminal, a progress bar on stderr: one step per
+    variant."""
     rows, errors = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, ckpt in [full, *models.items()]:
+    checkpoints = [full, *models.items()]
+    bar = tqdm(total=len(checkpoints) + (int8 is not None), desc="trade-off", unit="model", disable=None)
+    with tempfile.TemporaryDirectory() as tmp, bar:
+        for name, ckpt in checkpoints:
+            bar.set_postfix_str(name)
             onnx = export_onnx(ckpt, Path(tmp) / f"{name}.onnx")
             rows[name], errors[name] = variant_row(ckpt, onnx, data, thresholds, repeats, peak_memory)
             rows[name]["checkpoint_mb"] = ckpt.stat().st_size / 2**20
+            bar.update()
         if int8 is not None:
             key = f"{full[0]}_int8"
+            bar.set_postfix_str(key)
             rows[key], errors[key] = variant_row(None, int8, data, thresholds, repeats, peak_memory)
             rows[key]["parameters"] = rows[full[0]]["parameters"]
+            bar.update()
     for name in rows:
         if name != full[0]:
             test = compare_paired(errors[full[0]], errors[name], thresholds, n_boot=n_boot)

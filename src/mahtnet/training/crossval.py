@@ -10,11 +10,14 @@ touched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from mahtnet.analysis.evaluation import evaluate
 from mahtnet.analysis.stats import mean_sd
@@ -54,6 +57,47 @@ def summarize_folds(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]
     return out
 
 
+class _LinesAboveBar:
+    """``sys.stdout`` while ``bar`` shows on a terminal: each whole line printed goes above the
+    bar (cleared first, redrawn after), not through it; a partial line waits for its end."""
+
+    def __init__(self, stream, bar: tqdm):
+        self.stream, self.bar, self.partial = stream, bar, ""
+
+    def write(self, text: str) -> int:
+        lines, newline, self.partial = (self.partial + text).rpartition("\n")
+        if newline:
+            self.bar.clear()
+            self.stream.write(lines + newline)
+            self.stream.flush()
+            self.bar.refresh()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def lines_above(bar: tqdm):
+    """While ``bar`` (on stderr) shows, what the code inside prints on stdout (the trainer's
+    epoch lines) goes above the bar instead of through it; stdout itself is untouched when
+    the bar is disabled (not a terminal)."""
+    if bar.disable:
+        yield
+        return
+    real = sys.stdout
+    sys.stdout = above = _LinesAboveBar(real, bar)
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        if above.partial:
+            real.write(above.partial)
+
+
 def run_fold(params: Params, model: str, train_set, val_set, test_set, work: Path) -> dict[str, float]:
     """Train ``model`` on one fold (its stages chained) and evaluate on the held-out images."""
     init = None
@@ -74,20 +118,25 @@ def run_fold(params: Params, model: str, train_set, val_set, test_set, work: Pat
 
 
 def crossvalidate(params: Params, training: PreparedSet, work: Path) -> dict:
-    """Cross-validate every model of ``params.crossval.models``; per-fold results and summary."""
+    """Cross-validate every model of ``params.crossval.models``; per-fold results and summary.
+    On a terminal, a progress bar on stderr: one step per model and fold."""
     cv = params.crossval
     folds = fold_indices(len(training), cv.folds, params.seed)
     out: dict = {"folds": cv.folds, "images": len(training), "models": {}}
-    for model in cv.models:
-        rows = []
-        for k, held in enumerate(folds):
-            t0 = time.perf_counter()
-            rest = np.setdiff1d(np.arange(len(training)), held)
-            tr, va = split_train_val(len(rest), params.data.val_fraction, params.seed)
-            fold = (training.subset(rest[tr]), training.subset(rest[va]), training.subset(held))
-            summary = run_fold(params, model, *fold, work / f"fold{k}" / model)
-            summary["seconds"] = time.perf_counter() - t0
-            rows.append(summary)
-            print(f"crossval {model} fold {k + 1}/{cv.folds}: MRE {summary['mre_mm']:.3f} mm", flush=True)
-        out["models"][model] = {"summary": summarize_folds(rows), "per_fold": rows}
+    bar = tqdm(total=len(cv.models) * cv.folds, desc="crossval", unit="fold", disable=None)
+    with bar, lines_above(bar):
+        for model in cv.models:
+            rows = []
+            for k, held in enumerate(folds):
+                bar.set_postfix_str(f"{model} fold {k + 1}/{cv.folds}")
+                t0 = time.perf_counter()
+                rest = np.setdiff1d(np.arange(len(training)), held)
+                tr, va = split_train_val(len(rest), params.data.val_fraction, params.seed)
+                fold = (training.subset(rest[tr]), training.subset(rest[va]), training.subset(held))
+                summary = run_fold(params, model, *fold, work / f"fold{k}" / model)
+                summary["seconds"] = time.perf_counter() - t0
+                rows.append(summary)
+                print(f"crossval {model} fold {k + 1}/{cv.folds}: MRE {summary['mre_mm']:.3f} mm", flush=True)
+                bar.update()
+            out["models"][model] = {"summary": summarize_folds(rows), "per_fold": rows}
     return out

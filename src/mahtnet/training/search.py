@@ -16,6 +16,7 @@ validation MRE feeds the pruner, which stops trials that lag. The test split is 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mahtnet.config import (
     Params,
@@ -240,8 +243,13 @@ def counted(study) -> int:
 
 def run_worker(study, objective: Callable, trials: int) -> int:
     """Run trials of ``study`` until it holds ``trials`` complete + pruned ones (all workers
-    together; each running worker may finish one more). Returns the trials this worker ran."""
+    together; each running worker may finish one more). Returns the trials this worker ran.
+    On a terminal, a progress bar on stderr: the study's complete + pruned trials (every
+    worker's), updated as each of this worker's trials ends (Optuna's own bar shows even
+    when stderr is not a terminal)."""
     from optuna.study import MaxTrialsCallback
+
+    from mahtnet.training.crossval import lines_above
 
     states = counted_states()
     ran = []
@@ -250,14 +258,30 @@ def run_worker(study, objective: Callable, trials: int) -> int:
         ran.append(trial.number)
         return objective(trial)
 
-    if counted(study) < trials:
-        study.optimize(
-            run,
-            n_trials=trials,
-            callbacks=[MaxTrialsCallback(trials, states=states)],
-            catch=(ParamsError, ValueError),  # an impossible combination fails; the study goes on
-            gc_after_trial=True,
+    done = counted(study)
+    if done < trials:
+        bar = tqdm(total=trials, initial=done, desc=f"search {study.study_name}", unit="trial", disable=None)
+
+        def progress(study, trial) -> None:
+            if bar.disable:
+                return
+            value = "" if trial.value is None else f" {trial.value:.3f} mm"
+            bar.set_postfix_str(f"trial {trial.number} {trial.state.name.lower()}{value}", refresh=False)
+            bar.n = min(counted(study), trials)
+            bar.refresh()
+
+        # Optuna's log lines (stderr) and the trainer's (stdout) above the bar, not through it
+        logs = (
+            contextlib.nullcontext() if bar.disable else logging_redirect_tqdm([logging.getLogger("optuna")])
         )
+        with bar, lines_above(bar), logs:
+            study.optimize(
+                run,
+                n_trials=trials,
+                callbacks=[MaxTrialsCallback(trials, states=states), progress],
+                catch=(ParamsError, ValueError),  # an impossible combination fails; the study goes on
+                gc_after_trial=True,
+            )
     return len(ran)
 
 
