@@ -140,7 +140,9 @@ def main() -> None:
         return
     doc = study(zero_shot, args.root, int(card["training"]["seed"]), draws=args.draws, seed=args.seed)
     write_json(args.json, doc)
-    atomic_write(args.out, lambda tmp: tmp.write_text(markdown(doc)))
+    pilot_path = REPO / "docs/adaptation/finetune_pilot.json"
+    pilot = json.loads(pilot_path.read_text()) if pilot_path.is_file() else None
+    atomic_write(args.out, lambda tmp: tmp.write_text(markdown(doc, pilot)))
     figure(doc, args.figure)
     if args.readme is not None:
         update_readme(args.readme, readme_table(doc))

@@ -198,7 +198,35 @@ def _fmt(v: dict, digits: int = 3) -> str:
     return f"{v['mean']:.{digits}f} ± {v['sd']:.{digits}f}"
 
 
-def markdown(doc: dict) -> str:
+def pilot_section(pilot: dict | None) -> list[str]:
+    """The fine-tuning pilot (``scripts/adapt_finetune_pilot.py``,
+    ``docs/adaptation/finetune_pilot.json``) beside the offsets on the same draws."""
+    if pilot is None:
+        return []
+    chosen = pilot["chosen"]["setting"]
+    lines = [
+        "## Fine-tuning the refiner (pilot)",
+        "",
+        f"`python scripts/adapt_finetune_pilot.py` (every figure: `docs/adaptation/finetune_pilot.json`): "
+        f"the released refiner fine-tuned on the k images' patches with augmentation, setting `{chosen}` "
+        f"chosen on {pilot['chosen']['on']} only ({pilot['chosen']['by']}); the study's own draws, "
+        f"only the first few per target and k. Scope: {pilot['scope']}.",
+        "",
+        "| target | k | draws | zero-shot | mean | shrunk | fine-tuned | fine-tuned + shrunk "
+        "| fine-tuned - shrunk | seconds per adaptation |",
+        "|" + " --- |" * 10,
+    ]
+    for target_name, per_k in pilot["table"][chosen].items():
+        for k, t in sorted(per_k.items(), key=lambda kv: int(kv[0])):
+            cells = [target_name, k, str(len(t["draws"]))]
+            cells += [_fmt(t[m]) for m in ("zero_shot", "mean", "shrunk", "finetuned", "finetuned+shrunk")]
+            cells += [_fmt(t["finetuned_minus_shrunk"]), _fmt(t["finetune_seconds"], 0)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def markdown(doc: dict, pilot: dict | None = None) -> str:
     default = doc["default"]["method"]
     lines = [
         "# Adaptation study: a clinic's corrections, few-shot",
@@ -268,7 +296,7 @@ def markdown(doc: dict) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join([*lines, *pilot_section(pilot)])
 
 
 README_START = "<!-- adaptation table: written by scripts/adaptation_study.py run -->"
