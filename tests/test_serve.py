@@ -426,7 +426,7 @@ class SlowModel:
         self.delay, self.tag = delay, tag
         self.card = type("Card", (), {"sha256": "0" * 64})()
 
-    def predict_upload(self, data, kind, label, max_pixels, overlay, image):
+    def predict_upload(self, data, kind, label, max_pixels, overlay, image, force=False):
         if label == "slow.png":
             time.sleep(self.delay)
         return {"image": label} if self.tag is None else {"image": label, "by": self.tag}

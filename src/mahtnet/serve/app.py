@@ -1,11 +1,12 @@
 """The FastAPI application of ``mahtnet serve`` (endpoints: docs/serve.md).
 
 Every refused request gets a 4xx (503 busy, 504 timed out) with a one-line JSON body
-``{"error": "<reason naming the culprit>"}``; an unexpected failure a 500 with the same kind
-of body and no traceback (the traceback goes to the server's log). The service keeps no state
-but the model it serves (switched by ``POST /model/use``): the review page's corrections are files
-next to the images of ``--review-dir``, and the models adapted to them (``POST /review/adapt``)
-new folders of ``--models-dir``.
+``{"error": "<reason naming the culprit>"}`` (an image its verdict refuses: a 422 whose body
+also holds the verdict, :func:`mahtnet.serve.service.refusal`); an unexpected failure a 500
+with the same kind of body and no traceback (the traceback goes to the server's log). The
+service keeps no state but the model it serves (switched by ``POST /model/use``): the review
+page's corrections are files next to the images of ``--review-dir``, and the models adapted to
+them (``POST /review/adapt``) new folders of ``--models-dir``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mahtnet.serve.review import (
     correction_csv,
     correction_document,
     isbi_txt,
+    refused,
     relative,
     save_correction,
 )
@@ -179,9 +181,8 @@ def create_app(
             reason = f"{where}: method not allowed (see /docs)"
         else:
             reason = str(exc.detail)
-        return JSONResponse(
-            {"error": one_line(reason)}, exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        body = {"error": one_line(reason), **getattr(exc, "extra", {})}
+        return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -265,14 +266,22 @@ def create_app(
             False, description="add `image_png`: the 8-bit image the network read (base64 PNG)"
         ),
         name: str | None = Query(None, max_length=1000, description="the file name reported as `image`"),
+        force: bool = Query(
+            False,
+            description="read an image the verdict refuses (rotated, not a lateral cephalogram, too small) "
+            "anyway: a 200 marked `forced`, the verdict kept",
+        ),
     ) -> dict[str, Any]:
         """The image file's bytes as the raw request body, with its Content-Type (image/jpeg,
-        image/png, image/tiff, image/bmp, application/dicom, or application/octet-stream)."""
+        image/png, image/tiff, image/bmp, application/dicom, or application/octet-stream).
+        An image the verdict refuses is a 422 whose body has the one-line `error`, the
+        `verdict`, `verdict_reason`, `image` and no landmarks (`force=true` reads it anyway)."""
         data = await read_body(request, limits.max_upload_bytes)
         kind = upload_kind(data, request.headers.get("content-type"), name or "body")
         label = safe_label(name, kind)
         m = models.current
-        return await pool.run(label, m.predict_upload, data, kind, label, limits.max_pixels, overlay, image)
+        args = (data, kind, label, limits.max_pixels, overlay, image, force)
+        return await pool.run(label, m.predict_upload, *args)
 
     @app.post("/measurements", summary="The ISBI task-2 measurements of 19 landmarks")
     def measurements(body: LandmarksIn) -> dict[str, Any]:
@@ -351,16 +360,27 @@ def create_app(
         )
 
     @app.get("/review/item", summary="One image of --review-dir: its prediction and correction")
-    async def review_item(id: str = Query(..., max_length=4000)) -> dict[str, Any]:
+    async def review_item(
+        id: str = Query(..., max_length=4000),
+        force: bool = Query(False, description="read an image the verdict refuses anyway (marked `forced`)"),
+    ) -> dict[str, Any]:
+        """An image the verdict refuses is answered too (200): its prediction has the verdict
+        and no landmarks, unless ``force``."""
         rd = review_dir()
         path = review_image(id)
         m = models.current
         # mahtnet predict's file is the start's model's: another served model predicts now
         prediction = rd.prediction(path) if m.served_name == models.startup_name else None
+        if force and prediction is not None and refused(prediction):
+            prediction = None  # the file holds the refusal: read it anyway, now
         source = "file" if prediction is not None else "model"
         if prediction is None:  # predicted now, not saved (the service writes corrections only)
             prediction = await pool.run(
-                id, m.guarded, path, id, lambda: m.predict_file(path, id, limits.max_pixels)
+                id,
+                m.guarded,
+                path,
+                id,
+                lambda: m.predict_file(path, id, limits.max_pixels, force=force, refuse=False),
             )
         from mahtnet.serve.review import correction_paths, load_correction
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mahtnet.data.images import XRAY_SUFFIXES, DataError
+from mahtnet.decoding.trust import REFUSED
 from mahtnet.io import write_text
 from mahtnet.landmarks import LANDMARK_NAMES, NUM_LANDMARKS
 from mahtnet.predict.result import measurement_report
@@ -70,6 +71,11 @@ def as_points(points: Any, what: str) -> np.ndarray:
     if bad.size:
         raise ValueError(f"{what}[{bad[0]}] ({LANDMARK_NAMES[bad[0]]}): not a finite number")
     return arr
+
+
+def refused(doc: dict[str, Any]) -> bool:
+    """Whether a prediction document is an image its verdict refused (no landmarks; not forced)."""
+    return doc.get("verdict") in REFUSED and not doc.get("forced") and not doc.get("landmarks")
 
 
 def _finite(value: float) -> float | None:
@@ -229,13 +235,15 @@ class ReviewDir:
         return (self.predictions or image.parent) / f"{image.stem}.json"
 
     def prediction(self, image: Path) -> dict[str, Any] | None:
-        """The saved prediction of ``image``, or None (none, unreadable, or made for another file)."""
+        """The saved prediction of ``image``, or None (none, unreadable, or made for another file);
+        a refused image's (its verdict and no landmarks) included."""
         path = self.prediction_path(image)
         if not path.is_file():
             return None
         try:
             doc = json.loads(path.read_text())
-            as_points([[r["x_px"], r["y_px"]] for r in doc["landmarks"]], "landmarks")
+            if not (isinstance(doc, dict) and refused(doc)):
+                as_points([[r["x_px"], r["y_px"]] for r in doc["landmarks"]], "landmarks")
         except (ValueError, KeyError, TypeError):
             return None
         if Path(str(doc.get("image", ""))).name != image.name:

@@ -10,6 +10,11 @@ for the same file and model (only ``image`` differs: the upload's name instead o
 An upload is written to a private temporary folder (deleted after the request) and read by
 :func:`mahtnet.data.images.read_xray`, the reader of ``mahtnet predict``; before that, its
 header gives the size, and an image over ``max_pixels`` is refused without being decoded.
+
+With the model card's ``trust`` block (:func:`mahtnet.decoding.recipe.load_trust`), every image
+gets ``mahtnet predict``'s verdict first: one the verdict refuses (rotated, not a lateral
+cephalogram, too small) is a 422 whose body is the refused document (the verdict and no
+landmarks) with the one-line ``error``, unless it is read anyway (``force``: marked ``forced``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from fastapi import HTTPException
 
 from mahtnet.analysis import clinical
 from mahtnet.data.images import DataError, image_size, read_xray
-from mahtnet.decoding.recipe import CARD_NAME, DECODING_NAMES, FILE_FIELDS, ReaderSpec, load_reader, read_card
+from mahtnet.decoding.recipe import (
+    CARD_NAME,
+    DECODING_NAMES,
+    FILE_FIELDS,
+    ReaderSpec,
+    load_reader,
+    load_trust,
+    read_card,
+)
 from mahtnet.predict.result import LOW_CONFIDENCE, measurement_report, predict_xrays, to_json
 
 # The request body's format, from its first bytes (DICOM: "DICM" after a 128-byte preamble).
@@ -61,10 +74,25 @@ FORMATS = "JPEG, PNG, BMP, TIFF or DICOM"
 
 class RequestError(HTTPException):
     """A request the service refuses: ``status`` 4xx (5xx: busy or timed out) and a one-line
-    reason that names the culprit (the upload, the parameter, the limit)."""
+    reason that names the culprit (the upload, the parameter, the limit); ``extra``: more fields
+    of the error's JSON body, after ``error`` (e.g. a refused image's verdict)."""
 
-    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(status_code=status, detail=one_line(reason), headers=headers)
+        self.extra = {k: v for k, v in (extra or {}).items() if k != "error"}
+
+
+def refusal(doc: dict[str, Any], label: str) -> RequestError:
+    """The 422 of an image its verdict refuses: ``<label>: refused: <verdict>: <reason>``, the
+    body the refused document (``verdict``, ``verdict_reason``, ``image``, no landmarks)."""
+    reason = f"{label}: refused: {doc['verdict']}: {doc['verdict_reason']} (force=true reads it anyway)"
+    return RequestError(422, reason, extra=doc)
 
 
 def one_line(text: str) -> str:
@@ -178,6 +206,7 @@ class Model:
     def __init__(self, spec: ReaderSpec):
         self.spec = spec
         self.reader = load_reader(spec, warn=True)
+        self.trust = load_trust(spec)  # None: no trust block, every verdict "unchecked"
         self.card = self.reader.backend.card
         self.served_name: str | None = None  # its name among the server's models (Models)
         self.pixel_spacing = spec.pixel_spacing_mm
@@ -202,11 +231,20 @@ class Model:
         }
 
     def predict_file(
-        self, path: Path, label: str, max_pixels: int, overlay: bool = False, image: bool = False
+        self,
+        path: Path,
+        label: str,
+        max_pixels: int,
+        overlay: bool = False,
+        image: bool = False,
+        force: bool = False,
+        refuse: bool = True,
     ) -> dict[str, Any]:
         """``mahtnet predict``'s document for one file, ``image`` set to ``label``; with
         ``overlay`` its picture (``overlay_png``), with ``image`` the 8-bit image the network
-        read (``image_png``), both base64 PNG."""
+        read (``image_png``), both base64 PNG. An image the verdict refuses (not ``force``d) is
+        a 422 with the refused document as its body (:func:`refusal`; ``image_png`` included
+        when asked), or with ``refuse=False`` that document itself."""
         width, height = image_size(path)  # the header only: refuse a huge image undecoded
         if width * height > max_pixels:
             raise RequestError(
@@ -215,27 +253,39 @@ class Model:
                 f"of {max_pixels}",
             )
         xray = dataclasses.replace(read_xray(path), path=Path(label))
-        pred = predict_xrays(self.reader, [xray], self.pixel_spacing)[0]
+        pred = predict_xrays(self.reader, [xray], self.pixel_spacing, self.trust, force)[0]
         doc = to_json(pred, self.card)
+        if image:
+            doc["image_png"] = png_base64(xray.pixels)
+        if pred.refused:
+            if refuse:
+                raise refusal(json_safe(doc), label)
+            return json_safe(doc)
         if overlay:
             from mahtnet.predict.overlay import draw_overlay
 
             pic = draw_overlay(xray.pixels, pred.landmarks, self.card.landmark_names, pred.confidence)
             doc["overlay_png"] = png_base64(pic)
-        if image:
-            doc["image_png"] = png_base64(xray.pixels)
         return json_safe(doc)
 
     def predict_upload(
-        self, data: bytes, kind: str, label: str, max_pixels: int, overlay: bool, image: bool
+        self,
+        data: bytes,
+        kind: str,
+        label: str,
+        max_pixels: int,
+        overlay: bool,
+        image: bool,
+        force: bool = False,
     ) -> dict[str, Any]:
         """:meth:`predict_file` on the bytes of an upload (a temporary file, deleted after);
-        an image that cannot be read or predicted is a 422 naming ``label``."""
+        an image that cannot be read or predicted, or that its verdict refuses, is a 422 naming
+        ``label``."""
         with tempfile.TemporaryDirectory(prefix="mahtnet-serve-") as tmp:
             path = Path(tmp) / f"upload{SUFFIX[kind]}"
             path.write_bytes(data)
             return self.guarded(
-                path, label, lambda: self.predict_file(path, label, max_pixels, overlay, image)
+                path, label, lambda: self.predict_file(path, label, max_pixels, overlay, image, force)
             )
 
     @staticmethod
