@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, tiny_unet_checkpoint
+from conftest import ISBI_ROOT, REPO, tiny_unet_checkpoint
 from test_serve import ENV, call, mahtnet, post_json, serving
 
 from mahtnet.data.synthetic import generate_sample
@@ -211,7 +211,9 @@ def test_upload_from_the_browser(browser, server, setup):
 @pytest.fixture(scope="module")
 def release_review(tmp_path_factory):
     """The released model serving a review folder of two synthetic X-rays, each with a correction
-    saved at its true landmarks (through the API, as the page saves it)."""
+    saved at its true landmarks (through the API, as the page saves it). The release's verdict
+    refuses them (no skull it knows): they are read anyway (``force=true``), as "Read anyway"
+    does on the page."""
     root = tmp_path_factory.mktemp("release-review")
     review = root / "xrays"
     review.mkdir()
@@ -222,7 +224,8 @@ def release_review(tmp_path_factory):
     options = ["--pixel-spacing", SPACING_MM, "--review-dir", review]
     with serving(root / "serve.log", None, *options) as s:
         for name, truth in truths.items():
-            item = call(s["port"], "GET", f"/review/item?id={name}").json()
+            item = call(s["port"], "GET", f"/review/item?id={name}&force=true").json()
+            assert item["prediction"]["forced"], item["prediction"]["verdict"]
             predicted = [[r["x_px"], r["y_px"]] for r in item["prediction"]["landmarks"]]
             body = {"landmarks": truth.tolist(), "predicted": predicted, "pixel_spacing_mm": SPACING_MM}
             r = post_json(s["port"], f"/review/correction?id={name}", body)
@@ -254,6 +257,11 @@ def test_model_panel_adapt_and_use(browser, release_review):
 
     page.click("#items button[data-id='b.png']")
     page.wait_for_selector("body[data-state=ready]")
+    assert page.locator("#verdict.refused").is_visible()  # a synthetic X-ray: refused, no landmarks
+    assert page.locator("#canvas .lm").count() == 0
+    page.click("#read-anyway")
+    page.wait_for_selector("#verdict.forced[data-forced='1']")
+    page.wait_for_selector("body[data-state=ready]")
     assert "decoding refined" in text(page, "#image-info")
 
     assert text(page, "#adapt") == "Adapt to my 2 corrections"
@@ -272,6 +280,88 @@ def test_model_panel_adapt_and_use(browser, release_review):
     assert "adapted: k=2 corrections, method" in text(page, "#model-serving")
     assert "adapted, k=2" in text(page, "#model-info")
     page.wait_for_function("document.getElementById('image-info').textContent.includes('decoding adapted')")
+    assert page.locator("#verdict.forced").is_visible()  # read anyway again: the page remembers it
     assert page.locator("#use-model").is_disabled()  # the selected model is the served one
     assert {p.name: p.read_bytes() for p in review.glob("*.corrected.*")} == corrections
+    assert errors == []
+
+
+# ----- the image verdict: the banner and the check-first list ----------------------------------
+
+GOOD = ISBI_ROOT / "RawImage" / "TrainingData" / "005.jpg"  # ok, two landmarks to check first
+
+
+@pytest.fixture(scope="module")
+def trust_review(tmp_path_factory):
+    """The released model, ``--pixel-spacing 0.1``, on a review folder of one ISBI X-ray and one
+    image of uniform noise."""
+    if not GOOD.is_file():
+        pytest.skip(f"ISBI 2015 data not present at {ISBI_ROOT}")
+    root = tmp_path_factory.mktemp("trust-review")
+    review = root / "xrays"
+    review.mkdir()
+    shutil.copy(GOOD, review / "good.jpg")
+    noise = np.random.default_rng(0).integers(0, 256, (2400, 1935), dtype=np.uint8)
+    cv2.imwrite(str(review / "noise.png"), noise)
+    cv2.imwrite(str(root / "tiny.png"), np.full((8, 8), 128, np.uint8))
+    with serving(root / "serve.log", None, "--pixel-spacing", "0.1", "--review-dir", review) as s:
+        yield {**s, "review": review, "tiny": root / "tiny.png"}
+
+
+def test_verdict_banner_and_check_first(browser, trust_review):
+    """The noise item: the refused banner, no landmarks, no measurements, and "Read anyway"
+    reads it marked forced; the ISBI item: no banner, the check-first list in the JSON's order
+    with each bound, a click selects the landmark; an 8x8 upload: refused (the 422's verdict)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{trust_review['url']}/review")
+    page.wait_for_selector("body[data-state=idle]")
+    banner = page.locator("#verdict")
+    assert banner.is_hidden()
+
+    page.click("#items button[data-id='noise.png']")
+    page.wait_for_selector("body[data-state=ready]")
+    assert banner.is_visible() and "refused" in banner.get_attribute("class")
+    assert banner.get_attribute("data-verdict") == "not_a_lateral_cephalogram"
+    assert text(page, "#verdict-text").startswith("Refused — not a lateral cephalogram: nothing fits a skull")
+    assert page.locator("#canvas .lm").count() == 0 and page.locator("#landmarks tbody tr").count() == 0
+    assert page.locator("#measurements tbody tr").count() == 0
+    assert page.locator("#check-first-box").is_hidden() and page.locator("#export-json").is_disabled()
+    page.click("#read-anyway")
+    page.wait_for_selector("#verdict[data-forced='1']")
+    page.wait_for_selector("body[data-state=ready]")
+    assert "forced" in banner.get_attribute("class") and text(page, "#verdict-text").startswith("Forced")
+    assert page.locator("#read-anyway").is_hidden()
+    assert page.locator("#canvas .lm").count() == K
+    page.wait_for_function("document.querySelectorAll('#measurements tbody tr').length === 8")
+
+    expected = call(trust_review["port"], "GET", "/review/item?id=good.jpg").json()["prediction"]
+    assert expected["verdict"] == "ok" and expected["check_first"]
+    page.click("#items button[data-id='good.jpg']")
+    page.wait_for_selector("#verdict[data-verdict='ok'][hidden]", state="attached")  # no banner
+    page.wait_for_selector("body[data-state=ready]")
+    assert page.locator("#canvas .lm").count() == K
+    items = page.locator("#check-first button")
+    assert [items.nth(i).get_attribute("data-name") for i in range(items.count())] == expected["check_first"]
+    rows = {r["name"]: r for r in expected["landmarks"]}
+    for i, name in enumerate(expected["check_first"]):
+        bound = rows[name]["error_bound_mm"]
+        assert text(page, f"#check-first li:nth-child({i + 1}) button") == (
+            f"{name.replace('_', ' ')} ±{bound:.1f} mm (90 %)"
+        )
+    first = expected["check_first"][0]
+    k = LANDMARK_NAMES.index(first)
+    assert text(page, f"#lm-row-{k} .bound") == f"±{rows[first]['error_bound_mm']:.1f}"
+    assert "flag" in page.locator(f"#lm-row-{k}").get_attribute("class")
+    items.first.click()
+    assert "selected" in page.locator(f"#lm-row-{k}").get_attribute("class")
+    assert "selected" in page.locator(f"#canvas .lm[data-index='{k}']").get_attribute("class")
+
+    page.set_input_files("#upload", str(trust_review["tiny"]))
+    page.wait_for_selector("#verdict[data-verdict='too_small']")
+    page.wait_for_selector("body[data-state=ready]")
+    assert text(page, "#verdict-text").startswith("Refused — too small: 8x8 px")
+    assert page.locator("#read-anyway").is_visible() and page.locator("#canvas .lm").count() == 0
+    assert text(page, "#status") == "tiny.png: refused (too small), no landmarks"
     assert errors == []

@@ -24,7 +24,22 @@ const S = {
   decoding: null,
   predictedMeasurements: {},
   selected: -1,
+  verdict: "unchecked", // the image's verdict (unchecked: the model has no trust block)
+  verdictReason: null,
+  forced: false, // a refused image read anyway
+  refused: false, // refused and not forced: no landmarks
+  bounds: [], // per landmark the error bound (mm) or null
+  flags: [], // per landmark: to check first
+  checkFirst: null, // the names to check first, least confident first (null: not known)
+  coverage: null, // the bound's coverage (0.9)
 };
+const REFUSED = ["rotated", "not_a_lateral_cephalogram", "too_small"];
+const VERDICT_NAMES = {
+  mirrored: "mirrored", rotated: "rotated", not_a_lateral_cephalogram: "not a lateral cephalogram",
+  too_small: "too small",
+};
+const forcedItems = new Set(); // review items read anyway ("Read anyway"), kept when reopened
+let uploadForced = false; // the last upload was read anyway
 const MODEL = { lines: [], threshold: 0.4, names: [], measurements: [], serving: null };
 let lastUpload = null; // the uploaded file, predicted again when the served model changes
 const ADAPT_TITLE = $("adapt").title;
@@ -49,10 +64,15 @@ async function api(method, url, body, headers) {
   const response = await fetch(url, init);
   if (!response.ok) {
     let reason = `${response.status} ${response.statusText}`;
+    let body = null;
     try {
-      reason = (await response.json()).error || reason;
+      body = await response.json();
+      reason = body.error || reason;
     } catch (_) { /* not JSON */ }
-    throw new Error(reason);
+    const err = new Error(reason);
+    err.status = response.status;
+    err.body = body; // e.g. a refused image's verdict
+    throw err;
   }
   return response;
 }
@@ -162,41 +182,123 @@ async function loadItems() {
   }
 }
 
-async function openItem(id) {
-  status(`opening ${id}…`);
+async function openItem(id, force) {
+  if (force) forcedItems.add(id);
+  const forced = forcedItems.has(id);
+  status(`${forced ? "reading anyway" : "opening"} ${id}…`);
   try {
-    const doc = await (await api("GET", `/review/item?id=${encodeURIComponent(id)}`)).json();
-    setDocument(doc.prediction, doc.correction);
+    const query = `id=${encodeURIComponent(id)}${forced ? "&force=true" : ""}`;
+    const doc = await (await api("GET", `/review/item?${query}`)).json();
+    const refused = isRefused(doc.prediction);
+    setDocument(doc.prediction, refused ? null : doc.correction);
     S.mode = "item";
     S.id = id;
     await showImage(`/review/image?id=${encodeURIComponent(id)}`);
-    status(
-      `${id}: ${doc.correction ? "your saved correction" : "the model's prediction"} ` +
-      `(prediction ${doc.prediction_source === "file" ? "from " + doc.prediction_file : "made now"})`
-    );
+    const source = `prediction ${doc.prediction_source === "file" ? "from " + doc.prediction_file : "made now"}`;
+    status(refused
+      ? `${id}: refused (${VERDICT_NAMES[S.verdict]}), no landmarks (${source})` +
+        (doc.correction ? "; a correction is saved: Read anyway to see it" : "")
+      : `${id}: ${doc.correction ? "your saved correction" : "the model's prediction"} (${source})`);
     await loadItems();
   } catch (err) {
     status(err.message, true);
+    $("read-anyway").disabled = false;
   }
 }
 
-async function openUpload(file) {
-  status(`predicting ${file.name}…`);
+async function openUpload(file, force) {
+  if (file !== lastUpload) uploadForced = false;
+  if (force) uploadForced = true;
+  status(`${uploadForced ? "reading anyway" : "predicting"} ${file.name}…`);
   try {
-    const url = `/predict?image=true&name=${encodeURIComponent(file.name)}`;
-    const doc = await (await api("POST", url, file, { "Content-Type": contentType(file) })).json();
+    const url = `/predict?image=true&name=${encodeURIComponent(file.name)}${uploadForced ? "&force=true" : ""}`;
+    let doc;
+    try {
+      doc = await (await api("POST", url, file, { "Content-Type": contentType(file) })).json();
+    } catch (err) { // a refused image: a 422 with its verdict (and the image asked for)
+      if (!(err.body && err.body.verdict && err.body.image_png)) throw err;
+      doc = err.body;
+    }
     const png = doc.image_png;
     delete doc.image_png;
+    delete doc.error;
     setDocument(doc, null);
     S.mode = "upload";
     S.id = null;
     lastUpload = file;
     await showImage(`data:image/png;base64,${png}`);
-    status(`${file.name}: predicted (uploads can be exported; saving needs --review-dir)`);
+    status(S.refused
+      ? `${file.name}: refused (${VERDICT_NAMES[S.verdict]}), no landmarks`
+      : `${file.name}: predicted (uploads can be exported; saving needs --review-dir)`);
     await loadItems();
   } catch (err) {
     status(err.message, true);
+    $("read-anyway").disabled = false;
   }
+}
+
+function isRefused(prediction) {
+  return REFUSED.includes(prediction.verdict) && !prediction.forced;
+}
+
+function showVerdict() {
+  const box = $("verdict");
+  box.dataset.verdict = S.verdict;
+  box.dataset.forced = S.forced ? "1" : "0";
+  box.hidden = S.verdict === "ok" || S.verdict === "unchecked";
+  box.className = `banner ${S.refused ? "refused" : S.forced ? "forced" : "info"}`;
+  const what = VERDICT_NAMES[S.verdict] || S.verdict;
+  const why = S.verdictReason ? `: ${S.verdictReason}` : "";
+  let text = "";
+  if (S.refused) {
+    text = `Refused — ${what}${why}. No landmarks and no measurements: the model does not read this ` +
+      "image the way it read its training images.";
+  } else if (S.forced) {
+    text = `Forced — read anyway although refused as ${what}${why}. Any landmark may be wrong: check them all.`;
+  } else if (S.verdict === "mirrored") {
+    text = `Mirrored — ${S.verdictReason || "read mirrored, points mapped back"}. ` +
+      "The landmarks are in this image's own coordinates.";
+  } else {
+    text = `Verdict: ${what}${why}.`;
+  }
+  $("verdict-text").textContent = text;
+  $("read-anyway").hidden = !S.refused;
+  $("read-anyway").disabled = false;
+}
+
+function boundText(k) {
+  const b = S.bounds[k];
+  if (b === null || b === undefined) return "";
+  return `±${b.toFixed(1)} mm` + (S.coverage === null ? "" : ` (${Math.round(100 * S.coverage)} %)`);
+}
+
+function showCheckFirst() {
+  const box = $("check-first-box");
+  const list = $("check-first");
+  list.replaceChildren();
+  box.hidden = S.refused || S.checkFirst === null;
+  if (box.hidden) return;
+  for (const name of S.checkFirst) {
+    const k = S.names.indexOf(name);
+    if (k < 0) continue;
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.index = k;
+    b.dataset.name = name;
+    b.textContent = `${name.replaceAll("_", " ")} ${boundText(k)}`.trim();
+    b.title = "select it (then drag it, or move it with the arrow keys)";
+    b.addEventListener("click", () => {
+      select(k);
+      $(`lm-row-${k}`)?.scrollIntoView({ block: "nearest" });
+    });
+    li.append(b);
+    list.append(li);
+  }
+  $("check-first-note").textContent = (S.checkFirst.length
+    ? "Flagged by the model (least confident first): check these before the others."
+    : "No landmark flagged: none looks less certain than the validation images' usual readings.") +
+    (S.forced ? " Read anyway: the bounds, fitted on images the model accepts, do not hold here." : "");
 }
 
 function setDocument(prediction, correction) {
@@ -212,11 +314,23 @@ function setDocument(prediction, correction) {
   S.points = (correction ? correction.landmarks : S.predicted).map((p) => p.slice());
   S.model = prediction.model;
   S.decoding = prediction.decoding;
-  S.predictedMeasurements = prediction.measurements;
+  S.predictedMeasurements = prediction.measurements || {};
   S.selected = -1;
+  S.verdict = prediction.verdict || "unchecked";
+  S.verdictReason = prediction.verdict_reason || null;
+  S.forced = Boolean(prediction.forced);
+  S.refused = isRefused(prediction);
+  S.bounds = prediction.landmarks.map((r) => (r.error_bound_mm === undefined ? null : r.error_bound_mm));
+  S.flags = prediction.landmarks.map((r) => Boolean(r.check_first));
+  S.checkFirst = Array.isArray(prediction.check_first) ? prediction.check_first : null;
+  S.coverage = prediction.error_bound_coverage === undefined ? null : prediction.error_bound_coverage;
   const spacing = S.spacing === null ? "unknown pixel spacing (mm and MW not shown)"
     : `${S.spacing} mm/px (${S.spacingSource})`;
-  $("image-info").textContent = `${S.name}: ${S.width}×${S.height} px, ${spacing}, decoding ${S.decoding}`;
+  $("image-info").textContent = `${S.name}: ${S.width}×${S.height} px, ${spacing}, ` +
+    (S.refused ? `refused (${VERDICT_NAMES[S.verdict]}): not read` : `decoding ${S.decoding}`) +
+    (S.verdict === "unchecked" ? " (no verdict: the model has no trust block)" : "");
+  showVerdict();
+  showCheckFirst();
 }
 
 function showImage(url) {
@@ -230,9 +344,13 @@ function showImage(url) {
     image.setAttribute("preserveAspectRatio", "none");
     image.addEventListener("load", async () => {
       render();
-      await refreshMeasurements();
-      for (const id of ["reset", "export-txt", "export-json", "export-csv"]) $(id).disabled = false;
-      $("save").disabled = S.mode !== "item";
+      if (S.refused) {
+        $("measurements").tBodies[0].replaceChildren(); // nothing read: nothing measured
+      } else {
+        await refreshMeasurements();
+      }
+      for (const id of ["reset", "export-txt", "export-json", "export-csv"]) $(id).disabled = S.refused;
+      $("save").disabled = S.mode !== "item" || S.refused;
       document.body.dataset.state = "ready";
       resolve();
     }, { once: true });
@@ -280,7 +398,7 @@ function render() {
   if (!layers) return;
   const unit = 1 / scale(); // one screen pixel in image pixels
   layers.lines.replaceChildren();
-  for (const [i, j] of MODEL.lines) {
+  for (const [i, j] of S.points.length ? MODEL.lines : []) { // none on a refused image
     const line = document.createElementNS(SVG_NS, "line");
     line.dataset.i = i;
     line.dataset.j = j;
@@ -294,6 +412,7 @@ function render() {
     g.dataset.index = k;
     g.dataset.name = S.names[k];
     const fill = colour(S.confidence[k]);
+    if (S.flags[k]) g.append(circle("flag", 14 * unit, { "stroke-width": 2 * unit }));
     if (S.low[k]) g.append(circle("low", 11 * unit, { "stroke-width": 1.5 * unit }));
     g.append(circle("ring", 9 * unit, { "stroke-width": 1.5 * unit, visibility: "hidden" }));
     g.append(circle("dot", 6 * unit, { fill, "stroke-width": 1.2 * unit }));
@@ -339,8 +458,11 @@ function renderTable() {
     tr.id = `lm-row-${k}`;
     tr.dataset.index = k;
     tr.classList.toggle("low", S.low[k]);
+    tr.classList.toggle("flag", S.flags[k]);
+    const bound = S.bounds[k] === null ? "—" : `±${S.bounds[k].toFixed(1)}`;
+    if (S.bounds[k] !== null) tr.title = `error bound ${boundText(k)}` + (S.flags[k] ? "; check first" : "");
     for (const [cls, text] of [["num", k + 1], ["", S.names[k]], ["num x", ""], ["num y", ""],
-      ["num", S.confidence[k].toFixed(2)]]) {
+      ["num", S.confidence[k].toFixed(2)], ["num bound", bound]]) {
       const td = document.createElement("td");
       if (cls) td.className = cls;
       td.textContent = text;
@@ -360,6 +482,9 @@ function updateTable() {
     tr.classList.toggle("moved", moved(k));
     tr.classList.toggle("selected", k === S.selected);
   });
+  for (const b of $("check-first").querySelectorAll("button")) {
+    b.classList.toggle("selected", Number(b.dataset.index) === S.selected);
+  }
 }
 
 function format(m) {
@@ -593,6 +718,12 @@ $("copy-command").addEventListener("click", async () => {
     document.execCommand("copy");
   }
   modelStatus("command copied");
+});
+
+$("read-anyway").addEventListener("click", () => {
+  $("read-anyway").disabled = true;
+  if (S.mode === "item") openItem(S.id, true);
+  else if (S.mode === "upload" && lastUpload) openUpload(lastUpload, true);
 });
 
 $("upload").addEventListener("change", (event) => {
