@@ -103,7 +103,7 @@ def test_refused_images_get_a_422_with_the_verdict(server):
     port, pixels = server["port"], server["pixels"]
     rotated = png(np.ascontiguousarray(np.rot90(pixels)))
     body = assert_refused(post_png(port, "turned.png", rotated, "image=true"), "turned.png", "rotated")
-    assert "degrees off" in body["verdict_reason"]
+    assert "turned 90 degrees counter-clockwise" in body["verdict_reason"]
     assert body["width_px"] == pixels.shape[0] and body["image_png"]
     assert_refused(post_png(port, "noise.png", png(noise())), "noise.png", "not_a_lateral_cephalogram")
     tiny_png = png(np.full((8, 8), 128, np.uint8))

@@ -109,7 +109,9 @@ def test_verdicts_mirrored_rotated_not_a_cephalogram_too_small_and_force():
         _fake_reader(lambda p: p.shape == (1935, 2400) and p[-1, 0] == 255), t, image, 0.1
     )
     assert rotated.verdict == "rotated" and rotated.refused and rotated.readout is None
-    assert "90 degrees" in rotated.reason
+    assert (
+        "turned 270 degrees counter-clockwise" in rotated.reason
+    )  # the marker went from top-left to bottom-left
     nothing = tr.read_checked(_fake_reader(lambda p: False), t, image, 0.1)
     assert nothing.verdict == "not_a_lateral_cephalogram" and "limit 2.0" in nothing.reason
     forced = tr.read_checked(_fake_reader(lambda p: False), t, image, 0.1, force=True)

@@ -232,7 +232,8 @@ def read_checked(
                 f,
                 unmirror(other, pixels.shape[1]),
             )
-        why = f"{name.split()[1]} degrees off: turn the image upright (face to the right) and send it again"
+        turned = (360 - int(name.split()[1])) % 360  # the correction's opposite
+        why = f"turned {turned} degrees counter-clockwise: turn it upright (facing right) and send it again"
         return Checked("rotated", why, f, first if force else None, force)
     res, conf = figures["median_residual_sd"], figures["median_confidence"]
     why = (

@@ -97,6 +97,19 @@ def _checked(reader, trust: TrustModel, x: XRay, s: float | None, src: str | Non
         empty = np.empty((0, 2))
         return Prediction(x, s, src, empty, np.empty(0), "none", None, c.verdict, c.reason, False)
     out = c.readout
+    if c.forced:  # the bound and flags were fitted on images the model accepts: none for a forced reading
+        return Prediction(
+            x,
+            s,
+            src,
+            out.final[0],
+            out.confidence[0],
+            DECODING_NAMES[out.decoding[0]],
+            None,
+            c.verdict,
+            c.reason,
+            True,
+        )
     expected, bound = trust.bounds()
     if out.expected_error_mm is not None:
         expected = out.expected_error_mm[0]
