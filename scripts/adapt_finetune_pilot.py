@@ -8,7 +8,7 @@ per-landmark offsets of the adaptation study, on the study's own random draws.
     python scripts/adapt_finetune_pilot.py report     # chosen setting, table -> the JSON
 
 Per adaptation: the refiner (``refiner.onnx`` mapped onto the project's U-Net,
-:mod:`mahtnet.adapt.finetune`) is fine-tuned on the k training images of a draw (patches around
+:mod:`mahtnet.training.finetune_refiner`) is fine-tuned on the k training images of a draw (patches around
 the release's shape-consistent positions, jittered / rotated / zoomed), then refines the draw's
 other images of the target from the same positions; scored against the target doctor beside
 zero-shot, the ``mean`` and ``shrunk`` offsets (:func:`mahtnet.analysis.adaptation.adapt_points`,
@@ -47,7 +47,7 @@ METHODS = ("zero_shot", "mean", "shrunk", "finetuned", "finetuned+shrunk")
 
 
 def settings_table():
-    from mahtnet.adapt.finetune import FinetuneSettings
+    from mahtnet.training.finetune_refiner import FinetuneSettings
 
     return {
         "lr1e-4": FinetuneSettings(steps=100, lr=1e-4),
@@ -69,10 +69,10 @@ def prepare(root: Path, zero_shot: dict) -> dict:
     the PyTorch refiner reproduces them from the shape-consistent positions."""
     import torch
 
-    from mahtnet.adapt.finetune import refine, refiner_from_onnx
     from mahtnet.data.fine import fine_from_images
     from mahtnet.data.isbi import read_image
     from mahtnet.decoding.recipe import ReaderSpec, load_reader
+    from mahtnet.training.finetune_refiner import refine, refiner_from_onnx
 
     reader = load_reader(ReaderSpec.release(pixel_spacing_mm=SPACING, threads=1, device="cpu"))
     spacing_fine = reader.refiner.card.spacing_mm
@@ -166,9 +166,9 @@ def save_doc(doc: dict) -> None:
 def run(root: Path, zero_shot: dict, name: str, setting: str, ks, draw_ids) -> None:
     import torch
 
-    from mahtnet.adapt.finetune import finetune_refiner, refine, refiner_from_onnx
     from mahtnet.analysis.adaptation import adapt_points, prior_variance, target
     from mahtnet.decoding.conventions import fit
+    from mahtnet.training.finetune_refiner import finetune_refiner, refine, refiner_from_onnx
 
     torch.set_num_threads(1)
     s = settings_table()[setting]

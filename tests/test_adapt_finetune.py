@@ -1,13 +1,13 @@
 """The released refiner mapped from ONNX onto the project's U-Net computes what onnxruntime
-computes, and a few fine-tuning steps run and move it (mahtnet.adapt.finetune)."""
+computes, and a few fine-tuning steps run and move it (mahtnet.training.finetune_refiner)."""
 
 import numpy as np
 import torch
 
-from mahtnet.adapt.finetune import FinetuneSettings, finetune_refiner, refiner_from_onnx
 from mahtnet.data.fine import fine_from_images
 from mahtnet.decoding.backends import OnnxRefiner, TorchRefiner
 from mahtnet.release import RELEASE_DIR
+from mahtnet.training.finetune_refiner import FinetuneSettings, finetune_refiner, refiner_from_onnx
 
 
 def test_refiner_from_onnx_matches_onnxruntime_and_finetunes():

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mahtnet.adapt.corrections import CORRECTED_JSON, as_points, load_correction
 from mahtnet.data.images import XRAY_SUFFIXES, DataError, image_size
 from mahtnet.data.isbi import read_annotation
-from mahtnet.serve.review import CORRECTED_JSON, as_points, load_correction
 
 OUTSIDE_PX = 0.5  # a corrected landmark may lie this far outside the box of pixel centres
 
