@@ -94,42 +94,28 @@ def predict_xrays(
 def _checked(reader, trust: TrustModel, x: XRay, s: float | None, src: str | None, force: bool) -> Prediction:
     c = read_checked(lambda px, sp: reader.read_images([px], [sp]), trust, x.pixels, s, force)
     if c.readout is None:
-        empty = np.empty((0, 2))
-        return Prediction(x, s, src, empty, np.empty(0), "none", None, c.verdict, c.reason, False)
+        return Prediction(x, s, src, np.empty((0, 2)), np.empty(0), "none", None, c.verdict, c.reason)
     out = c.readout
-    if c.forced:  # the bound and flags were fitted on images the model accepts: none for a forced reading
-        return Prediction(
-            x,
-            s,
-            src,
-            out.final[0],
-            out.confidence[0],
-            DECODING_NAMES[out.decoding[0]],
-            None,
-            c.verdict,
-            c.reason,
-            True,
-        )
-    expected, bound = trust.bounds()
-    if out.expected_error_mm is not None:
-        expected = out.expected_error_mm[0]
-    flags = (
-        trust.flags({k: v[0] for k, v in out.signals.items()}, out.confidence[0]) if s is not None else None
-    )
-    return Prediction(
+    p = Prediction(
         x,
         s,
         src,
         out.final[0],
         out.confidence[0],
         DECODING_NAMES[out.decoding[0]],
-        expected if s is not None else None,
+        None,
         c.verdict,
         c.reason,
         c.forced,
-        flags,
-        bound if s is not None else None,
-        trust.coverage,
+    )
+    if c.forced or s is None:  # the bound and flags hold for accepted readings with a known spacing
+        return p
+    expected, bound = trust.bounds()
+    if out.expected_error_mm is not None:
+        expected = out.expected_error_mm[0]
+    flags = trust.flags({k: v[0] for k, v in out.signals.items()}, out.confidence[0])
+    return dataclasses.replace(
+        p, expected_error_mm=expected, check_first=flags, error_bound_mm=bound, coverage=trust.coverage
     )
 
 
