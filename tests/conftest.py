@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,17 @@ def pipeline(tmp_path_factory, worker_id) -> Path:
                 failed.write_text(str(e)[-6000:])
                 raise
     return tmp / "repo"
+
+
+def isbi_review_folder(folder: Path, n: int = 3) -> Path:
+    """``n`` ISBI training images copied into ``folder`` as ``c0.jpg``, ``c1.jpg``...: a review
+    folder of real X-rays (the test is skipped without the dataset)."""
+    if not (ISBI_ROOT / "RawImage").is_dir():
+        pytest.skip(f"ISBI 2015 data not present at {ISBI_ROOT}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        shutil.copy(ISBI_ROOT / "RawImage" / "TrainingData" / f"{i + 1:03d}.jpg", folder / f"c{i}.jpg")
+    return folder
 
 
 @pytest.fixture

@@ -3,12 +3,11 @@ own endpoint (a real ``mahtnet serve``), the adapted folder written by the real 
 read by ``mahtnet predict --model DIR`` and ``mahtnet serve --model DIR``."""
 
 import json
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
-from conftest import ISBI_ROOT
+from conftest import isbi_review_folder
 from test_serve import ENV, call, mahtnet, post_json, predict_upload, serving
 
 pytestmark = pytest.mark.slow
@@ -23,13 +22,8 @@ def run(*args):
 @pytest.fixture(scope="module")
 def clinic(tmp_path_factory):
     """Three ISBI X-rays reviewed on the page, each saved with every landmark moved by OFFSET_PX."""
-    if not (ISBI_ROOT / "RawImage").is_dir():
-        pytest.skip(f"ISBI 2015 data not present at {ISBI_ROOT}")
     root = tmp_path_factory.mktemp("adapt")
-    review = root / "review"
-    review.mkdir()
-    for i in range(3):
-        shutil.copy(ISBI_ROOT / "RawImage" / "TrainingData" / f"{i + 1:03d}.jpg", review / f"c{i}.jpg")
+    review = isbi_review_folder(root / "review")
     with serving(root / "review.log", None, "--review-dir", review, "--pixel-spacing", "0.1") as s:
         for i in range(3):
             item = call(s["port"], "GET", f"/review/item?id=c{i}.jpg").json()

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import ISBI_ROOT
+from conftest import isbi_review_folder
 from test_serve import call, post_json, predict_upload, serving
 
 from mahtnet.release import RELEASE_DIR
@@ -62,13 +62,8 @@ def assert_one_line_error(r, status: int, *words: str) -> str:
 
 @pytest.fixture(scope="module")
 def clinic(tmp_path_factory):
-    if not (ISBI_ROOT / "RawImage").is_dir():
-        pytest.skip(f"ISBI 2015 data not present at {ISBI_ROOT}")
     root = tmp_path_factory.mktemp("serve-adapt")
-    review = root / "review"
-    review.mkdir()
-    for i in range(3):
-        shutil.copy(ISBI_ROOT / "RawImage" / "TrainingData" / f"{i + 1:03d}.jpg", review / f"c{i}.jpg")
+    review = isbi_review_folder(root / "review")
     return {"root": root, "review": review}
 
 
