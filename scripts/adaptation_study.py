@@ -12,7 +12,6 @@ clinic's conventions from k corrected images, k in {1, 3, 5, 10, 20}, on five ta
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from mahtnet.analysis.adaptation import markdown, prior_variance, readme_table, study, update_readme
 from mahtnet.errors import run_cli
 from mahtnet.io import atomic_write, write_json
+from mahtnet.models.card import sha256
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO.parent / "shared/datasets/isbi2015"
@@ -33,7 +33,7 @@ SPLITS = ("TrainingData", "Test1Data", "Test2Data")
 def release_identity() -> dict:
     card = json.loads((REPO / "src/mahtnet/release/card.json").read_text())
     onnx = REPO / "src/mahtnet/release/maht_net.onnx"
-    return {"name": card["name"], "sha256": hashlib.sha256(onnx.read_bytes()).hexdigest()}
+    return {"name": card["name"], "sha256": sha256(onnx)}
 
 
 def predict(root: Path, out: Path, threads: int, existing: Path | None = None) -> None:

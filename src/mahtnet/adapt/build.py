@@ -30,6 +30,7 @@ from mahtnet.data.images import read_xray
 from mahtnet.decoding.conventions import METHODS, Convention, choose, fit, leave_one_out
 from mahtnet.decoding.recipe import ReaderSpec, load_reader, read_card
 from mahtnet.io import write_json
+from mahtnet.models.card import sha256
 
 ADAPTATION_FILE = "adaptation.json"
 Predict = Callable[[Path, float], np.ndarray]  # (image, spacing mm) -> (19, 2) original px
@@ -123,9 +124,7 @@ def write_folder(
 
 
 def _file_entry(path: Path) -> dict:
-    import hashlib
-
-    return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+    return {"sha256": sha256(path), "bytes": path.stat().st_size}
 
 
 def adapt_model(

@@ -7,7 +7,6 @@ error naming the file: 19 finite landmarks, inside the image, one pixel spacing,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 from mahtnet.adapt.corrections import CORRECTED_JSON, as_points, load_correction
 from mahtnet.data.images import XRAY_SUFFIXES, DataError, image_size
 from mahtnet.data.isbi import read_annotation
+from mahtnet.models.card import sha256
 
 OUTSIDE_PX = 0.5  # a corrected landmark may lie this far outside the box of pixel centres
 
@@ -31,10 +31,6 @@ class CorrectedImage:
     file: Path  # the correction (or annotation) file
     image_sha256: str
     file_sha256: str
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _check_inside(points: np.ndarray, image: Path, file: Path) -> None:
@@ -66,7 +62,7 @@ def _from_review(path: Path) -> CorrectedImage:
         )
     _check_inside(c.landmarks, c.image, path)
     return CorrectedImage(
-        c.image, c.landmarks, predicted, c.pixel_spacing_mm, path, _sha256(c.image), _sha256(path)
+        c.image, c.landmarks, predicted, c.pixel_spacing_mm, path, sha256(c.image), sha256(path)
     )
 
 
@@ -83,7 +79,7 @@ def _is_prediction(path: Path) -> bool:
 def _from_annotation(image: Path, txt: Path) -> CorrectedImage:
     points = read_annotation(txt)
     _check_inside(points, image, txt)
-    return CorrectedImage(image, points, None, None, txt, _sha256(image), _sha256(txt))
+    return CorrectedImage(image, points, None, None, txt, sha256(image), sha256(txt))
 
 
 def find(folder: str | Path, pixel_spacing_mm: float | None = None) -> list[CorrectedImage]:
