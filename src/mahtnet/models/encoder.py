@@ -17,9 +17,18 @@ from torch import nn
 
 from mahtnet.io import load_torch
 
-# tf_efficientnet_lite0: the same tensors as efficientnet_lite0 with TensorFlow's "same" padding and
-# BatchNorm eps, the architecture the ImageNet weights of scripts/convert_efficientnet_lite.py were trained in
-ENCODERS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_lite0", "resnet50", "tf_efficientnet_lite0")
+# tf_efficientnet_lite0/1/2: the same tensors as efficientnet_lite0/1/2 with TensorFlow's "same" padding
+# and BatchNorm eps, the architecture the ImageNet weights of scripts/convert_efficientnet_lite.py (the DVC
+# stage weights) were trained in
+ENCODERS = (
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_lite0",
+    "resnet50",
+    "tf_efficientnet_lite0",
+    "tf_efficientnet_lite1",
+    "tf_efficientnet_lite2",
+)
 STRIDES = (4, 8, 16, 32)
 
 

@@ -114,3 +114,18 @@ register_variant(
 register_variant(
     "encoder-resnet50", "maht_net", "ResNet-50 encoder", ("ablation-extra",), model__encoder="resnet50"
 )
+
+# ---- the encoder study (issue 42: stronger pretrained encoders) ------------------------------
+# Larger EfficientNet-Lite encoders from their ImageNet weights (the DVC stage `weights` writes
+# the files: `dvc repro weights` first); the ISBI profiles isbi-mean-lite1 / isbi-mean-lite2 run
+# the full protocol with them.
+ENCODER_STUDY = ("encoder",)
+for _n in (1, 2):
+    register_variant(
+        f"encoder-lite{_n}",
+        "maht_net",
+        f"EfficientNet-Lite{_n} encoder from its ImageNet weights (instead of Lite0)",
+        ENCODER_STUDY,
+        model__encoder=f"tf_efficientnet_lite{_n}",
+        model__encoder_weights=f"data/weights/efficientnet_lite{_n}_imagenet.pth",
+    )
