@@ -97,3 +97,39 @@ def test_missing_annotation_names_file(tmp_path):
     (root / "RawImage" / "TrainingData" / "002.png").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="002.txt"):
         list_split(root, "TrainingData", "mean", dataset="isbi2015")
+
+
+def test_cross_validation_folds_are_list_file_splits(isbi_root):
+    """``cv4/setN/{train,val}`` (the dataset's 4-fold split of all 400 images) read as splits:
+    300 + 100 images from the three RawImage folders, the folds' validation sets a partition."""
+    from mahtnet.data.preprocess import split_key
+
+    seen = []
+    for n in range(1, 5):
+        train = list_split(isbi_root, f"cv4/set{n}/train", "mean")
+        val = list_split(isbi_root, f"cv4/set{n}/val", "mean")
+        assert (len(train), len(val)) == (300, 100)
+        ids = [s.image_id for s in train]
+        assert ids == sorted(ids) and not set(ids) & {s.image_id for s in val}
+        assert {s.image_path.parent.name for s in train} == {"TrainingData", "Test1Data", "Test2Data"}
+        seen += [s.image_id for s in val]
+    assert sorted(seen) == [f"{i:03d}" for i in range(1, 401)]
+    np.testing.assert_allclose(val[0].landmarks, load_landmarks(isbi_root, val[0].image_id, "mean"))
+    assert split_key("cv4/set3/val") == "cv4-set3-val" and split_key("Test2Data") == "test2"
+
+
+def test_a_list_file_split_names_what_is_wrong(tmp_path):
+    root = _layout(tmp_path)
+    cv2.imwrite(str(root / "RawImage" / "TrainingData" / "001.png"), np.zeros((40, 40), np.uint8))
+    (root / "folds").mkdir()
+    (root / "folds" / "a.txt").write_text("001\n002\n")
+    with pytest.raises(DataError, match=r"folds/a.txt: image 002 not found .*\(1 missing\)"):
+        list_split(root, "folds/a", "mean", dataset="isbi2015")
+    (root / "folds" / "b.txt").write_text("001\n001\n")
+    with pytest.raises(DataError, match="folds/b.txt: repeated image ids"):
+        list_split(root, "folds/b", "mean", dataset="isbi2015")
+    (root / "folds" / "c.txt").write_text("\n")
+    with pytest.raises(DataError, match="folds/c.txt: no image ids"):
+        list_split(root, "folds/c", "mean", dataset="isbi2015")
+    with pytest.raises(FileNotFoundError, match="split 'folds/d' not found"):
+        list_split(root, "folds/d", "mean", dataset="isbi2015")

@@ -201,12 +201,44 @@ def _load_sample(root: Path, split_dir: Path, image_id: str, gt: str, dataset: s
     return Sample(image_id, image_path, labels, spacing, senior, junior, official)
 
 
+def split_list_file(root: Path, split: str) -> Path | None:
+    """The id list of a split given as a list file (``cv4/set1/train`` -> ``<root>/cv4/set1/train.txt``:
+    image ids one per line, the images in any ``RawImage`` folder), or None for a ``RawImage`` folder."""
+    path = root / f"{split}.txt"
+    return path if "/" in split and path.is_file() else None
+
+
+def _listed_split(root: Path, listing: Path, gt: str, dataset: str, spacing: float) -> list[Sample]:
+    """The samples of the image ids listed in ``listing`` (e.g. a cross-validation fold)."""
+    ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{listing}: no image ids")
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{listing}: repeated image ids")
+    folders = sorted(p for p in (root / "RawImage").glob("*") if p.is_dir())
+    where = {}
+    for folder in folders:
+        for path in folder.iterdir():
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                where.setdefault(path.stem, folder)
+    missing = [i for i in ids if i not in where]
+    if missing:
+        raise DataError(f"{listing}: image {missing[0]} not found under {root / 'RawImage'} ({len(missing)} missing)")
+    check_labels(gt)
+    return [_load_sample(root, where[i], i, gt, dataset, spacing) for i in sorted(ids)]
+
+
 def list_split(root: str | Path, split: str, gt: str = "mean", dataset: str = "isbi2015") -> list[Sample]:
     """All samples of one split, sorted by image id; every annotation checked against its image's
-    size (:func:`check_inside`)."""
+    size (:func:`check_inside`). ``split`` is a ``RawImage`` folder (``TrainingData``) or a list
+    file of image ids under ``root`` without its ``.txt`` (``cv4/set1/train``: a fold of the
+    4-fold cross-validation split, :func:`split_list_file`)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset root not found")
+    listing = split_list_file(root, split)
+    if listing is not None:
+        return _listed_split(root, listing, gt, dataset, pixel_spacing(root, dataset))
     split_dir = root / "RawImage" / split
     if not split_dir.is_dir():
         present = sorted(p.name for p in (root / "RawImage").glob("*") if p.is_dir())

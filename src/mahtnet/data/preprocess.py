@@ -182,8 +182,9 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
 
 
 def split_key(split: str) -> str:
-    """The name of a dataset split in metrics and files: ``Test2Data`` -> ``test2``."""
-    return split.removesuffix("Data").lower()
+    """The name of a dataset split in metrics and files: ``Test2Data`` -> ``test2``, a list
+    file's ``cv4/set1/val`` -> ``cv4-set1-val``."""
+    return split.removesuffix("Data").lower().replace("/", "-")
 
 
 def prepare_splits(d: DataParams, seed: int, make: Callable[[list[Sample]], Any]) -> dict[str, Any]:
