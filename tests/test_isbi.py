@@ -133,3 +133,24 @@ def test_a_list_file_split_names_what_is_wrong(tmp_path):
         list_split(root, "folds/c", "mean", dataset="isbi2015")
     with pytest.raises(FileNotFoundError, match="split 'folds/d' not found"):
         list_split(root, "folds/d", "mean", dataset="isbi2015")
+
+
+def test_split_seed_keeps_one_validation_split_across_seeds(isbi_root):
+    """data.split_seed: None draws the held-out images with the run's seed (each seed its own
+    split, as before); a fixed value gives every seed the same split (ensemble members)."""
+    import dataclasses
+
+    from mahtnet.config import DataParams
+    from mahtnet.data.preprocess import prepare_splits
+
+    class Listed(list):
+        def subset(self, index):
+            return Listed(self[i] for i in index)
+
+    def val_ids(split_seed, seed):
+        d = DataParams("isbi2015", str(isbi_root), "mean", "TrainingData", "Test1Data", [], 0.1, split_seed)
+        return [s.image_id for s in prepare_splits(d, seed, Listed)["val"]]
+
+    assert len(val_ids(None, 43)) == 15 and val_ids(None, 43) != val_ids(None, 44)
+    assert val_ids(42, 43) == val_ids(42, 44) == val_ids(None, 42)
+    assert [f.name for f in dataclasses.fields(DataParams)][-1] == "split_seed"

@@ -34,6 +34,9 @@ class DataParams:
     test_split: str  # e.g. "Test1Data": the test split of every downstream stage
     extra_test_splits: list[str]  # further test splits, only evaluated (ISBI: ["Test2Data"])
     val_fraction: float  # share of the training images held out for model selection
+    # which images are held out: the seed of that draw; None = the run's ``seed`` (a fixed value
+    # keeps one validation split across seeds, e.g. for the members of an ensemble)
+    split_seed: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

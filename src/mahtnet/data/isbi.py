@@ -223,7 +223,9 @@ def _listed_split(root: Path, listing: Path, gt: str, dataset: str, spacing: flo
                 where.setdefault(path.stem, folder)
     missing = [i for i in ids if i not in where]
     if missing:
-        raise DataError(f"{listing}: image {missing[0]} not found under {root / 'RawImage'} ({len(missing)} missing)")
+        raise DataError(
+            f"{listing}: image {missing[0]} not found under {root / 'RawImage'} ({len(missing)} missing)"
+        )
     check_labels(gt)
     return [_load_sample(root, where[i], i, gt, dataset, spacing) for i in sorted(ids)]
 

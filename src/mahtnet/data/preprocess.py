@@ -191,10 +191,12 @@ def prepare_splits(d: DataParams, seed: int, make: Callable[[list[Sample]], Any]
     """``{"train", "val", "test", <extra>...}``: the sets ``make`` builds from the samples of
     ``d``'s training and test splits, the validation images carved from the training split by
     :func:`split_train_val` (so every kind of set, e.g. prepared and fine-resolution, holds the
-    same images in each split); each of ``d.extra_test_splits`` under its :func:`split_key`."""
+    same images in each split; drawn with ``d.split_seed``, or ``seed`` when that is None); each of
+    ``d.extra_test_splits`` under its :func:`split_key`."""
     training = make(list_split(d.root, d.train_split, d.gt, d.dataset))
     test = make(list_split(d.root, d.test_split, d.gt, d.dataset))
-    train_idx, val_idx = split_train_val(len(training), d.val_fraction, seed)
+    draw = seed if d.split_seed is None else d.split_seed  # data.split_seed: one split across seeds
+    train_idx, val_idx = split_train_val(len(training), d.val_fraction, draw)
     sets = {"train": training.subset(train_idx), "val": training.subset(val_idx), "test": test}
     for split in d.extra_test_splits:
         key = split_key(split)
