@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,9 @@ from mahtnet.training.losses import CompositeLoss, heatmap_distillation
 from mahtnet.training.monitor import component_of, named_components
 from mahtnet.training.task import TrainTask
 
+# Stage ``prune``: narrows the built model in place, returns what the checkpoint records of it
+Prune = Callable[[nn.Module], dict]
+
 MODEL_OF_STAGE = {
     "baseline": "unet",
     "stage1": "maht_net",
@@ -104,22 +107,6 @@ def build_stage_model(params: Params, stage: str, init: str | Path | None) -> nn
     model = build_model(name, dataclasses.replace(model_params, encoder_weights=None))
     model.load_state_dict(payload["model_state"])
     return model
-
-
-def prune_stage_model(params: Params, model: nn.Module, sparsity: float | None) -> dict:
-    """Stage ``prune``: remove ``sparsity`` of the channels of the full ``model`` in place
-    before fine-tuning; returns what the checkpoint records of it."""
-    from mahtnet.training.prune import prune_model
-
-    if sparsity is None:
-        raise ValueError("stage prune needs a sparsity (--sparsity-pct)")
-    example = torch.zeros(1, 1, params.preprocess.height, params.preprocess.width)
-    info = prune_model(model, sparsity, params.prune, example)
-    print(
-        f"pruned {sparsity:.0%} of the channels: {info['parameters_before'] / 1e6:.2f} M -> "
-        f"{info['parameters_after'] / 1e6:.2f} M parameters"
-    )
-    return info | {"importance": params.prune.importance, "ignore": list(params.prune.ignore)}
 
 
 def configure_stage(model: nn.Module, s: StageParams) -> tuple[list[dict], list[nn.Module]]:
@@ -176,6 +163,18 @@ def batch_loss(loss_fn: CompositeLoss, out, batch: dict, device: torch.device):
         batch["landmarks"].to(device).float(),
         batch["visible"].to(device),
     )
+
+
+def load_val_targets(folder: Path, codec: HeatmapCodec) -> np.ndarray:
+    """Validation heatmaps from the heatmap stage at the model's stride, checked against the codec."""
+    path = folder / f"stride{codec.stride}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"heatmap targets not found: {path} (run the heatmaps stage)")
+    with np.load(path) as z:
+        stored = (float(z["sigma"]), int(z["stride"]), tuple(int(v) for v in z["input_size"]))
+        if stored != (codec.sigma, codec.stride, codec.input_size):
+            raise ValueError(f"{path} was made with (sigma, stride, input size) {stored}, params say {codec}")
+        return z["val"]
 
 
 def stage_codec(params: Params, stage: str) -> HeatmapCodec:
@@ -262,16 +261,19 @@ def stage_task(
     device: torch.device,
     world_size: int,
     teacher: str | Path | None = None,
-    sparsity: float | None = None,
+    prune: Prune | None = None,
 ) -> TrainTask:
     """The task of a heatmap-model stage: the U-Net baseline, a MAHT-Net stage, a student
     (``distill``: with the ``teacher`` checkpoint's heatmaps as soft targets) or the
-    fine-tuning of the ``init`` MAHT-Net pruned to ``sparsity`` (``prune``)."""
+    fine-tuning of the ``init`` MAHT-Net narrowed by ``prune`` (``prune``, see
+    :func:`mahtnet.training.prune.prune_stage_model`)."""
     s: StageParams = stage_params(params, stage)
     seed_everything(params.seed)
     model = build_stage_model(params, stage, init)
-    pruned = prune_stage_model(params, model, sparsity) if stage == PRUNE_STAGE else None
-    name = stage if pruned is None else f"{stage}_{sparsity:g}"
+    if stage == PRUNE_STAGE and prune is None:
+        raise ValueError("stage prune needs a sparsity (--sparsity-pct)")
+    pruned = prune(model) if stage == PRUNE_STAGE else None
+    name = stage if pruned is None else f"{stage}_{pruned['sparsity']:g}"
     codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, model.output_stride)
     loss_fn = CompositeLoss.from_params(params.loss, to_dict(s.loss_weights), s.uncertainty_weighting)
     groups, frozen_bn = configure_stage(model, s)
@@ -335,19 +337,20 @@ def train(
     run: Run | None = None,
     val_targets: np.ndarray | None = None,
     teacher: str | Path | None = None,
-    sparsity: float | None = None,
+    prune: Prune | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train ``stage`` (``"baseline"``, ``"stage1"``-``"stage3"``, a student, ``"prune"``) and
     write its checkpoint. ``val_targets (N, K, h, w)``: validation heatmaps from the heatmap
-    stage (None: made from the landmarks); ``callbacks``: extra per-epoch hooks (a search's
+    stage (None: made from the landmarks); ``prune``: stage ``prune``'s channel pruning of the
+    ``init`` model; ``callbacks``: extra per-epoch hooks (a search's
     pruning report), after the stage's own."""
     info, device = init_distributed(params.train.device)
     try:
         if params.train.threads > 0:
             torch.set_num_threads(params.train.threads)
         task = stage_task(
-            params, stage, train_set, val_set, init, val_targets, device, info.world_size, teacher, sparsity
+            params, stage, train_set, val_set, init, val_targets, device, info.world_size, teacher, prune
         )
         trainer = Trainer(
             task,
