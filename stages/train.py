@@ -10,8 +10,8 @@ Multi-GPU (or multi-process CPU): ``torchrun --standalone --nproc-per-node N sta
 import argparse
 from pathlib import Path
 
-from mahtnet.config import STAGES, STUDENT_STAGES
 from mahtnet.errors import run_cli
+from mahtnet.training.kinds import kinds_of_script
 from mahtnet.training.record import add_stage_arguments, run_training_stage
 from mahtnet.training.stages import load_val_targets, stage_codec, train
 
@@ -23,7 +23,7 @@ def run_stage(params, args, train_set, val_set, outputs, run):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stage", required=True, choices=(*STAGES, *STUDENT_STAGES))
+    parser.add_argument("--stage", required=True, choices=kinds_of_script(Path(__file__).name))
     parser.add_argument("--targets", required=True, type=Path, help="folder of the heatmap stage")
     parser.add_argument("--init", type=Path, help="checkpoint of the previous stage")
     parser.add_argument("--teacher", type=Path, help="distill: the teacher's checkpoint")

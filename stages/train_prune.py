@@ -8,17 +8,19 @@ import argparse
 import functools
 from pathlib import Path
 
-from mahtnet.config import PRUNE_STAGE
 from mahtnet.errors import run_cli
+from mahtnet.training.kinds import kinds_of_script
 from mahtnet.training.prune import prune_stage_model
 from mahtnet.training.record import add_stage_arguments, run_training_stage
 from mahtnet.training.stages import load_val_targets, stage_codec, train
 
+(STAGE,) = kinds_of_script(Path(__file__).name)  # "prune"
+
 
 def run_stage(params, args, train_set, val_set, outputs, run):
-    val_targets = load_val_targets(args.targets, stage_codec(params, PRUNE_STAGE))
+    val_targets = load_val_targets(args.targets, stage_codec(params, STAGE))
     prune = functools.partial(prune_stage_model, params, sparsity=args.sparsity_pct / 100)
-    return train(params, PRUNE_STAGE, train_set, val_set, outputs, args.init, run, val_targets, prune=prune)
+    return train(params, STAGE, train_set, val_set, outputs, args.init, run, val_targets, prune=prune)
 
 
 def main() -> None:
@@ -28,7 +30,7 @@ def main() -> None:
     parser.add_argument("--targets", required=True, type=Path, help="folder of the heatmap stage")
     add_stage_arguments(parser)
     args = parser.parse_args()
-    run_training_stage(args, PRUNE_STAGE, f"train_{PRUNE_STAGE}_{args.sparsity_pct}", run_stage)
+    run_training_stage(args, STAGE, f"train_{STAGE}_{args.sparsity_pct}", run_stage)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ from pathlib import Path
 
 from mahtnet.data.fine import FineSet
 from mahtnet.errors import run_cli
+from mahtnet.training.kinds import kinds_of_script
 from mahtnet.training.record import add_stage_arguments, run_training_stage
 from mahtnet.training.refiner_task import train_refiner
+
+(STAGE,) = kinds_of_script(Path(__file__).name)  # "refine"
 
 
 def run_stage(params, args, train_set, val_set, outputs, run):
@@ -25,7 +28,7 @@ def main() -> None:
     parser.add_argument("--fine", required=True, type=Path, help="folder of the prepare_fine stage")
     add_stage_arguments(parser)
     args = parser.parse_args()
-    run_training_stage(args, "refine", f"train_refine_{args.coarse.stem}", run_stage, args.coarse)
+    run_training_stage(args, STAGE, f"train_{STAGE}_{args.coarse.stem}", run_stage, args.coarse)
 
 
 if __name__ == "__main__":

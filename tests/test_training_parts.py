@@ -14,7 +14,7 @@ from conftest import REPO
 from torch import nn
 
 from mahtnet.codec import HeatmapCodec
-from mahtnet.config import parse_params, stage_params
+from mahtnet.config import parse_params
 from mahtnet.data.dataset import LandmarkDataset, build_augmentation
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.decoding import LandmarkReader, TorchBackend
@@ -23,6 +23,7 @@ from mahtnet.models.factory import build_model
 from mahtnet.models.unet import UNet
 from mahtnet.paths import repo_root
 from mahtnet.training.distributed import DistInfo
+from mahtnet.training.kinds import stage_params
 from mahtnet.training.loop import StageOutputs, Trainer, TrainerSettings, warmup_cosine
 from mahtnet.training.losses import softmax_ce
 from mahtnet.training.stages import configure_stage

@@ -27,15 +27,11 @@ from torch.utils.data import DataLoader
 from mahtnet import metrics
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import (
-    PRUNE_STAGE,
-    STUDENT_STAGES,
     DistillParams,
     ModelParams,
     Params,
     StageParams,
     TrainParams,
-    stage_epochs,
-    stage_params,
     to_dict,
     train_fingerprint,
 )
@@ -53,6 +49,7 @@ from mahtnet.models.factory import MAHT_NET_KEYS, build_model
 from mahtnet.models.head import log_heatmaps
 from mahtnet.tracking import Run
 from mahtnet.training.distributed import init_distributed, shutdown
+from mahtnet.training.kinds import stage_epochs, stage_kind, stage_params
 from mahtnet.training.loop import (
     Callback,
     StageOutputs,
@@ -68,20 +65,10 @@ from mahtnet.training.task import TrainTask
 # Stage ``prune``: narrows the built model in place, returns what the checkpoint records of it
 Prune = Callable[[nn.Module], dict]
 
-MODEL_OF_STAGE = {
-    "baseline": "unet",
-    "stage1": "maht_net",
-    "stage2": "maht_net",
-    "stage3": "maht_net",
-    "student": "unet",
-    "distill": "unet",
-    PRUNE_STAGE: "maht_net",
-}
-
 
 def stage_model_params(params: Params, stage: str) -> ModelParams:
     """The model block of ``stage``: the students are U-Nets of ``distill.student_channels``."""
-    if stage in STUDENT_STAGES:
+    if stage_kind(stage).student:
         return dataclasses.replace(params.model, unet_channels=params.distill.student_channels)
     return params.model
 
@@ -89,9 +76,10 @@ def stage_model_params(params: Params, stage: str) -> ModelParams:
 def build_stage_model(params: Params, stage: str, init: str | Path | None) -> nn.Module:
     """The stage's model: the U-Net for the baseline, MAHT-Net for stages 1-3, starting from
     the ``init`` checkpoint (the previous stage's) when given; stage ``prune`` needs it."""
-    name = MODEL_OF_STAGE[stage]
-    if stage == PRUNE_STAGE and init is None:
-        raise ValueError("stage prune needs --init (the full model, e.g. data/models/stage3.pt)")
+    kind = stage_kind(stage)
+    name = kind.model
+    if kind.prunes and init is None:
+        raise ValueError(f"stage {stage} needs --init (the full model, e.g. data/models/{kind.init}.pt)")
     model_params = stage_model_params(params, stage)
     if init is None:
         return build_model(name, model_params)
@@ -180,7 +168,7 @@ def load_val_targets(folder: Path, codec: HeatmapCodec) -> np.ndarray:
 def stage_codec(params: Params, stage: str) -> HeatmapCodec:
     """The heatmap codec of ``stage``'s model: MAHT-Net predicts at ``model.output_stride``,
     the U-Net at stride 1."""
-    stride = params.model.output_stride if MODEL_OF_STAGE[stage] == "maht_net" else 1
+    stride = params.model.output_stride if stage_kind(stage).model == "maht_net" else 1
     return HeatmapCodec.from_params(params.preprocess, params.heatmap, stride)
 
 
@@ -267,12 +255,13 @@ def stage_task(
     (``distill``: with the ``teacher`` checkpoint's heatmaps as soft targets) or the
     fine-tuning of the ``init`` MAHT-Net narrowed by ``prune`` (``prune``, see
     :func:`mahtnet.training.prune.prune_stage_model`)."""
+    kind = stage_kind(stage)
     s: StageParams = stage_params(params, stage)
     seed_everything(params.seed)
     model = build_stage_model(params, stage, init)
-    if stage == PRUNE_STAGE and prune is None:
-        raise ValueError("stage prune needs a sparsity (--sparsity-pct)")
-    pruned = prune(model) if stage == PRUNE_STAGE else None
+    if kind.prunes and prune is None:
+        raise ValueError(f"stage {stage} needs a sparsity (--sparsity-pct)")
+    pruned = prune(model) if kind.prunes else None
     name = stage if pruned is None else f"{stage}_{pruned['sparsity']:g}"
     codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, model.output_stride)
     loss_fn = CompositeLoss.from_params(params.loss, to_dict(s.loss_weights), s.uncertainty_weighting)
@@ -284,7 +273,7 @@ def stage_task(
     probe = next(iter(DataLoader(val_ds, batch_size=min(2, len(val_ds)))))["image"].to(device)
     tp = params.train
     loss = lambda out, batch: batch_loss(loss_fn, out, batch, device)
-    if stage == "distill":
+    if kind.teacher:
         loss = distill_loss(loss, load_teacher(teacher, device), params.distill, device)
     return TrainTask(
         name=name,
@@ -297,7 +286,7 @@ def stage_task(
         validate=lambda m: validate(m, val_loader, val_set, codec, loss_fn, device, tp),
         probe=probe,
         meta={
-            "model": {"name": MODEL_OF_STAGE[stage], **to_dict(stage_model_params(params, stage))},
+            "model": {"name": kind.model, **to_dict(stage_model_params(params, stage))},
             "input_size": [params.preprocess.height, params.preprocess.width],
             "heatmap": {"sigma": codec.sigma, "stride": codec.stride},
             "output_kind": loss_fn.output,
