@@ -2,7 +2,7 @@
 and turn the snapshots into the study's table and forest plot.
 
 The variants are the model registry's (:mod:`mahtnet.models.variants`, tag ``ablation``) and the
-loss recipes and input sizes of :mod:`mahtnet.analysis.ablation`, which also builds the table,
+loss recipes and input sizes of :mod:`mahtnet.studies.ablation`, which also builds the table,
 the forest plot and the resolution section; this script queues, snapshots and measures.
 
     python scripts/ablations.py list                                  # variants and their -S settings
@@ -54,7 +54,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mahtnet.analysis.ablation import (
+from mahtnet.config import PATH_KEYS, load_profiles, yaml_value
+from mahtnet.errors import run_cli
+from mahtnet.io import write_json, write_text
+from mahtnet.models.variants import VARIANTS
+from mahtnet.paths import relative_to_repo
+from mahtnet.studies.ablation import (
     INPUT_SIZES,
     LOSSES,
     REFERENCE,
@@ -66,11 +71,6 @@ from mahtnet.analysis.ablation import (
     record,
     settings_of,
 )
-from mahtnet.config import PATH_KEYS, load_profiles, yaml_value
-from mahtnet.errors import run_cli
-from mahtnet.io import write_json, write_text
-from mahtnet.models.variants import VARIANTS
-from mahtnet.paths import relative_to_repo
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = Path("docs/ablation/runs")
@@ -126,7 +126,7 @@ def _command(name: str, settings: dict[str, object], extra: list[str], targets: 
 
 
 def snapshot(rev: str, variant: str, out_dir: Path) -> Path:
-    """The run's record (:func:`mahtnet.analysis.ablation.record`) in ``out_dir``."""
+    """The run's record (:func:`mahtnet.studies.ablation.record`) in ``out_dir``."""
     r = record(rev, variant, REPO)
     return write_json(out_dir / f"{variant}-seed{r['seed']}.json", r)
 

@@ -11,7 +11,7 @@ Per adaptation: the refiner (``refiner.onnx`` mapped onto the project's U-Net,
 :mod:`mahtnet.training.finetune_refiner`) is fine-tuned on the k training images of a draw (patches around
 the release's shape-consistent positions, jittered / rotated / zoomed), then refines the draw's
 other images of the target from the same positions; scored against the target doctor beside
-zero-shot, the ``mean`` and ``shrunk`` offsets (:func:`mahtnet.analysis.adaptation.adapt_points`,
+zero-shot, the ``mean`` and ``shrunk`` offsets (:func:`mahtnet.studies.adaptation.adapt_points`,
 the study's prior) and the fine-tuned refiner plus a ``shrunk`` offset fitted on its own
 predictions of the k images. Draws: the study's (``default_rng(seed + target index)``, 50
 permutations per k in ``KS`` order; draw ``d`` is the d-th of its k). Settings are chosen on
@@ -139,8 +139,8 @@ def load_set(name: str, truth: np.ndarray) -> dict:
 
 
 def study_draws(name: str, n: int) -> dict[int, list[np.ndarray]]:
-    """The study's permutations of the target's images per k (analysis.adaptation.run_target)."""
-    from mahtnet.analysis.adaptation import KS, TARGETS
+    """The study's permutations of the target's images per k (studies.adaptation.run_target)."""
+    from mahtnet.studies.adaptation import KS, TARGETS
 
     rng = np.random.default_rng(STUDY_SEED + list(TARGETS).index(name))
     return {k: [rng.permutation(n) for _ in range(STUDY_DRAWS)] for k in KS}
@@ -166,8 +166,8 @@ def save_doc(doc: dict) -> None:
 def run(root: Path, zero_shot: dict, name: str, setting: str, ks, draw_ids) -> None:
     import torch
 
-    from mahtnet.analysis.adaptation import adapt_points, prior_variance, target
     from mahtnet.decoding.conventions import fit
+    from mahtnet.studies.adaptation import adapt_points, prior_variance, target
     from mahtnet.training.finetune_refiner import finetune_refiner, refine, refiner_from_onnx
 
     torch.set_num_threads(1)
@@ -242,7 +242,7 @@ def summarise(rows: dict) -> dict:
 def check_draws(root: Path, zero_shot: dict, names, ks) -> dict:
     """The draws are the study's: the mean over all its 50 draws of the ``mean`` / ``shrunk`` MRE
     recomputed from :func:`study_draws` against ``docs/adaptation.json`` (NumPy only, seconds)."""
-    from mahtnet.analysis.adaptation import adapt_points, prior_variance, target
+    from mahtnet.studies.adaptation import adapt_points, prior_variance, target
 
     card_seed = json.loads((REPO / "src/mahtnet/release/card.json").read_text())["training"]["seed"]
     prior = prior_variance(zero_shot, root, int(card_seed))
@@ -265,7 +265,7 @@ def check_draws(root: Path, zero_shot: dict, names, ks) -> dict:
 
 
 def report(root: Path, zero_shot: dict) -> dict:
-    from mahtnet.analysis.adaptation import SELECTION_TARGET
+    from mahtnet.studies.adaptation import SELECTION_TARGET
 
     doc = load_doc()
     runs = doc["runs"]
@@ -329,7 +329,7 @@ def report(root: Path, zero_shot: dict) -> dict:
 
 
 def header(checks: dict | None = None) -> None:
-    from mahtnet.analysis.adaptation import KS
+    from mahtnet.studies.adaptation import KS
 
     doc = load_doc()
     cpu = "unknown"
@@ -348,7 +348,7 @@ def header(checks: dict | None = None) -> None:
             ),
             "base_model": json.loads(ZERO_SHOT.read_text())["model"],
             "draws_from": (
-                f"analysis.adaptation.run_target's RNG: default_rng({STUDY_SEED} + target index in TARGETS), "
+                f"studies.adaptation.run_target's RNG: default_rng({STUDY_SEED} + target index in TARGETS), "
                 f"{STUDY_DRAWS} permutations per k in KS={list(KS)} order; draw d = the d-th of its k; "
                 "train = perm[:k], test = perm[k:]"
             ),
@@ -357,7 +357,7 @@ def header(checks: dict | None = None) -> None:
                 "mean": "conventions.fit('mean') on the k images' zero-shot predictions",
                 "shrunk": (
                     "conventions.fit('shrunk', prior = "
-                    "analysis.adaptation.prior_variance(zero_shot, root, 42))"
+                    "studies.adaptation.prior_variance(zero_shot, root, 42))"
                 ),
                 "finetuned": (
                     "the refiner (refiner.onnx mapped onto the project's U-Net, BatchNorm fused) "

@@ -1,4 +1,4 @@
-"""The adaptation study (:mod:`mahtnet.analysis.adaptation`): the base model adapted to a
+"""The adaptation study (:mod:`mahtnet.studies.adaptation`): the base model adapted to a
 clinic's conventions from k corrected images, k in {1, 3, 5, 10, 20}, on five targets.
 
     python scripts/adaptation_study.py predict   # the release's zero-shot predictions of the 400
@@ -19,10 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mahtnet.analysis.adaptation import markdown, prior_variance, readme_table, study, update_readme
 from mahtnet.errors import run_cli
 from mahtnet.io import atomic_write, write_json
 from mahtnet.models.card import sha256
+from mahtnet.studies.adaptation import markdown, prior_variance, readme_table, study, update_readme
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO.parent / "shared/datasets/isbi2015"

@@ -53,10 +53,10 @@ def calibration(root: Path) -> dict:
     import numpy as np
     from scipy import stats
 
-    from mahtnet.analysis.adaptation import truths
     from mahtnet.analysis.calibration import cross_validated, fit_calibration, flagged, reliability
     from mahtnet.data.preprocess import split_train_val
     from mahtnet.predict.result import LOW_CONFIDENCE
+    from mahtnet.studies.adaptation import truths
 
     doc, card = load(SIGNALS), load(CARD)
     seed = int(card["training"]["seed"])

@@ -39,7 +39,6 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from mahtnet.analysis.reference import figures, ground_truths
 from mahtnet.analysis.stats import mean_sd, paired_differences, signed_rank_test
 from mahtnet.data.images import read_xray
 from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM
@@ -51,6 +50,7 @@ from mahtnet.decoding.shape import ShapePrior
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json, write_text
 from mahtnet.metrics import radial_errors_mm
+from mahtnet.studies.reference import figures, ground_truths
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO.parent / "shared/datasets/isbi2015"

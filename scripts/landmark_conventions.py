@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mahtnet.analysis.adaptation import SET_IDS, truths
 from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json, write_text
 from mahtnet.landmarks import LANDMARK_NAMES
+from mahtnet.studies.adaptation import SET_IDS, truths
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO.parent / "shared/datasets/isbi2015"

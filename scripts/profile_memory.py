@@ -170,7 +170,7 @@ def measure_case(case: dict) -> dict:
     """One measurement, in this (fresh) process: ``{"peak_mb", "step_mb", ...}``."""
     import torch
 
-    from mahtnet.config import stage_params
+    from mahtnet.training.kinds import stage_params
     from mahtnet.training.stages import build_stage_model, configure_stage
 
     if case["threads"] > 0:

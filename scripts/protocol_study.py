@@ -1,9 +1,9 @@
-"""The training-protocol study (:mod:`mahtnet.analysis.protocol`): which training labels
+"""The training-protocol study (:mod:`mahtnet.studies.protocol`): which training labels
 generalise (issue: "Generalisation first").
 
 ``snapshot`` copies what the study needs of one finished run (a DVC experiment, or the
 workspace) into ``docs/protocol/runs/<protocol>-<model>-seed<N>.json``
-(:mod:`mahtnet.analysis.snapshots`); ``table`` turns every snapshot into ``docs/protocol.md``,
+(:mod:`mahtnet.studies.snapshots`); ``table`` turns every snapshot into ``docs/protocol.md``,
 ``docs/protocol.json`` and the README's headline table.
 
     python scripts/protocol_study.py snapshot --rev isbi-doctors-s42 --model maht_net
@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mahtnet.analysis.protocol import table
-from mahtnet.analysis.snapshots import record
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json
+from mahtnet.studies.protocol import table
+from mahtnet.studies.snapshots import record
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = Path("docs/protocol/runs")

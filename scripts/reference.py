@@ -1,5 +1,5 @@
 """Score another method's public ISBI 2015 predictions with this project's evaluator and pair
-them per image with the recommended recipe's runs (:mod:`mahtnet.analysis.reference`)::
+them per image with the recommended recipe's runs (:mod:`mahtnet.studies.reference`)::
 
     python scripts/reference.py                      # ../shared/reference/isbi2015-delr
     python scripts/protocol_study.py table           # the README's headline row follows
@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mahtnet.analysis.protocol import load_runs
-from mahtnet.analysis.reference import write
 from mahtnet.errors import run_cli
+from mahtnet.studies.protocol import load_runs
+from mahtnet.studies.reference import write
 
 REPO = Path(__file__).resolve().parents[1]
 DELR = {

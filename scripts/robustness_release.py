@@ -22,7 +22,6 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from mahtnet.analysis.reference import ground_truths
 from mahtnet.analysis.robustness import PERTURBATIONS, perturb
 from mahtnet.analysis.stats import signed_rank_test
 from mahtnet.data.images import read_xray
@@ -31,6 +30,7 @@ from mahtnet.decoding.recipe import ReaderSpec, load_reader, load_trust
 from mahtnet.decoding.trust import read_checked
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json, write_text
+from mahtnet.studies.reference import ground_truths
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO.parent / "shared/datasets/isbi2015"

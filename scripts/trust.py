@@ -21,13 +21,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mahtnet.analysis.adaptation import truths
 from mahtnet.data.images import read_xray
 from mahtnet.data.preprocess import split_train_val
 from mahtnet.decoding.recipe import ReaderSpec, load_reader
 from mahtnet.decoding.trust import TrustModel, fit, read_checked
 from mahtnet.errors import run_cli
 from mahtnet.io import atomic_write, write_json
+from mahtnet.studies.adaptation import truths
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO.parent / "shared/datasets/isbi2015"

@@ -132,6 +132,7 @@ def tiny_unet_checkpoint(path, input_size=(32, 32), params=None):
     import torch
 
     from mahtnet.landmarks import LANDMARK_NAMES
+    from mahtnet.models.card import CheckpointCard
     from mahtnet.models.checkpoint import save_checkpoint
     from mahtnet.models.unet import UNet
 
@@ -145,7 +146,7 @@ def tiny_unet_checkpoint(path, input_size=(32, 32), params=None):
     }
     if params is not None:
         meta["params"] = params
-    return save_checkpoint(path, UNet(1, len(LANDMARK_NAMES), channels=4, depth=2), meta)
+    return save_checkpoint(path, UNet(1, len(LANDMARK_NAMES), channels=4, depth=2), CheckpointCard.of(meta))
 
 
 def tiny_refiner_checkpoint(path, landmark_names=None):
@@ -154,6 +155,7 @@ def tiny_refiner_checkpoint(path, landmark_names=None):
     import torch
 
     from mahtnet.landmarks import LANDMARK_NAMES
+    from mahtnet.models.card import CheckpointCard
     from mahtnet.models.checkpoint import save_checkpoint
     from mahtnet.models.factory import build_refiner
 
@@ -167,4 +169,4 @@ def tiny_refiner_checkpoint(path, landmark_names=None):
         "spacing_mm": 0.3,
         "landmark_names": names,
     }
-    return save_checkpoint(path, build_refiner(len(names), 4, 2), meta)
+    return save_checkpoint(path, build_refiner(len(names), 4, 2), CheckpointCard.of(meta))

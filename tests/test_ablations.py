@@ -1,4 +1,4 @@
-"""scripts/ablations.py, mahtnet.analysis.ablation and the model-variant registry: the queued
+"""scripts/ablations.py, mahtnet.studies.ablation and the model-variant registry: the queued
 study's commands, every variant's settings valid for params.yaml, and the table / forest plot
 from run snapshots."""
 
@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import ablations  # noqa: E402
 
-from mahtnet.analysis import ablation as study  # noqa: E402
 from mahtnet.config import with_settings  # noqa: E402
 from mahtnet.models.variants import VARIANTS, get_variant, register_variant  # noqa: E402
+from mahtnet.studies import ablation as study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

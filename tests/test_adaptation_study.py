@@ -1,10 +1,10 @@
-"""mahtnet.analysis.adaptation: the study of few-shot adaptation on planted conventions."""
+"""mahtnet.studies.adaptation: the study of few-shot adaptation on planted conventions."""
 
 import numpy as np
 import pytest
 
-from mahtnet.analysis import adaptation
 from mahtnet.landmarks import NUM_LANDMARKS
+from mahtnet.studies import adaptation
 
 K = NUM_LANDMARKS
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from mahtnet.analysis.clinical import (
+from mahtnet.clinical import (
     MEASUREMENTS,
     THRESHOLDS,
     angle_deg,

@@ -60,7 +60,7 @@ def test_every_profile_gives_both_models_the_same_epoch_budget(params_raw):
     for name, profile in load_profiles(REPO / "profiles.yaml", REPO).items():
         p = with_settings(params_raw, profile["set"])
         assert p.baseline.epochs == p.stage1.epochs + p.stage2.epochs + p.stage3.epochs, name
-    from mahtnet.config import stage_epochs
+    from mahtnet.training.kinds import stage_epochs
 
     old = parse_params(edited(params_raw, "baseline.epochs", None))  # an older run's params still parse
     with pytest.raises(ParamsError, match="'baseline.epochs' must be an integer to train"):

@@ -139,8 +139,8 @@ def test_summarize_folds_and_concat():
 
 
 def test_every_ablation_is_a_valid_params_setting(params_raw):
-    from mahtnet.analysis.ablation import LOSSES, settings_of
     from mahtnet.models.variants import VARIANTS
+    from mahtnet.studies.ablation import LOSSES, settings_of
 
     names = [n for n, v in VARIANTS.items() if v.network == "maht_net"] + list(LOSSES)
     assert {"no-transformer", "no-attention-gates", "no-fpn", "transformer-2", "transformer-6"} <= set(names)

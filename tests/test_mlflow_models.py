@@ -11,6 +11,7 @@ from conftest import edited
 from mahtnet.config import TrackingParams, parse_params, to_dict
 from mahtnet.deploy.mlflow_models import deployable, log_onnx_export, log_stage_model, sha256
 from mahtnet.landmarks import LANDMARK_NAMES
+from mahtnet.models.card import CheckpointCard
 from mahtnet.models.checkpoint import save_checkpoint
 from mahtnet.models.factory import build_model, build_refiner
 from mahtnet.models.readout import HeatmapNet
@@ -51,7 +52,7 @@ def unet_checkpoint(params, path):
         "stage": "baseline",
         "params": to_dict(params),
     }
-    return save_checkpoint(path, model, meta)
+    return save_checkpoint(path, model, CheckpointCard.of(meta))
 
 
 def refiner_checkpoint(params, path, coarse):
@@ -66,7 +67,7 @@ def refiner_checkpoint(params, path, coarse):
         "landmark_names": list(LANDMARK_NAMES),
         "params": to_dict(params),
     }
-    return save_checkpoint(path, build_refiner(len(LANDMARK_NAMES), 4, 2), meta)
+    return save_checkpoint(path, build_refiner(len(LANDMARK_NAMES), 4, 2), CheckpointCard.of(meta))
 
 
 def own_output(net, x: np.ndarray) -> np.ndarray:

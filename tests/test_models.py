@@ -16,6 +16,7 @@ from mahtnet.analysis.plots import plot_attention_maps
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import ModelParams, ParamsError, parse_params
 from mahtnet.models.bottleneck import Attention, TransformerBottleneck, window_partition, window_reverse
+from mahtnet.models.card import CheckpointCard
 from mahtnet.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mahtnet.models.encoder import Encoder, EncoderWeightsError, remap_in_order
 from mahtnet.models.factory import MAHT_NET_KEYS, build_model
@@ -262,7 +263,7 @@ def test_maht_net_checkpoint_round_trip_without_the_weights_file(tmp_path):
         "output_kind": "logits",
         "landmark_names": ["a", "b", "c"],
     }
-    path = save_checkpoint(tmp_path / "m.pt", model, meta)
+    path = save_checkpoint(tmp_path / "m.pt", model, CheckpointCard.of(meta))
     weights.unlink()  # the checkpoint holds every weight: the initial file is not needed
     rebuilt, codec, _ = model_from_checkpoint(load_checkpoint(path))
     x = torch.randn(1, 1, 64, 64)

@@ -84,6 +84,7 @@ def tiny_maht_net_checkpoint(tmp_path, sparsity=None, params_raw=None):
     from test_models import TINY
 
     from mahtnet.config import ModelParams
+    from mahtnet.models.card import CheckpointCard
     from mahtnet.models.checkpoint import save_checkpoint
     from mahtnet.models.factory import build_model
     from mahtnet.training.prune import prune_model
@@ -101,7 +102,7 @@ def tiny_maht_net_checkpoint(tmp_path, sparsity=None, params_raw=None):
     if sparsity is not None:
         info = prune_model(model, sparsity, parse_params(params_raw).prune, torch.zeros(1, 1, 64, 64))
         meta["pruned"] = info
-    return model, save_checkpoint(tmp_path / f"m{sparsity}.pt", model, meta)
+    return model, save_checkpoint(tmp_path / f"m{sparsity}.pt", model, CheckpointCard.of(meta))
 
 
 def test_pruning_shrinks_the_network_which_still_loads_exports_and_predicts(tmp_path, params_raw):

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from mahtnet.analysis.clinical import MEASUREMENTS
+from mahtnet.clinical import MEASUREMENTS
 
 pytestmark = pytest.mark.slow
 

@@ -1,11 +1,11 @@
-"""mahtnet.analysis.protocol: the protocol table, paired tests and the validation-only choice."""
+"""mahtnet.studies.protocol: the protocol table, paired tests and the validation-only choice."""
 
 import json
 
 import numpy as np
 import pytest
 
-from mahtnet.analysis import protocol as protocol_study
+from mahtnet.studies import protocol as protocol_study
 
 SUMMARY_KEYS = ("sd_mm", "sdr_2mm", "sdr_4mm", "max_mm", "n_over_10mm", "n_over_15mm")
 
@@ -123,7 +123,7 @@ def _workspace_run(root, seed: int = 42, model: str = "maht_net"):
 
 
 def test_record_of_a_workspace_run(tmp_path):
-    from mahtnet.analysis.snapshots import errors, record
+    from mahtnet.studies.snapshots import errors, record
 
     _workspace_run(tmp_path)
     r = record("workspace", "maht_net", tmp_path)
@@ -137,7 +137,7 @@ def test_record_of_a_workspace_run(tmp_path):
 
 
 def test_paired_over_seeds_common_seeds_only_and_same_images():
-    from mahtnet.analysis.snapshots import paired_over_seeds
+    from mahtnet.studies.snapshots import paired_over_seeds
 
     ids = ["001", "002", "003", "004", "005", "006"]
     a = {42: (ids, np.arange(6.0)), 43: (ids, np.arange(6.0) + 1)}

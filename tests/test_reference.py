@@ -1,4 +1,4 @@
-"""mahtnet.analysis.reference: another method's public predictions, scored by our evaluator and
+"""mahtnet.studies.reference: another method's public predictions, scored by our evaluator and
 paired per image with our runs; its row in the README's headline table."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from mahtnet.analysis import protocol, reference
 from mahtnet.landmarks import NUM_LANDMARKS
+from mahtnet.studies import protocol, reference
 
 
 def _write_points(path, points):

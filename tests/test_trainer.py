@@ -15,7 +15,8 @@ from mahtnet.data.fine import FineSet
 from mahtnet.decoding import load_refiner
 from mahtnet.decoding.recipe import ReaderSpec, load_reader
 from mahtnet.decoding.shape import fit_prior_from_prepared
-from mahtnet.models.checkpoint import load_checkpoint
+from mahtnet.models.card import CheckpointCard
+from mahtnet.models.checkpoint import load_checkpoint, read_card
 from mahtnet.training.loop import Callback, StageOutputs, Trainer, TrainerSettings
 from mahtnet.training.refiner_task import train_refiner
 from mahtnet.training.stages import SigmaCurriculum, stage_task
@@ -101,6 +102,10 @@ def test_refiner_trains_and_evaluation_reports_every_variant(data, tmp_path):
     assert result.epochs_run == 2 and np.isfinite(result.best_val_mre_mm)
     meta = load_checkpoint(out.checkpoint)["meta"]
     assert meta["patch_size"] == 16 and len(meta["jitter"]["sd_mm"]) == 19
+    for path in (out.checkpoint, tmp_path / "baseline.pt"):  # written through the card, read as written
+        card = read_card(path)
+        assert load_checkpoint(path)["meta"] == card.to_meta() and CheckpointCard.of(card.to_meta()) == card
+        assert card.epoch >= 1 and card.averaged_epochs and "val_mre_mm" in card.val
     refiner = load_refiner(out.checkpoint, "cpu")
     assert refiner.card.kind == "refiner" and refiner.card.input_size == (16, 16)
     prior = fit_prior_from_prepared(train_set).save(tmp_path / "prior.npz")

@@ -14,15 +14,17 @@ from conftest import REPO
 from torch import nn
 
 from mahtnet.codec import HeatmapCodec
-from mahtnet.config import parse_params, stage_params
+from mahtnet.config import parse_params
 from mahtnet.data.dataset import LandmarkDataset, build_augmentation
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.decoding import LandmarkReader, TorchBackend
+from mahtnet.models.card import CheckpointCard
 from mahtnet.models.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from mahtnet.models.factory import build_model
 from mahtnet.models.unet import UNet
 from mahtnet.paths import repo_root
 from mahtnet.training.distributed import DistInfo
+from mahtnet.training.kinds import stage_params
 from mahtnet.training.loop import StageOutputs, Trainer, TrainerSettings, warmup_cosine
 from mahtnet.training.losses import softmax_ce
 from mahtnet.training.stages import configure_stage
@@ -58,7 +60,7 @@ def _meta():
 
 def test_checkpoint_round_trip_and_corruption(tmp_path):
     model = UNet(1, 3, channels=4, depth=2)
-    path = save_checkpoint(tmp_path / "m.pt", model, _meta())
+    path = save_checkpoint(tmp_path / "m.pt", model, CheckpointCard.of(_meta()))
     rebuilt, codec, kind = model_from_checkpoint(load_checkpoint(path))
     x = torch.randn(1, 1, 32, 32)
     model.eval()
@@ -208,7 +210,16 @@ def _trainer(tmp_path, epochs: int, **train) -> tuple[Trainer, list[dict]]:
         loss=lambda out, batch: (out.heatmaps.square().sum() * 1e4, {}),
         validate=lambda m: {},
         probe=torch.zeros(1, 1, 16, 16),
-        meta={},
+        card=CheckpointCard(
+            kind="coarse",
+            architecture="unet",
+            model={"name": "unet", "unet_channels": 4, "unet_depth": 2},
+            input_size=(16, 16),
+            sigma=2.0,
+            stride=1,
+            output_kind="logits",
+            landmark_names=("a", "b", "c"),
+        ),
         fingerprint="tiny",
     )
     out = StageOutputs(tmp_path / "m.pt", tmp_path / "runs", tmp_path / "h.csv", tmp_path / "g.png")

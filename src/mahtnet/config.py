@@ -470,33 +470,12 @@ def parse_params(raw: dict) -> Params:
     return params
 
 
-STAGES = ("baseline", "stage1", "stage2", "stage3")
-MAHT_NET_STAGES = STAGES[1:]
-
-
-STUDENT_STAGES = ("student", "distill")  # the small U-Net without / with the teacher (p.distill)
-PRUNE_STAGE = "prune"  # fine-tuning of a pruned MAHT-Net (p.prune)
-
-
-def stage_params(p: Params, stage: str) -> StageParams:
-    """The schedule block of a training stage (the students share ``distill.train``, the
-    pruned models ``prune.train``)."""
-    if stage == PRUNE_STAGE:
-        return p.prune.train
-    return p.distill.train if stage in STUDENT_STAGES else getattr(p, stage)
-
-
-def stage_epochs(p: Params, stage: str) -> int:
-    """Epoch budget of ``stage``; the students' null means the baseline's. The baseline's must
-    be given (a null one, as in runs before it was made explicit, still parses, for their
-    evaluation): its DVC stage does not track the MAHT-Net stages' epochs."""
-    epochs = stage_params(p, stage).epochs
-    if epochs is None and stage == "baseline":
-        raise ParamsError(
-            "params key 'baseline.epochs' must be an integer to train: the U-Net's budget, the three "
-            "MAHT-Net stages' total (null is not tracked by the train_baseline stage)"
-        )
-    return stage_epochs(p, "baseline") if epochs is None else epochs
+STAGES = (
+    "baseline",
+    "stage1",
+    "stage2",
+    "stage3",
+)  # the schedule's own blocks (the kinds: mahtnet.training.kinds)
 
 
 def _choice(key: str, value: Any, valid: tuple) -> None:

@@ -1,2 +1,2 @@
-"""Analysis of trained models: evaluation, statistics, clinical measurements, calibration,
-robustness, explanations, the literature table, plots and the report."""
+"""Analysis of trained models: evaluation, statistics, calibration, robustness, explanations,
+the literature table, plots and the report."""

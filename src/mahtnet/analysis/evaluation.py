@@ -13,8 +13,7 @@ import pandas as pd
 from scipy import stats
 from tqdm import tqdm
 
-from mahtnet import metrics
-from mahtnet.analysis import clinical
+from mahtnet import clinical, metrics
 from mahtnet.analysis.plots import plot_confidence, plot_predictions
 from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet

@@ -1,6 +1,6 @@
 """Published ISBI 2015 results as data (``data/literature.yaml``) and the comparison table
 that puts this project's rows beside them (report, scripts/literature_table.py; the README's
-headline rows come from :mod:`mahtnet.analysis.protocol`).
+headline rows come from :mod:`mahtnet.studies.protocol`).
 
 Every published row says which ground truth it was scored against (``ground_truth``:
 ``official``, ``mean`` or ``unknown``), which of our columns it is set beside

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mahtnet.analysis.clinical import MEASUREMENTS
+from mahtnet.clinical import MEASUREMENTS
 from mahtnet.io import write_text
 
 GROUND_TRUTHS = (
@@ -357,7 +357,7 @@ def _clinical_section(models: dict[str, dict]) -> list[str]:
         "",
         "Classification accuracy (%) of the eight measurements computed from the predicted landmarks "
         "against those from the ground-truth landmarks; the doctors' agreement (senior vs junior "
-        "landmarks) for reference. Definitions and class thresholds: `src/mahtnet/analysis/clinical.py`.",
+        "landmarks) for reference. Definitions and class thresholds: `src/mahtnet/clinical.py`.",
         "",
         table(["measurement", *names, "senior vs junior"], rows),
         "",

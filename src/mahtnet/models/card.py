@@ -33,10 +33,15 @@ def training_data(params: dict[str, Any] | None) -> str:
     )
 
 
+TRAINING_RECORD = ("epoch", "val", "averaged_epochs")  # what the trainer adds to a stage's card
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointCard:
-    """A checkpoint's metadata, typed: the one reader of the ``meta`` dict a training stage
-    writes (:class:`mahtnet.training.task.TrainTask`), for coarse models and refiners alike.
+    """A checkpoint's metadata, typed: the one reader (:meth:`of`) and writer (:meth:`to_meta`)
+    of the ``meta`` dict of a checkpoint (:func:`mahtnet.models.checkpoint.save_checkpoint`), for
+    coarse models and refiners alike; a training stage's card is its
+    :class:`mahtnet.training.task.TrainTask`'s, with the epoch of the written weights added.
 
     A refiner reads square patches (``input_size`` ``(P, P)``) at ``spacing_mm`` per pixel,
     its heatmaps at stride 1, and records its coarse model and the jitter it was trained with."""
@@ -56,6 +61,10 @@ class CheckpointCard:
     spacing_mm: float | None = None  # refiner: mm per patch px
     jitter: dict[str, Any] | None = None  # refiner: the coarse-error model of its training patches
     coarse_checkpoint: str | None = None  # refiner: its coarse model's file at training time
+    coarse_val_mre_mm: float | None = None  # refiner: its coarse model's validation MRE
+    epoch: int | None = None  # the epoch of the written weights (the best one)
+    val: dict[str, Any] | None = None  # their validation metrics
+    averaged_epochs: list[int] | None = None  # the epochs averaged into them (the stage's output)
 
     @classmethod
     def of(cls, meta: dict[str, Any]) -> CheckpointCard:
@@ -67,6 +76,8 @@ class CheckpointCard:
                 landmark_names=tuple(meta["landmark_names"]), stage="refine", params=meta.get("params"),
                 spacing_mm=float(meta["spacing_mm"]), jitter=meta.get("jitter"),
                 coarse_checkpoint=meta.get("coarse_checkpoint"),
+                coarse_val_mre_mm=meta.get("coarse_val_mre_mm"),
+                **{k: meta.get(k) for k in TRAINING_RECORD},
             )  # fmt: skip
         model = meta["model"] if isinstance(meta["model"], dict) else {"name": str(meta["model"])}
         return cls(
@@ -75,7 +86,37 @@ class CheckpointCard:
             stride=int(meta["heatmap"]["stride"]), output_kind=meta.get("output_kind", "logits"),
             landmark_names=tuple(meta["landmark_names"]), stage=meta.get("stage"), params=meta.get("params"),
             pruned=meta.get("pruned") or None, bypass_transformer=bool(meta.get("bypass_transformer")),
+            **{k: meta.get(k) for k in TRAINING_RECORD},
         )  # fmt: skip
+
+    def to_meta(self) -> dict[str, Any]:
+        """The ``meta`` dict of a checkpoint file: what :meth:`of` reads back as this card."""
+        if self.kind == "refiner":
+            meta = {
+                "kind": "refiner",
+                "model": self.model,
+                "patch_size": self.input_size[0],
+                "sigma": self.sigma,
+                "spacing_mm": self.spacing_mm,
+                "jitter": self.jitter,
+                "coarse_val_mre_mm": self.coarse_val_mre_mm,
+                "coarse_checkpoint": self.coarse_checkpoint,
+                "landmark_names": list(self.landmark_names),
+                "params": self.params,
+            }
+        else:
+            meta = {
+                "model": self.model,
+                "input_size": list(self.input_size),
+                "heatmap": {"sigma": self.sigma, "stride": self.stride},
+                "output_kind": self.output_kind,
+                "landmark_names": list(self.landmark_names),
+                "stage": self.stage,
+                "bypass_transformer": self.bypass_transformer,
+                "params": self.params,
+                **({"pruned": self.pruned} if self.pruned else {}),
+            }
+        return meta | {k: getattr(self, k) for k in TRAINING_RECORD if getattr(self, k) is not None}
 
     @property
     def training_data(self) -> str:

@@ -29,9 +29,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module, card: CheckpointCard) -> Path:
+    """``model``'s weights with ``card`` as the checkpoint's metadata (``card.to_meta()``)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "model_state": state, "meta": meta}
+    payload = {"format": FORMAT, "version": VERSION, "model_state": state, "meta": card.to_meta()}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 

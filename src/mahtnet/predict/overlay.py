@@ -9,10 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mahtnet.analysis import clinical as c
+from mahtnet import clinical as c
 from mahtnet.io import atomic_write
 
-# Each measurement's lines, as landmark index pairs (0-based, see mahtnet.analysis.clinical).
+# Each measurement's lines, as landmark index pairs (0-based, see mahtnet.clinical).
 MEASUREMENT_LINES: dict[str, tuple[tuple[int, int], ...]] = {
     "SNA/SNB/ANB": ((c.S, c.N), (c.N, c.A), (c.N, c.B)),
     "ODI": ((c.GO, c.ME), (c.A, c.B), (c.PO, c.OR), (c.PNS, c.ANS)),

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mahtnet.analysis import clinical
+from mahtnet import clinical
 from mahtnet.data.images import XRay
 from mahtnet.decoding import LandmarkReader
 from mahtnet.decoding.recipe import DECODING_NAMES

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from fastapi import HTTPException
 
-from mahtnet.analysis import clinical
+from mahtnet import clinical
 from mahtnet.data.images import DataError, image_size, read_xray
 from mahtnet.decoding.recipe import (
     CARD_NAME,

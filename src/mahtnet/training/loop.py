@@ -516,8 +516,8 @@ class Trainer:
     def _write_epoch(self, epoch: int, row: dict[str, float], improved: bool) -> None:
         out, s = self.out, self.s
         if improved:
-            meta = {**self.task.meta, "epoch": epoch, "val": dict(self.best)}
-            save_checkpoint(out.state_dir / "best.pt", self.model, meta)
+            card = dataclasses.replace(self.task.card, epoch=epoch, val=dict(self.best))
+            save_checkpoint(out.state_dir / "best.pt", self.model, card)
         self.kept = _keep_epoch_weights(self.model, out.state_dir, self.kept, epoch, row[s.select], s)
         write_history(out.history, self.history)
         save_train_state(self.state_path, self._state(epoch))
@@ -588,8 +588,10 @@ class Trainer:
             validate_model = lambda: self.task.validate(model)  # noqa: E731
             averaged, output_val = _try_average(model, self.kept, best, s, validate_model, self.task.name)
         epochs_kept = [k["epoch"] for k in self.kept] if averaged else [best["epoch"]]
-        meta = {**self.task.meta, "epoch": best["epoch"], "val": output_val, "averaged_epochs": epochs_kept}
-        save_checkpoint(out.checkpoint, model, meta)
+        card = dataclasses.replace(
+            self.task.card, epoch=best["epoch"], val=output_val, averaged_epochs=epochs_kept
+        )
+        save_checkpoint(out.checkpoint, model, card)
         if self.grad_means:
             components = {n: component_of(model, n) for n in self.grad_means}
             plot_grad_flow(self.grad_means, components, out.grad_flow)

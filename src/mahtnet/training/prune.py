@@ -10,7 +10,8 @@ faster. The landmark head's output (one map per landmark) and the modules named 
 
 A pruned checkpoint stores ordinary weights of the smaller shapes;
 :func:`mahtnet.models.pruned.shrink_to` rebuilds the architecture by narrowing each layer of a
-freshly built full model to those shapes.
+freshly built full model to those shapes. :func:`prune_stage_model` is stage ``prune``'s
+pruning of its initial (stage-3) model, before :func:`mahtnet.training.stages.train` fine-tunes it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mahtnet.config import PruneParams
+from mahtnet.config import Params, PruneParams
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -57,3 +58,17 @@ def prune_model(model: nn.Module, sparsity: float, p: PruneParams, example: torc
     pruner.step()
     model.train(was_training)
     return {"sparsity": sparsity, "parameters_before": before, "parameters_after": count_parameters(model)}
+
+
+def prune_stage_model(params: Params, model: nn.Module, sparsity: float | None) -> dict:
+    """Stage ``prune``: remove ``sparsity`` of the channels of the full ``model`` in place
+    before fine-tuning; returns what the checkpoint records of it."""
+    if sparsity is None:
+        raise ValueError("stage prune needs a sparsity (--sparsity-pct)")
+    example = torch.zeros(1, 1, params.preprocess.height, params.preprocess.width)
+    info = prune_model(model, sparsity, params.prune, example)
+    print(
+        f"pruned {sparsity:.0%} of the channels: {info['parameters_before'] / 1e6:.2f} M -> "
+        f"{info['parameters_after'] / 1e6:.2f} M parameters"
+    )
+    return info | {"importance": params.prune.importance, "ignore": list(params.prune.ignore)}

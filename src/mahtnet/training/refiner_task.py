@@ -21,7 +21,7 @@ from mahtnet.data.preprocess import PreparedSet
 from mahtnet.decoding import LandmarkReader, TorchBackend, TorchRefiner
 from mahtnet.decoding.reader import refine_landmarks
 from mahtnet.landmarks import LANDMARK_NAMES
-from mahtnet.models.card import ModelCard
+from mahtnet.models.card import CheckpointCard, ModelCard
 from mahtnet.models.factory import build_refiner
 from mahtnet.tracking import Run
 from mahtnet.training.distributed import init_distributed, shutdown
@@ -107,18 +107,22 @@ def refine_task(
         loss=loss,
         validate=lambda m: validate_refiner(m, val_ds, coarse_val, r, device),
         probe=next(iter(DataLoader(val_ds, batch_size=2)))["image"].to(device),
-        meta={
-            "kind": "refiner",
-            "model": {"name": "refiner", "channels": r.channels, "depth": r.depth},
-            "patch_size": r.patch_size,
-            "sigma": r.sigma,
-            "spacing_mm": r.spacing_mm,
-            "jitter": jitter.to_dict(),
-            "coarse_val_mre_mm": metrics.mre(np.linalg.norm(errors_mm, axis=-1)),
-            "coarse_checkpoint": str(coarse),
-            "landmark_names": list(LANDMARK_NAMES),
-            "params": to_dict(params),
-        },
+        card=CheckpointCard(
+            kind="refiner",
+            architecture="refiner",
+            model={"name": "refiner", "channels": r.channels, "depth": r.depth},
+            input_size=(r.patch_size, r.patch_size),
+            sigma=r.sigma,
+            stride=1,
+            output_kind="logits",
+            landmark_names=tuple(LANDMARK_NAMES),
+            stage="refine",
+            params=to_dict(params),
+            spacing_mm=r.spacing_mm,
+            jitter=jitter.to_dict(),
+            coarse_checkpoint=str(coarse),
+            coarse_val_mre_mm=metrics.mre(np.linalg.norm(errors_mm, axis=-1)),
+        ),
         fingerprint=_fingerprint(params, [fine_train, fine_val], coarse),
     )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +27,11 @@ from torch.utils.data import DataLoader
 from mahtnet import metrics
 from mahtnet.codec import HeatmapCodec
 from mahtnet.config import (
-    PRUNE_STAGE,
-    STUDENT_STAGES,
     DistillParams,
     ModelParams,
     Params,
     StageParams,
     TrainParams,
-    stage_epochs,
-    stage_params,
     to_dict,
     train_fingerprint,
 )
@@ -53,6 +49,7 @@ from mahtnet.models.factory import MAHT_NET_KEYS, build_model
 from mahtnet.models.head import log_heatmaps
 from mahtnet.tracking import Run
 from mahtnet.training.distributed import init_distributed, shutdown
+from mahtnet.training.kinds import stage_epochs, stage_kind, stage_params
 from mahtnet.training.loop import (
     Callback,
     StageOutputs,
@@ -65,20 +62,13 @@ from mahtnet.training.losses import CompositeLoss, heatmap_distillation
 from mahtnet.training.monitor import component_of, named_components
 from mahtnet.training.task import TrainTask
 
-MODEL_OF_STAGE = {
-    "baseline": "unet",
-    "stage1": "maht_net",
-    "stage2": "maht_net",
-    "stage3": "maht_net",
-    "student": "unet",
-    "distill": "unet",
-    PRUNE_STAGE: "maht_net",
-}
+# Stage ``prune``: narrows the built model in place, returns what the checkpoint records of it
+Prune = Callable[[nn.Module], dict]
 
 
 def stage_model_params(params: Params, stage: str) -> ModelParams:
     """The model block of ``stage``: the students are U-Nets of ``distill.student_channels``."""
-    if stage in STUDENT_STAGES:
+    if stage_kind(stage).student:
         return dataclasses.replace(params.model, unet_channels=params.distill.student_channels)
     return params.model
 
@@ -86,9 +76,10 @@ def stage_model_params(params: Params, stage: str) -> ModelParams:
 def build_stage_model(params: Params, stage: str, init: str | Path | None) -> nn.Module:
     """The stage's model: the U-Net for the baseline, MAHT-Net for stages 1-3, starting from
     the ``init`` checkpoint (the previous stage's) when given; stage ``prune`` needs it."""
-    name = MODEL_OF_STAGE[stage]
-    if stage == PRUNE_STAGE and init is None:
-        raise ValueError("stage prune needs --init (the full model, e.g. data/models/stage3.pt)")
+    kind = stage_kind(stage)
+    name = kind.model
+    if kind.prunes and init is None:
+        raise ValueError(f"stage {stage} needs --init (the full model, e.g. data/models/{kind.init}.pt)")
     model_params = stage_model_params(params, stage)
     if init is None:
         return build_model(name, model_params)
@@ -104,22 +95,6 @@ def build_stage_model(params: Params, stage: str, init: str | Path | None) -> nn
     model = build_model(name, dataclasses.replace(model_params, encoder_weights=None))
     model.load_state_dict(payload["model_state"])
     return model
-
-
-def prune_stage_model(params: Params, model: nn.Module, sparsity: float | None) -> dict:
-    """Stage ``prune``: remove ``sparsity`` of the channels of the full ``model`` in place
-    before fine-tuning; returns what the checkpoint records of it."""
-    from mahtnet.training.prune import prune_model
-
-    if sparsity is None:
-        raise ValueError("stage prune needs a sparsity (--sparsity-pct)")
-    example = torch.zeros(1, 1, params.preprocess.height, params.preprocess.width)
-    info = prune_model(model, sparsity, params.prune, example)
-    print(
-        f"pruned {sparsity:.0%} of the channels: {info['parameters_before'] / 1e6:.2f} M -> "
-        f"{info['parameters_after'] / 1e6:.2f} M parameters"
-    )
-    return info | {"importance": params.prune.importance, "ignore": list(params.prune.ignore)}
 
 
 def configure_stage(model: nn.Module, s: StageParams) -> tuple[list[dict], list[nn.Module]]:
@@ -178,10 +153,22 @@ def batch_loss(loss_fn: CompositeLoss, out, batch: dict, device: torch.device):
     )
 
 
+def load_val_targets(folder: Path, codec: HeatmapCodec) -> np.ndarray:
+    """Validation heatmaps from the heatmap stage at the model's stride, checked against the codec."""
+    path = folder / f"stride{codec.stride}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"heatmap targets not found: {path} (run the heatmaps stage)")
+    with np.load(path) as z:
+        stored = (float(z["sigma"]), int(z["stride"]), tuple(int(v) for v in z["input_size"]))
+        if stored != (codec.sigma, codec.stride, codec.input_size):
+            raise ValueError(f"{path} was made with (sigma, stride, input size) {stored}, params say {codec}")
+        return z["val"]
+
+
 def stage_codec(params: Params, stage: str) -> HeatmapCodec:
     """The heatmap codec of ``stage``'s model: MAHT-Net predicts at ``model.output_stride``,
     the U-Net at stride 1."""
-    stride = params.model.output_stride if MODEL_OF_STAGE[stage] == "maht_net" else 1
+    stride = params.model.output_stride if stage_kind(stage).model == "maht_net" else 1
     return HeatmapCodec.from_params(params.preprocess, params.heatmap, stride)
 
 
@@ -262,16 +249,20 @@ def stage_task(
     device: torch.device,
     world_size: int,
     teacher: str | Path | None = None,
-    sparsity: float | None = None,
+    prune: Prune | None = None,
 ) -> TrainTask:
     """The task of a heatmap-model stage: the U-Net baseline, a MAHT-Net stage, a student
     (``distill``: with the ``teacher`` checkpoint's heatmaps as soft targets) or the
-    fine-tuning of the ``init`` MAHT-Net pruned to ``sparsity`` (``prune``)."""
+    fine-tuning of the ``init`` MAHT-Net narrowed by ``prune`` (``prune``, see
+    :func:`mahtnet.training.prune.prune_stage_model`)."""
+    kind = stage_kind(stage)
     s: StageParams = stage_params(params, stage)
     seed_everything(params.seed)
     model = build_stage_model(params, stage, init)
-    pruned = prune_stage_model(params, model, sparsity) if stage == PRUNE_STAGE else None
-    name = stage if pruned is None else f"{stage}_{sparsity:g}"
+    if kind.prunes and prune is None:
+        raise ValueError(f"stage {stage} needs a sparsity (--sparsity-pct)")
+    pruned = prune(model) if kind.prunes else None
+    name = stage if pruned is None else f"{stage}_{pruned['sparsity']:g}"
     codec = HeatmapCodec.from_params(params.preprocess, params.heatmap, model.output_stride)
     loss_fn = CompositeLoss.from_params(params.loss, to_dict(s.loss_weights), s.uncertainty_weighting)
     groups, frozen_bn = configure_stage(model, s)
@@ -282,7 +273,7 @@ def stage_task(
     probe = next(iter(DataLoader(val_ds, batch_size=min(2, len(val_ds)))))["image"].to(device)
     tp = params.train
     loss = lambda out, batch: batch_loss(loss_fn, out, batch, device)
-    if stage == "distill":
+    if kind.teacher:
         loss = distill_loss(loss, load_teacher(teacher, device), params.distill, device)
     return TrainTask(
         name=name,
@@ -294,17 +285,20 @@ def stage_task(
         loss=loss,
         validate=lambda m: validate(m, val_loader, val_set, codec, loss_fn, device, tp),
         probe=probe,
-        meta={
-            "model": {"name": MODEL_OF_STAGE[stage], **to_dict(stage_model_params(params, stage))},
-            "input_size": [params.preprocess.height, params.preprocess.width],
-            "heatmap": {"sigma": codec.sigma, "stride": codec.stride},
-            "output_kind": loss_fn.output,
-            "landmark_names": list(LANDMARK_NAMES),
-            "stage": stage,
-            "bypass_transformer": bool(getattr(getattr(model, "bottleneck", None), "bypass", False)),
-            "params": to_dict(params),
-            **({"pruned": pruned} if pruned else {}),
-        },
+        card=CheckpointCard(
+            kind="coarse",
+            architecture=kind.model,
+            model={"name": kind.model, **to_dict(stage_model_params(params, stage))},
+            input_size=(params.preprocess.height, params.preprocess.width),
+            sigma=codec.sigma,
+            stride=codec.stride,
+            output_kind=loss_fn.output,
+            landmark_names=tuple(LANDMARK_NAMES),
+            stage=stage,
+            params=to_dict(params),
+            pruned=pruned or None,
+            bypass_transformer=bool(getattr(getattr(model, "bottleneck", None), "bypass", False)),
+        ),
         fingerprint=fingerprint(params, name, [train_set, val_set], teacher or init, world_size),
     )
 
@@ -335,19 +329,20 @@ def train(
     run: Run | None = None,
     val_targets: np.ndarray | None = None,
     teacher: str | Path | None = None,
-    sparsity: float | None = None,
+    prune: Prune | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train ``stage`` (``"baseline"``, ``"stage1"``-``"stage3"``, a student, ``"prune"``) and
     write its checkpoint. ``val_targets (N, K, h, w)``: validation heatmaps from the heatmap
-    stage (None: made from the landmarks); ``callbacks``: extra per-epoch hooks (a search's
+    stage (None: made from the landmarks); ``prune``: stage ``prune``'s channel pruning of the
+    ``init`` model; ``callbacks``: extra per-epoch hooks (a search's
     pruning report), after the stage's own."""
     info, device = init_distributed(params.train.device)
     try:
         if params.train.threads > 0:
             torch.set_num_threads(params.train.threads)
         task = stage_task(
-            params, stage, train_set, val_set, init, val_targets, device, info.world_size, teacher, sparsity
+            params, stage, train_set, val_set, init, val_targets, device, info.world_size, teacher, prune
         )
         trainer = Trainer(
             task,

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from mahtnet.models.card import CheckpointCard
+
 
 @dataclasses.dataclass
 class TrainTask:
@@ -18,7 +20,8 @@ class TrainTask:
 
     ``loss(output, batch)`` gives ``(total, {term: value})`` for a model output on a batch of
     ``train_ds`` (``batch["image"]`` is the network input); ``validate(model)`` gives
-    ``{"val_loss", "val_mre_mm", "val_sdr_2mm"}``. ``meta`` goes into every checkpoint;
+    ``{"val_loss", "val_mre_mm", "val_sdr_2mm"}``. ``card`` is every checkpoint's metadata (the
+    trainer adds the epoch of the weights);
     ``fingerprint`` identifies the run for resuming."""
 
     name: str
@@ -30,5 +33,5 @@ class TrainTask:
     loss: Callable[[Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     validate: Callable[[nn.Module], dict[str, float]]
     probe: torch.Tensor  # a fixed validation batch for activation statistics
-    meta: dict[str, Any]
+    card: CheckpointCard
     fingerprint: str

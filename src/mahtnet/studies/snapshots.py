@@ -3,8 +3,8 @@ workspace), so that they grow over sessions without the DVC cache of old runs.
 
 A record holds the run's params, each evaluated set's scores (validation, Test1, Test2; official
 ground truth and the mean of both doctors; every decoding variant) and the per-image MREs the
-paired tests need. The training-protocol study (:mod:`mahtnet.analysis.protocol`) and the
-ablation study (:mod:`mahtnet.analysis.ablation`) both read them, and compare two sets of runs
+paired tests need. The training-protocol study (:mod:`mahtnet.studies.protocol`) and the
+ablation study (:mod:`mahtnet.studies.ablation`) both read them, and compare two sets of runs
 with :func:`paired_over_seeds`.
 """
 

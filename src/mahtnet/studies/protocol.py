@@ -1,6 +1,6 @@
 """The training-protocol study: which training labels generalise (issue: "Generalisation first").
 
-From every run snapshot (:mod:`mahtnet.analysis.snapshots`, one per protocol, model and seed):
+From every run snapshot (:mod:`mahtnet.studies.snapshots`, one per protocol, model and seed):
 mean +- SD over seeds per protocol and model, paired Wilcoxon tests per seed and pooled against
 the reference protocol, MAHT-Net against the U-Net under each protocol, and the protocol chosen
 **on validation only** (validation images scored against the mean of both doctors);
@@ -16,9 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from mahtnet.analysis.literature import load_literature
-from mahtnet.analysis.snapshots import GTS, SETS, errors, paired_over_seeds, scores
 from mahtnet.analysis.stats import mean_sd
 from mahtnet.io import atomic_write, write_json
+from mahtnet.studies.snapshots import GTS, SETS, errors, paired_over_seeds, scores
 
 FIGURES = ("mre_mm", "sd_mm", "sdr_2mm", "sdr_4mm", "max_mm", "n_over_10mm", "n_over_15mm")
 
@@ -165,7 +165,7 @@ PUBLISHED_NOTE = (
 
 def reference_rows(path: Path | None) -> list[str]:
     """Another method's public predictions scored here (``docs/reference.json``,
-    :mod:`mahtnet.analysis.reference`): every column filled, by our evaluator."""
+    :mod:`mahtnet.studies.reference`): every column filled, by our evaluator."""
     if path is None or not path.is_file():
         return []
     doc = json.loads(path.read_text())

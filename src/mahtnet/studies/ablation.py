@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from mahtnet.analysis import snapshots
-from mahtnet.analysis.snapshots import GTS, SETS, errors, paired_over_seeds, scores
 from mahtnet.analysis.stats import bootstrap_ci, mean_sd
 from mahtnet.hardware import cpu_name
 from mahtnet.models.variants import MAHT_NET_STAGES, VARIANTS, get_variant, variants_tagged
+from mahtnet.studies import snapshots
+from mahtnet.studies.snapshots import GTS, SETS, errors, paired_over_seeds, scores
 
 VARIANT_READ = "shape"  # the coarse network with shape decoding
 REFERENCE = "maht_net"
@@ -68,7 +68,7 @@ def ablation_names() -> list[str]:
 
 
 def record(rev: str, variant: str, repo: Path) -> dict:
-    """The run's snapshot (:func:`mahtnet.analysis.snapshots.record` of MAHT-Net) with its
+    """The run's snapshot (:func:`mahtnet.studies.snapshots.record` of MAHT-Net) with its
     variant, parameters and training minutes, and the CPU of this checkout (a queued run ends in
     the checkout that queued it, so it ran here)."""
     out = snapshots.record(rev, REFERENCE, repo)

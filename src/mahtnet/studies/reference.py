@@ -6,12 +6,12 @@ original-image pixels, the ISBI landmark order; ``README.md`` says where they co
 as ``../shared/reference/isbi2015-delr/``. :func:`score` reads them with the project's own
 metrics against every ground truth (the challenge's official files, the mean of both doctors,
 each doctor), and :func:`paired` compares them per image with the recommended protocol's runs
-(the protocol study's snapshots, :mod:`mahtnet.analysis.snapshots`): ours minus the reference,
+(the protocol study's snapshots, :mod:`mahtnet.studies.snapshots`): ours minus the reference,
 per seed and pooled over seeds, Wilcoxon signed-rank. Nothing is tuned on a reference: it is
 read here, once per reported model, like a test set.
 
 ``scripts/reference.py`` writes ``docs/reference.json`` and ``docs/reference.md``; the README's
-headline table (:mod:`mahtnet.analysis.protocol`) shows its row.
+headline table (:mod:`mahtnet.studies.protocol`) shows its row.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from mahtnet import metrics
-from mahtnet.analysis.snapshots import errors, paired_over_seeds
 from mahtnet.analysis.stats import mean_sd
 from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM, load_challenge, load_doctors
 from mahtnet.io import atomic_write, write_json
 from mahtnet.landmarks import NUM_LANDMARKS
+from mahtnet.studies.snapshots import errors, paired_over_seeds
 
 SET_FILES = {"test1": "test1_predictions.json", "test2": "test2_predictions.json"}
 SET_IDS = {"test1": range(151, 301), "test2": range(301, 401)}
