@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mahtnet.analysis.snapshots import reader
 from mahtnet.analysis.stats import mean_sd, signed_rank_test
 from mahtnet.data.preprocess import split_key
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json, write_text
 from mahtnet.landmarks import LANDMARK_NAMES
+from mahtnet.studies.snapshots import reader
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = "isbi-mean-cv4"
