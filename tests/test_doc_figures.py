@@ -90,8 +90,51 @@ def variant(name: str, key: str) -> str:
     return f"rows[variant={name}]/{key}"
 
 
+ENS = "docs/ensemble.json"
+
+
+def ens(s: str, gt: str, reader: str) -> J:
+    return J(ENS, f"sets/{s}/scores/{gt}/{reader}/mre_mm")
+
+
+def single(s: str, gt: str, key: str) -> J:
+    return J(ENS, f"sets/{s}/single_mean/{gt}/mre_mm/{key}")
+
+
 # (document, phrase with {} for each figure, the figures)
 FIGURES: list[tuple[str, str, tuple[J, ...]]] = [
+    (
+        "README.md",
+        "read Test1 at {} mm and Test2 at {} against the mean of both doctors (official {} / {}), "
+        "where the single models read {} ± {} and {} ± {} (official {} ± {} / {} ± {})",
+        (
+            ens("test1", "mean", "heatmaps"),
+            ens("test2", "mean", "heatmaps"),
+            ens("test1", "official", "heatmaps"),
+            ens("test2", "official", "heatmaps"),
+            single("test1", "mean", "mean"),
+            single("test1", "mean", "sd"),
+            single("test2", "mean", "mean"),
+            single("test2", "mean", "sd"),
+            single("test1", "official", "mean"),
+            single("test1", "official", "sd"),
+            single("test2", "official", "mean"),
+            single("test2", "official", "sd"),
+        ),
+    ),
+    (
+        "README.md",
+        "Test2's large errors are mostly one landmark: {} of its {} errors above 4 mm are on soft-tissue pogonion",
+        (
+            J("docs/conventions.json", "sets/test2/landmarks/soft_tissue_pogonion/gross", ".0f"),
+            J("docs/conventions.json", "sets/test2/gross", ".0f"),
+        ),
+    ),
+    (
+        "docs/ensemble.md",
+        "largest landmark difference {} mm, mean {} mm",
+        (J(ENS, "onnx_parity/max_mm", ".4f"), J(ENS, "onnx_parity/mean_mm", ".5f")),
+    ),
     # README: where it stands, what generalises, what the components earn, the release
     (
         "README.md",
