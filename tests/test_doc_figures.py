@@ -124,7 +124,8 @@ FIGURES: list[tuple[str, str, tuple[J, ...]]] = [
     ),
     (
         "README.md",
-        "Test2's large errors are mostly one landmark: {} of its {} errors above 4 mm are on soft-tissue pogonion",
+        "Test2's large errors are mostly one landmark: {} of its {} errors above 4 mm are on "
+        "soft-tissue pogonion",
         (
             J("docs/conventions.json", "sets/test2/landmarks/soft_tissue_pogonion/gross", ".0f"),
             J("docs/conventions.json", "sets/test2/gross", ".0f"),
