@@ -74,3 +74,25 @@ def test_lock_matches_the_code_and_params(dvc_yaml):
     assert not stale, f"{lock_path.relative_to(REPO)} is stale (dvc repro {dvc_yaml}): " + "; ".join(
         stale[:8]
     )
+
+
+def test_each_stage_read_what_its_upstream_stage_last_wrote():
+    """A dependency that is another stage's output carries the hash that stage's output has in
+    the lock (every lock of the repository read together: crossval/ and search/ read the root
+    pipeline's outputs). Catches an upstream stage re-run alone (e.g. ``dvc repro -f`` of one
+    target re-runs its upstream) whose new output the downstream stages never read."""
+    locks = {p: yaml.safe_load((REPO / p).with_name("dvc.lock").read_text()) for p in PIPELINES}
+    wrote = {}
+    for pipeline, lock in locks.items():
+        for name, stage in lock["stages"].items():
+            for out in stage.get("outs", []):
+                wrote[out["path"]] = (f"{pipeline}:{name}", out.get("md5"))
+    stale = []
+    for pipeline, lock in locks.items():
+        for name, stage in lock["stages"].items():
+            for dep in stage.get("deps", []):
+                if dep["path"] in wrote and wrote[dep["path"]][1] != dep.get("md5"):
+                    stale.append(
+                        f"{pipeline}:{name} read {dep['path']} before {wrote[dep['path']][0]} re-wrote it"
+                    )
+    assert not stale, "stale downstream stages (dvc repro): " + "; ".join(stale[:6])
