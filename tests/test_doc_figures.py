@@ -13,7 +13,6 @@ whose keys match (values compared as strings), ``name[3]`` an index.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -600,10 +600,7 @@ def test_the_sample_covers_the_readme_and_the_docs():
 
 @cache
 def doc_figures():
-    spec = importlib.util.spec_from_file_location("doc_figures", REPO / "scripts/doc_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("doc_figures")
 
 
 def test_generated_sections_follow_their_json():

@@ -4,14 +4,13 @@
 and the profile runner point at its outputs. A few seconds: one real conversion (Lite1, skipped
 without its package) and one of a fake package file."""
 
-import importlib.util
 import sys
 
 import pytest
 import timm
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, load_script
 
 from mahtnet.models.encoder import EncoderWeightsError, load_encoder_weights
 
@@ -25,12 +24,7 @@ from mahtnet.models.variants import get_variant  # noqa: E402
 
 
 def _converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_lite", REPO / "scripts" / "convert_efficientnet_lite.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("convert_efficientnet_lite")
 
 
 def _features_only(name: str) -> torch.nn.Module:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -14,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import DELETE, REPO, edited
+from conftest import DELETE, REPO, edited, load_script
 from test_training import _prepared, _set, tiny_raw
 
 from mahtnet.config import ParamsError, parse_params, train_fingerprint
@@ -222,10 +221,7 @@ def test_out_of_memory_at_one_image_is_a_clear_error(data, tmp_path):
 
 
 def _profile_script():
-    spec = importlib.util.spec_from_file_location("profile_memory", REPO / "scripts" / "profile_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("profile_memory")
 
 
 def test_profile_memory_writes_a_table_and_json(tmp_path, monkeypatch, capsys):

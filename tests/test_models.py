@@ -3,14 +3,13 @@ overfit), plus the head / codec agreement, freezing, weights loading and the cle
 
 import copy
 import dataclasses
-import importlib.util
 import itertools
 
 import numpy as np
 import pytest
 import timm
 import torch
-from conftest import REPO, edited
+from conftest import edited, load_script
 
 from mahtnet.analysis.plots import plot_attention_maps
 from mahtnet.codec import HeatmapCodec
@@ -284,12 +283,7 @@ def test_attention_maps_and_their_plot(tmp_path):
 
 
 def _converter():
-    spec = importlib.util.spec_from_file_location(
-        "convert_lite", REPO / "scripts" / "convert_efficientnet_lite.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("convert_efficientnet_lite")
 
 
 def test_efficientnet_lite0_package_weights_convert_and_load(tmp_path):
