@@ -129,16 +129,20 @@ def member_spec(seed: int) -> ReaderSpec:
 # ------------------------------------------------------------------------------------ reading
 
 
+def heatmap_ensemble(members: list[LandmarkReader]) -> LandmarkReader:
+    """The members' coarse networks and refiners averaged, decoded once with the release's shape
+    prior and the first member's (the release's) number of candidates."""
+    return LandmarkReader(
+        EnsembleBackend([r.backend for r in members]),
+        ShapePrior.load(ReaderSpec.release().shape_prior),
+        EnsembleRefiner([r.refiner for r in members]),
+        candidates=members[0].candidates,
+    )
+
+
 def readers() -> dict[str, LandmarkReader]:
     singles = {f"seed{s}": load_reader(member_spec(s)) for s in SEEDS}
-    release = singles["seed42"]
-    heatmaps = LandmarkReader(
-        EnsembleBackend([r.backend for r in singles.values()]),
-        ShapePrior.load(ReaderSpec.release().shape_prior),
-        EnsembleRefiner([r.refiner for r in singles.values()]),
-        candidates=release.candidates,
-    )
-    return singles | {"heatmaps": heatmaps}
+    return singles | {"heatmaps": heatmap_ensemble(list(singles.values()))}
 
 
 def onnx_parity(n_images: int = 20) -> dict:
@@ -154,12 +158,7 @@ def onnx_parity(n_images: int = 20) -> dict:
         refiner = export_refiner_onnx(folder / "refiner.pt", folder / "refiner.onnx")
         onnx[s] = ReaderSpec(model, folder / "shape_prior.npz", refiner, threads=2, device="cpu")
     members = [load_reader(ReaderSpec.release(threads=2))] + [load_reader(spec) for spec in onnx.values()]
-    reader = LandmarkReader(
-        EnsembleBackend([r.backend for r in members]),
-        ShapePrior.load(ReaderSpec.release().shape_prior),
-        EnsembleRefiner([r.refiner for r in members]),
-        candidates=members[0].candidates,
-    )
+    reader = heatmap_ensemble(members)
     recorded = json.loads(READINGS.read_text())["images"]
     ids = [f"{i:03d}" for i in SETS["test1"][1]][:n_images]
     diff = []
