@@ -55,7 +55,7 @@ def calibration(root: Path) -> dict:
 
     from mahtnet.analysis.calibration import cross_validated, fit_calibration, flagged, reliability
     from mahtnet.data.preprocess import split_train_val
-    from mahtnet.predict.result import LOW_CONFIDENCE
+    from mahtnet.decoding.recipe import LOW_CONFIDENCE
     from mahtnet.studies.adaptation import truths
 
     doc, card = load(SIGNALS), load(CARD)

@@ -26,8 +26,8 @@ from mahtnet.analysis.robustness import PERTURBATIONS, perturb
 from mahtnet.analysis.stats import signed_rank_test
 from mahtnet.data.images import read_xray
 from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM
-from mahtnet.decoding.recipe import ReaderSpec, load_reader, load_trust
-from mahtnet.decoding.trust import read_checked
+from mahtnet.decoding.recipe import ReaderSpec, load_reader
+from mahtnet.decoding.trust import load_trust, read_checked
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json, write_text
 from mahtnet.studies.reference import ground_truths

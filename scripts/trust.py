@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mahtnet.data.images import read_xray
 from mahtnet.data.preprocess import split_train_val
 from mahtnet.decoding.recipe import ReaderSpec, load_reader
-from mahtnet.decoding.trust import TrustModel, fit, read_checked
+from mahtnet.decoding.trust import BLUR_MM, TrustModel, fit, read_checked, sharpness
 from mahtnet.errors import run_cli
 from mahtnet.io import atomic_write, write_json
 from mahtnet.studies.adaptation import truths
@@ -75,12 +75,40 @@ def _sig(doc: dict, ids: list[str]) -> list[dict]:
     return [{k: np.asarray(doc["images"][i][k]) for k in KEYS} for i in ids]
 
 
+MADE = {  # training images made into what the model must not read as upright cephalograms
+    "mirrored": lambda im: im[:, ::-1],
+    "rotated 90": lambda im: np.rot90(im, 1),
+    "rotated 180": lambda im: np.rot90(im, 2),
+    "rotated 270": lambda im: np.rot90(im, 3),
+    "left half": lambda im: im[:, : im.shape[1] // 2],
+    "top half": lambda im: im[: im.shape[0] // 2],
+}
+
+
+def made_negatives(root: Path, ids: list[str]) -> tuple[list[dict], list[float], list[float]]:
+    """For the looser limits (:meth:`TrustModel.readable`): the signals of every 10th training
+    image made into each of :data:`MADE`; the sharpness of every training image, and of each
+    blurred by :data:`BLUR_MM`."""
+    read = reader()
+    made, sharp, blurred = [], [], []
+    for n, image_id in enumerate(tqdm(ids, desc="made negatives", unit="image", disable=None)):
+        px = read_xray(image_path(root, image_id)).pixels
+        sharp.append(sharpness(px))
+        blurred.append(sharpness(cv2.GaussianBlur(px, (0, 0), BLUR_MM / SPACING)))
+        if n % 10 == 0:
+            for turn in MADE.values():
+                r = read(np.ascontiguousarray(turn(px)), SPACING)
+                made.append({k: v[0] for k, v in r.signals.items()})
+    return made, sharp, blurred
+
+
 def fit_card(root: Path, doc: dict, card_path: Path) -> TrustModel:
     card = json.loads(card_path.read_text())
     seed = int(card["training"]["seed"])
     ids = [f"{i:03d}" for i in SPLITS["train"][1]]
     _, val_idx = split_train_val(len(ids), 0.1, seed)
     val = [ids[i] for i in val_idx]
+    made, sharp, blurred = made_negatives(root, ids)
     trust = fit(
         _sig(doc, ids),
         [tuple(doc["images"][i]["shape"]) for i in ids],
@@ -89,9 +117,14 @@ def fit_card(root: Path, doc: dict, card_path: Path) -> TrustModel:
         np.array([doc["images"][i]["confidence"] for i in val]),
         _errors(doc, root, val),
         _errors(doc, root, ids),
+        train_sharpness=sharp,
+        blurred_sharpness=blurred,
+        negative_signals=made,
         min_side_px=min(load_reader(ReaderSpec.release()).codec.input_size),  # the network's input side
         fitted_on=(
-            f"scripts/trust.py fit: image level and the bound's scale on the 150 ISBI training images, "
+            f"scripts/trust.py fit: image level and the bound's scale on the 150 ISBI training images "
+            f"(the looser limits against every 10th of them mirrored, turned and halved, and all of them "
+            f"blurred by {BLUR_MM:g} mm), "
             f"flags and the conformal quantile on the {len(val)} validation images of the seed-{seed} split "
             "(errors against the mean of both doctors, the model's training labels)"
         ),
@@ -151,16 +184,17 @@ def negatives(root: Path) -> dict[str, list[np.ndarray]]:
     }
 
 
-def landmark_level(doc: dict, root: Path, trust: TrustModel, s: str) -> dict:
+def landmark_level(doc: dict, root: Path, trust: TrustModel, s: str, unusual: set[str]) -> dict:
     """Flags and the bound on one test set against the mean of both doctors, all landmarks and
-    those where the doctors agree within 2 mm (a reliable label)."""
+    those where the doctors agree within 2 mm (a reliable label); every landmark of an
+    ``unusual`` image is flagged (:meth:`TrustModel.check_first`)."""
     ids = [f"{i:03d}" for i in SPLITS[s][1]]
     t = truths(root, ids)
     err = _errors(doc, root, ids)
     agree = np.linalg.norm(t["senior"] - t["junior"], axis=-1) * doc["spacing_mm"] <= 2.0
     flags = np.stack(
         [
-            trust.flags(sig, np.asarray(doc["images"][i]["confidence"]))
+            trust.check_first(i in unusual, sig, np.asarray(doc["images"][i]["confidence"]))
             for sig, i in zip(_sig(doc, ids), ids, strict=True)
         ]
     )
@@ -185,19 +219,21 @@ def landmark_level(doc: dict, root: Path, trust: TrustModel, s: str) -> dict:
 def benchmark(root: Path, doc: dict, trust: TrustModel, out_json: Path, out_md: Path) -> dict:
     read = reader()
     ids = sorted(doc["images"])
-    positives = {"refused": [], "verdicts": {}}
-    for i in ids:
-        sig = {k: np.asarray(v) for k, v in doc["images"][i].items() if k in trust_keys()}
-        ok = trust.fits(trust.image_figures(sig))
-        positives["verdicts"][i] = "ok" if ok else "not ok"
-        if not ok:
+    positives = {"refused": [], "unusual": [], "verdicts": {}}
+    for i in tqdm(ids, desc="positives", unit="image", disable=None):
+        c = read_checked(read, trust, read_xray(image_path(root, i)).pixels, SPACING)
+        positives["verdicts"][c.verdict] = positives["verdicts"].get(c.verdict, 0) + 1
+        if c.refused:
             positives["refused"].append(i)
+        elif c.unusual:
+            positives["unusual"].append(i)
     mirrored = {"verdicts": {}, "max_abs_diff_mm": 0.0, "mre_diff_mm": []}
     start = time.perf_counter()
     for i in tqdm(ids, desc="mirrored", unit="image", disable=None):
         px = read_xray(image_path(root, i)).pixels
         c = read_checked(read, trust, np.ascontiguousarray(px[:, ::-1]), SPACING)
         mirrored["verdicts"][c.verdict] = mirrored["verdicts"].get(c.verdict, 0) + 1
+        mirrored["unusual"] = mirrored.get("unusual", 0) + int(c.unusual)
         if c.readout is not None:
             back = c.readout.final[0].copy()
             back[:, 0] = px.shape[1] - 1 - back[:, 0]  # the mirrored image's points -> the original's
@@ -214,10 +250,12 @@ def benchmark(root: Path, doc: dict, trust: TrustModel, out_json: Path, out_md: 
         }
     result = {
         "trust": trust.to_dict(),
-        "positives": {"images": len(ids), "refused": positives["refused"]},
+        "positives": {"images": len(ids), **positives},
         "mirrored": mirrored,
         "negatives": neg,
-        "landmarks": {s: landmark_level(doc, root, trust, s) for s in ("test1", "test2")},
+        "landmarks": {
+            s: landmark_level(doc, root, trust, s, set(positives["unusual"])) for s in ("test1", "test2")
+        },
     }
     write_json(out_json, result)
     atomic_write(out_md, lambda tmp: tmp.write_text(markdown(result)))
@@ -241,12 +279,20 @@ def markdown(r: dict) -> str:
         "",
         f"A reading fits when the median coarse confidence is at least {t['min_median_confidence']:.3f} and "
         f"the median shape residual of the arg-max landmarks at most {t['max_median_residual_sd']:.2f} SD; "
-        f"too small below {t['min_side_px']} px or {t['min_fov_mm']:.0f} mm on the short side.",
+        f"too small below {t['min_side_px']} px or {t['min_fov_mm']:.0f} mm on the short side. "
+        f"One that does not fit, as it is or mirrored or turned, is read as **unusual** (every landmark "
+        f"to check) while its median confidence is at least {t['refuse_min_median_confidence']:.3f}, its "
+        f"median residual at most {t['refuse_max_median_residual_sd']:.2f} SD and its sharpness at least "
+        f"{t['refuse_min_sharpness']:.4f} (halfway between the training images and the same images "
+        "mirrored, turned, halved or blurred by 3 mm); otherwise it is refused.",
         "",
-        f"- **Positives**: {r['positives']['images']} ISBI images, refused: "
-        f"{len(r['positives']['refused'])} ({', '.join(r['positives']['refused']) or 'none'}).",
+        f"- **Positives**: {r['positives']['images']} ISBI images, verdicts "
+        + ", ".join(f"{k} {v}" for k, v in r["positives"]["verdicts"].items())
+        + f"; refused: {len(r['positives']['refused'])} ({', '.join(r['positives']['refused']) or 'none'}); "
+        f"unusual: {', '.join(r['positives']['unusual']) or 'none'}.",
         f"- **Mirrored** (all {r['positives']['images']} flipped left-right): verdicts "
         + ", ".join(f"{k} {v}" for k, v in r["mirrored"]["verdicts"].items())
+        + f" (of which unusual {r['mirrored']['unusual']})"
         + "; largest landmark difference from the unflipped reading "
         + f"{r['mirrored']['max_abs_diff_mm']:.4f} mm; "
         f"{r['mirrored']['seconds_per_image']:.2f} s per image (two readings).",
@@ -263,7 +309,8 @@ def markdown(r: dict) -> str:
         "",
         f"Flagged: refiner confidence below {t['flag_min_confidence']:.3f}, or moved more than "
         f"{t['flag_max_refine_shift_mm']:.2f} mm by the refiner, or more than "
-        f"{t['flag_max_residual_sd']:.2f} SD from where the shape prior puts it. "
+        f"{t['flag_max_residual_sd']:.2f} SD from where the shape prior puts it; every landmark of an "
+        "unusual image. "
         f"Bound: {t['coverage']:.0%} split-conformal, "
         f"{t['bound_quantile']:.2f} x each landmark's scale.",
         "",

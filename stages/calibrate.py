@@ -33,11 +33,10 @@ from mahtnet.config import load_params
 from mahtnet.data.fine import FineSet
 from mahtnet.data.preprocess import PreparedSet
 from mahtnet.decoding import LandmarkReader
-from mahtnet.decoding.recipe import DECODING_NAMES, ReaderSpec, load_reader
+from mahtnet.decoding.recipe import DECODING_NAMES, LOW_CONFIDENCE, ReaderSpec, load_reader
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json
 from mahtnet.metrics import radial_errors_mm
-from mahtnet.predict.result import LOW_CONFIDENCE
 from mahtnet.tracking import start_run
 
 

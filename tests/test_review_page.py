@@ -293,14 +293,17 @@ GOOD = ISBI_ROOT / "RawImage" / "TrainingData" / "005.jpg"  # ok, two landmarks 
 
 @pytest.fixture(scope="module")
 def trust_review(tmp_path_factory):
-    """The released model, ``--pixel-spacing 0.1``, on a review folder of one ISBI X-ray and one
-    image of uniform noise."""
+    """The released model, ``--pixel-spacing 0.1``, on a review folder of two ISBI X-rays (one
+    ok, one unusual) and one image of uniform noise."""
     if not GOOD.is_file():
         pytest.skip(f"ISBI 2015 data not present at {ISBI_ROOT}")
     root = tmp_path_factory.mktemp("trust-review")
     review = root / "xrays"
     review.mkdir()
     shutil.copy(GOOD, review / "good.jpg")
+    shutil.copy(
+        ISBI_ROOT / "RawImage" / "Test1Data" / "194.jpg", review / "unusual.jpg"
+    )  # read, all to check
     noise = np.random.default_rng(0).integers(0, 256, (2400, 1935), dtype=np.uint8)
     cv2.imwrite(str(review / "noise.png"), noise)
     cv2.imwrite(str(root / "tiny.png"), np.full((8, 8), 128, np.uint8))
@@ -364,4 +367,11 @@ def test_verdict_banner_and_check_first(browser, trust_review):
     assert text(page, "#verdict-text").startswith("Refused — too small: 8x8 px")
     assert page.locator("#read-anyway").is_visible() and page.locator("#canvas .lm").count() == 0
     assert text(page, "#status") == "tiny.png: refused (too small), no landmarks"
+
+    page.click("#items button[data-id='unusual.jpg']")  # unusual: read, a banner, every landmark to check
+    page.wait_for_selector("#verdict[data-verdict='unusual']")
+    page.wait_for_selector("body[data-state=ready]")
+    assert banner.is_visible() and "info" in banner.get_attribute("class")
+    assert text(page, "#verdict-text").startswith("Unusual — read, but unlike every training image")
+    assert page.locator("#canvas .lm").count() == K and page.locator("#check-first button").count() == K
     assert errors == []

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 K = len(LANDMARK_NAMES)
 SPACING_MM = 0.1
 GOOD = ISBI_ROOT / "RawImage" / "TrainingData" / "005.jpg"  # ok, two landmarks flagged
+UNUSUAL = ISBI_ROOT / "RawImage" / "Test1Data" / "194.jpg"  # read, unlike every training image
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -95,6 +96,22 @@ def test_ok_and_mirrored(server):
     back[:, 0] = pixels.shape[1] - 1 - back[:, 0]
     assert np.abs(back - points(doc)).max() * SPACING_MM < 0.05
     assert m["check_first"] == doc["check_first"]
+
+
+def test_unusual_is_read_all_to_check_and_a_blurred_image_refused(server):
+    """A cephalogram unlike every training image: 200, ``unusual``, every landmark on the
+    check-first list; the good image blurred by 3 mm: a 422, too blurred to read."""
+    port = server["port"]
+    r = post_png(port, "unusual.png", png(read_xray(UNUSUAL).pixels))
+    assert r.status == 200, r.body
+    doc = r.json()
+    assert doc["verdict"] == "unusual" and "check every landmark" in doc["verdict_reason"]
+    assert len(doc["check_first"]) == K and doc["measurements"]["ANB"]["value"] is not None
+    blurred = cv2.GaussianBlur(server["pixels"], (0, 0), 3.0 / SPACING_MM)
+    body = assert_refused(
+        post_png(port, "blurred.png", png(blurred)), "blurred.png", "not_a_lateral_cephalogram"
+    )
+    assert body["verdict_reason"].startswith("too blurred to read")
 
 
 def test_refused_images_get_a_422_with_the_verdict(server):

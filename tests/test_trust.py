@@ -24,6 +24,7 @@ def _signals(res=1.0, conf=0.9, shift=0.5, final_res=1.0):
 def _model(**changes):
     base = dict(
         min_side_px=500, min_fov_mm=90.0, max_median_residual_sd=2.0, min_median_confidence=0.7,
+        refuse_max_median_residual_sd=6.0, refuse_min_median_confidence=0.45, refuse_min_sharpness=0.05,
         flag_min_confidence=0.2, flag_max_refine_shift_mm=3.0, flag_max_residual_sd=4.0, coverage=0.9,
         scale_mm=tuple(np.linspace(0.5, 2.0, K)), bound_quantile=3.0, expected_quantile=1.0, fitted_on="test",
     )  # fmt: skip
@@ -41,7 +42,16 @@ def test_fit_takes_the_training_range_with_a_margin_and_the_conformal_quantile()
         for s, r in zip(rng.uniform(0, 2, 20), rng.uniform(0, 2, 20), strict=True)
     ]
     errors = rng.gamma(2.0, 0.5, size=(20, K))
-    t = tr.fit(train, [(2400, 1935)] * 50, 0.1, val, rng.uniform(0.1, 1, (20, K)), errors, errors * 0.8)
+    made = [_signals(res=r, conf=0.1) for r in (10.0, 14.0)]
+    t = tr.fit(
+        train, [(2400, 1935)] * 50, 0.1, val, rng.uniform(0.1, 1, (20, K)), errors, errors * 0.8,
+        train_sharpness=[0.09, 0.12], blurred_sharpness=[0.01, 0.013], negative_signals=made,
+    )  # fmt: skip
+    worst_res = max(np.median(s["argmax_residual_sd"]) for s in train)
+    worst_conf = min(np.median(s["coarse_confidence"]) for s in train)
+    assert t.refuse_max_median_residual_sd == pytest.approx((worst_res + 10.0) / 2, abs=1e-3)
+    assert t.refuse_min_median_confidence == pytest.approx((worst_conf + 0.1) / 2, abs=1e-3)
+    assert t.refuse_min_sharpness == pytest.approx((0.09 + 0.013) / 2, abs=1e-4)
     assert t.max_median_residual_sd == pytest.approx(
         max(np.median(s["argmax_residual_sd"]) for s in train) * 1.5, abs=1e-3
     )
@@ -96,7 +106,7 @@ def _fake_reader(upright):
 
 def test_verdicts_mirrored_rotated_not_a_cephalogram_too_small_and_force():
     t = _model()
-    image = np.zeros((2400, 1935), np.uint8)
+    image = np.random.default_rng(1).integers(0, 200, (2400, 1935)).astype(np.uint8)  # sharp
     image[0, 0] = 255  # the marker sits top-left when upright
     ok = tr.read_checked(_fake_reader(lambda p: p[0, 0] == 255), t, image, 0.1)
     assert ok.verdict == "ok" and not ok.refused and ok.readout.final[0][0].tolist() == [10.0, 20.0]
@@ -113,8 +123,49 @@ def test_verdicts_mirrored_rotated_not_a_cephalogram_too_small_and_force():
         "turned 270 degrees counter-clockwise" in rotated.reason
     )  # the marker went from top-left to bottom-left
     nothing = tr.read_checked(_fake_reader(lambda p: False), t, image, 0.1)
-    assert nothing.verdict == "not_a_lateral_cephalogram" and "limit 2.0" in nothing.reason
+    assert nothing.verdict == "not_a_lateral_cephalogram" and "limit 6.0" in nothing.reason
     forced = tr.read_checked(_fake_reader(lambda p: False), t, image, 0.1, force=True)
     assert forced.forced and forced.readout is not None
     small = tr.read_checked(_fake_reader(lambda p: True), t, np.zeros((8, 8), np.uint8), None)
     assert small.verdict == "too_small" and small.readout is None
+
+
+def _banded_reader(upright, res=4.0, conf=0.6):
+    """Upright (by ``upright(pixels)``): figures between the usual and the refusal limits of
+    :func:`_model`; any other orientation: nothing fits."""
+
+    def read(pixels, spacing):
+        ok = upright(pixels)
+        pts = np.tile([[10.0, 20.0]], (K, 1))
+        sig = {k: v[None] for k, v in _signals(res=res if ok else 40.0, conf=conf if ok else 0.05).items()}
+        return Readout({"coarse": pts[None].copy()}, np.full((1, K), 0.9), ["coarse"], None, sig)
+
+    return read
+
+
+def test_unusual_is_read_with_every_landmark_to_check_and_blur_is_refused():
+    """Between the training range and the refusal limits: ``unusual``, read (as it is or
+    mirrored back), every landmark on the check-first list; a blurred image with the same
+    figures is refused as too blurred."""
+    t = _model()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 200, (2400, 1935)).astype(np.uint8)
+    image[0, 0] = 255
+    assert tr.sharpness(image) > 0.5 and tr.sharpness(np.full((600, 500), 7, np.uint8)) < 1e-3
+    u = tr.read_checked(_banded_reader(lambda p: p[0, 0] == 255), t, image, 0.1)
+    assert u.verdict == "unusual" and u.unusual and not u.refused and u.readout is not None
+    assert "check every landmark" in u.reason and "usual from 0.70" in u.reason
+    sig = {k: v[0] for k, v in u.readout.signals.items()}
+    assert (
+        t.check_first(True, sig, np.full(K, 0.9)).all()
+        and not t.check_first(False, sig, np.full(K, 0.9)).any()
+    )
+    m = tr.read_checked(_banded_reader(lambda p: p[0, -1] == 255 and p.shape == image.shape), t, image, 0.1)
+    assert m.verdict == "mirrored" and m.unusual and "check every landmark" in m.reason
+    assert m.readout.final[0][0].tolist() == [1935 - 1 - 10.0, 20.0]
+    blurred = np.full((2400, 1935), 100, np.uint8)
+    blurred[0, 0] = 255
+    b = tr.read_checked(_banded_reader(lambda p: p[0, 0] == 255), t, blurred, 0.1)
+    assert b.verdict == "not_a_lateral_cephalogram" and b.reason.startswith("too blurred to read")
+    far = tr.read_checked(_banded_reader(lambda p: p[0, 0] == 255, res=8.0), t, image, 0.1)
+    assert far.verdict == "not_a_lateral_cephalogram" and "limit 6.0" in far.reason

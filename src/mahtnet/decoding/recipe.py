@@ -38,7 +38,6 @@ from mahtnet.decoding.calibration import ErrorCalibration
 from mahtnet.decoding.conventions import Convention
 from mahtnet.decoding.reader import LandmarkReader
 from mahtnet.decoding.shape import ShapePrior
-from mahtnet.decoding.trust import TrustModel
 from mahtnet.decoding.tta import tta_transforms
 from mahtnet.models.card import sha256, synthetic_warning
 
@@ -52,6 +51,15 @@ DECODING_NAMES = {
     "refined": "refined",
     "adapted": "adapted",
 }
+
+# low_confidence below these, per decoding (the coarse heatmap's confidence, or the refiner's):
+# about the 1st-5th percentile on the ISBI validation images (docs/predict.md)
+LOW_CONFIDENCE = {
+    "arg-max": 0.4,
+    "shape-consistent": 0.4,
+    "refined": 0.2,
+    "adapted": 0.2,
+}  # adapted: refined + offsets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,20 +240,6 @@ def load_reader(spec: ReaderSpec, batch_size: int = 8, warn: bool = False) -> La
     if spec.threads and "torch" in sys.modules:  # a checkpoint's PyTorch (ONNX sessions have theirs)
         sys.modules["torch"].set_num_threads(spec.threads)
     return reader
-
-
-def load_trust(spec: ReaderSpec) -> TrustModel | None:
-    """The ``trust`` block of the recipe's card (:mod:`mahtnet.decoding.trust`: the image
-    verdict, landmark flags and error bound fitted for this model), or None without one."""
-    if spec.card is None:
-        return None
-    block = read_card(spec.card).get("trust")
-    if block is None:
-        return None
-    try:
-        return TrustModel.from_dict(block)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{spec.card}: {err}") from None
 
 
 def load_convention(path: Path) -> Convention:

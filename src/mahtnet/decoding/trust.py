@@ -4,6 +4,9 @@ Every image gets a **verdict** before anything is measured on it (:func:`read_ch
 
 ``ok``
     a lateral cephalogram the model reads as it read its training images;
+``unusual``
+    read and reported, but less like the training images than any of them (an unusual skull,
+    exposure or scanner): every landmark is on the check-first list;
 ``mirrored``
     one facing the other way: read from the mirrored image, the points mapped back;
 ``rotated``
@@ -19,8 +22,12 @@ Every image gets a **verdict** before anything is measured on it (:func:`read_ch
 A reading *fits* when the median over landmarks of the coarse heatmaps' confidence and of each
 arg-max landmark's distance from where the shape prior puts it given the others (in the
 prior's residual SD) lie within the range of the training images, widened by a margin
-(:func:`fit`). Everything here is fitted on the training and validation images only and
-travels in the model's card (``trust``).
+(:func:`fit`). One that does not fit is still *readable* (``unusual``) while both figures lie
+nearer the training images than the images made from them that are not upright cephalograms
+(mirrored, turned, half a skull: halfway between the two), and the image is sharper than
+halfway between the training images and the same images blurred by 3 mm (:func:`sharpness`).
+Everything here is fitted on the training and validation images only and travels in the
+model's card (``trust``).
 
 Per landmark, **flags** mark readings to check first (low refiner confidence, a large move by
 the refiner, a position the shape prior does not expect), and a split-conformal **bound**
@@ -36,9 +43,23 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-VERDICTS = ("ok", "mirrored", "rotated", "not_a_lateral_cephalogram", "too_small")
+from mahtnet.decoding.recipe import ReaderSpec, read_card
+
+VERDICTS = ("ok", "unusual", "mirrored", "rotated", "not_a_lateral_cephalogram", "too_small")
 REFUSED = ("rotated", "not_a_lateral_cephalogram", "too_small")
 MARGIN = {"residual": 1.5, "confidence": 0.9, "size": 0.5}  # how far past the training range
+SHARPNESS_SIZE = (256, 320)  # (width, height) the sharpness is measured at: the network's input
+BLUR_MM = 3.0  # the blur of the made negatives the sharpness limit is fitted against
+
+
+def sharpness(pixels: np.ndarray) -> float:
+    """The mean absolute Laplacian over the intensity SD, at the network's input size: about
+    0.1 for the ISBI images, 0.01 after a 3 mm Gaussian blur, 0 for a flat one; free of scale
+    and contrast (grey levels 0-255; an SD below one grey level counts as one)."""
+    import cv2
+
+    x = cv2.resize(np.asarray(pixels, dtype=np.float32), SHARPNESS_SIZE, interpolation=cv2.INTER_AREA)
+    return float(np.mean(np.abs(cv2.Laplacian(x, cv2.CV_32F))) / max(float(x.std()), 1.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +70,9 @@ class TrustModel:
     min_fov_mm: float
     max_median_residual_sd: float
     min_median_confidence: float
+    refuse_max_median_residual_sd: float
+    refuse_min_median_confidence: float
+    refuse_min_sharpness: float
     flag_min_confidence: float
     flag_max_refine_shift_mm: float
     flag_max_residual_sd: float
@@ -103,6 +127,23 @@ class TrustModel:
         conf_ok = figures["median_confidence"] >= self.min_median_confidence
         return conf_ok and (math.isnan(res) or res <= self.max_median_residual_sd)
 
+    def readable(self, figures: dict[str, float]) -> str | None:
+        """Why a reading that does not fit is not read at all (None: read it, ``unusual``): the
+        looser limits between the training images and the negatives made from them."""
+        res, conf = figures["median_residual_sd"], figures["median_confidence"]
+        if figures.get("sharpness", math.inf) < self.refuse_min_sharpness:
+            sharp = figures["sharpness"]
+            return f"too blurred to read (sharpness {sharp:.3f}, limit {self.refuse_min_sharpness:.3f})"
+        if conf < self.refuse_min_median_confidence or (
+            not math.isnan(res) and res > self.refuse_max_median_residual_sd
+        ):
+            return (
+                f"nothing fits a skull in any orientation (median shape residual {res:.1f} SD, limit "
+                f"{self.refuse_max_median_residual_sd:.1f}; median confidence {conf:.2f}, "
+                f"limit {self.refuse_min_median_confidence:.2f})"
+            )
+        return None
+
     # ----------------------------------------------------------------------------- landmarks
 
     def flags(self, signals: dict[str, np.ndarray], confidence: np.ndarray) -> np.ndarray:
@@ -116,11 +157,33 @@ class TrustModel:
             | (res > self.flag_max_residual_sd)
         )
 
+    def check_first(
+        self, unusual: bool, signals: dict[str, np.ndarray], confidence: np.ndarray
+    ) -> np.ndarray:
+        """``(K,)`` bool: the :meth:`flags` of a reading that fits; every landmark of an
+        unusual one (:attr:`Checked.unusual`)."""
+        flags = self.flags(signals, confidence)
+        return np.ones_like(flags) if unusual else flags
+
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per landmark: the expected error (mm, the median of the calibration ratios) and the
         bound that held for ``coverage`` of the validation landmarks."""
         scale = np.asarray(self.scale_mm)
         return scale * self.expected_quantile, scale * self.bound_quantile
+
+
+def load_trust(spec: ReaderSpec) -> TrustModel | None:
+    """The ``trust`` block of the recipe's card (the image verdict, landmark flags and error
+    bound fitted for this model), or None without one."""
+    if spec.card is None:
+        return None
+    block = read_card(spec.card).get("trust")
+    if block is None:
+        return None
+    try:
+        return TrustModel.from_dict(block)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{spec.card}: {err}") from None
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
@@ -138,6 +201,10 @@ def fit(
     val_confidence: np.ndarray,
     val_errors_mm: np.ndarray,
     train_errors_mm: np.ndarray,
+    *,
+    train_sharpness: Sequence[float],
+    blurred_sharpness: Sequence[float],
+    negative_signals: Sequence[dict[str, np.ndarray]],
     coverage: float = 0.9,
     flag_rate: float = 0.05,
     fitted_on: str = "",
@@ -148,9 +215,18 @@ def fit(
     images (the flags' thresholds: each signal's ``1 - flag_rate / 3`` quantile, so that the
     three together flag about ``flag_rate``; the conformal quantile of error / scale).
     ``min_side_px``: the fewest pixels on a side (default: half the training images'; the
-    network's input side is the natural floor)."""
-    probe = TrustModel(0, 0.0, math.inf, 0.0, 0.0, math.inf, math.inf, coverage, (1.0,), 1.0, 1.0, "")
+    network's input side is the natural floor). The looser limits of :meth:`TrustModel.readable`
+    lie halfway between the training images (their extreme figure) and the nearest of
+    ``negative_signals`` (readings of training images made into non-cephalograms: mirrored,
+    turned, halved) or of ``blurred_sharpness`` (the training images blurred by
+    :data:`BLUR_MM`)."""
+    probe = TrustModel(
+        0, 0.0, math.inf, 0.0, math.inf, 0.0, 0.0, 0.0, math.inf, math.inf, coverage, (1.0,), 1.0, 1.0, ""
+    )
     figs = [probe.image_figures(s) for s in train_signals]
+    neg = [probe.image_figures(s) for s in negative_signals]
+    worst_res = max(f["median_residual_sd"] for f in figs)
+    worst_conf = min(f["median_confidence"] for f in figs)
     side = min(min(s) for s in train_shapes)
     scale = np.median(np.asarray(train_errors_mm), axis=0)
     ratios = np.asarray(val_errors_mm) / scale
@@ -159,8 +235,11 @@ def fit(
     return TrustModel(
         min_side_px=int(side * MARGIN["size"]) if min_side_px is None else int(min_side_px),
         min_fov_mm=round(side * spacing_mm * MARGIN["size"], 1),
-        max_median_residual_sd=round(max(f["median_residual_sd"] for f in figs) * MARGIN["residual"], 3),
-        min_median_confidence=round(min(f["median_confidence"] for f in figs) * MARGIN["confidence"], 3),
+        max_median_residual_sd=round(worst_res * MARGIN["residual"], 3),
+        min_median_confidence=round(worst_conf * MARGIN["confidence"], 3),
+        refuse_max_median_residual_sd=round((worst_res + min(f["median_residual_sd"] for f in neg)) / 2, 3),
+        refuse_min_median_confidence=round((worst_conf + max(f["median_confidence"] for f in neg)) / 2, 3),
+        refuse_min_sharpness=round((min(train_sharpness) + max(blurred_sharpness)) / 2, 4),
         flag_min_confidence=float(np.quantile(val_confidence, 1.0 - q)),
         flag_max_refine_shift_mm=float(np.quantile(val["refine_shift_mm"], q)),
         flag_max_residual_sd=float(np.quantile(val["residual_sd"], q)),
@@ -191,6 +270,7 @@ class Checked:
     figures: dict[str, float]
     readout: object | None  # mahtnet.decoding.reader.Readout of one image, original orientation
     forced: bool = False
+    unusual: bool = False  # read, but not fitting the training images: every landmark to check
 
     @property
     def refused(self) -> bool:
@@ -210,38 +290,50 @@ def read_checked(
     read: Callable, trust: TrustModel, pixels: np.ndarray, spacing: float | None, force: bool = False
 ):
     """The verdict of one image (``pixels (H, W)``) and its reading: ``read(pixels, spacing)``
-    returns a one-image Readout. Refused images are read anyway with ``force`` (marked)."""
+    returns a one-image Readout. The image as it is, then mirrored and turned, is tried against
+    the training images' range (:meth:`TrustModel.fits`), then against the looser limits
+    (:meth:`TrustModel.readable`: ``unusual``). Refused images are read anyway with ``force``
+    (marked)."""
     small = trust.too_small(pixels.shape[:2], spacing)
     if small is not None:
         out = read(pixels, spacing) if force else None
         figures = {} if out is None else trust.image_figures(_one(out.signals))
         return Checked("too_small", small, figures, out, force)
+    sharp = sharpness(pixels)
     first = read(pixels, spacing)
-    figures = trust.image_figures(_one(first.signals))
+    figures = trust.image_figures(_one(first.signals)) | {"sharpness": sharp}
     if trust.fits(figures):
         return Checked("ok", "reads like the training images", figures, first)
-    for name, (turn, verdict) in ORIENTATIONS.items():
+    turned = {}  # orientation -> (its reading, its figures)
+    for name, (turn, _) in ORIENTATIONS.items():
         other = read(np.ascontiguousarray(turn(pixels)), spacing)
-        f = trust.image_figures(_one(other.signals))
-        if not trust.fits(f):
-            continue
-        if verdict == "mirrored":
-            return Checked(
-                "mirrored",
-                "facing left: read mirrored, points mapped back",
-                f,
-                unmirror(other, pixels.shape[1]),
-            )
-        turned = (360 - int(name.split()[1])) % 360  # the correction's opposite
-        why = f"turned {turned} degrees counter-clockwise: turn it upright (facing right) and send it again"
-        return Checked("rotated", why, f, first if force else None, force)
-    res, conf = figures["median_residual_sd"], figures["median_confidence"]
-    why = (
-        f"nothing fits a skull in any orientation (median shape residual {res:.1f} SD, limit "
-        f"{trust.max_median_residual_sd:.1f}; median confidence {conf:.2f}, "
-        f"limit {trust.min_median_confidence:.2f})"
-    )
+        turned[name] = other, trust.image_figures(_one(other.signals)) | {"sharpness": sharp}
+        if trust.fits(turned[name][1]):
+            return _oriented(name, *turned[name], pixels, first, force)
+    why = trust.readable(figures)
+    if why is None:
+        why = (
+            f"read, but unlike every training image (median confidence {figures['median_confidence']:.2f}, "
+            f"usual from {trust.min_median_confidence:.2f}; median shape residual "
+            f"{figures['median_residual_sd']:.1f} SD, usual to {trust.max_median_residual_sd:.1f}): "
+            "check every landmark"
+        )
+        return Checked("unusual", why, figures, first, unusual=True)
+    for name, (other, f) in turned.items():
+        if trust.readable(f) is None:
+            return _oriented(name, other, f, pixels, first, force, unusual=True)
     return Checked("not_a_lateral_cephalogram", why, figures, first if force else None, force)
+
+
+def _oriented(name, other, figures, pixels, first, force, unusual=False) -> Checked:
+    """The verdict of an image that reads in the orientation ``name`` of :data:`ORIENTATIONS`."""
+    if ORIENTATIONS[name][1] == "mirrored":
+        why = "facing left: read mirrored, points mapped back"
+        why += "; unlike every training image: check every landmark" if unusual else ""
+        return Checked("mirrored", why, figures, unmirror(other, pixels.shape[1]), unusual=unusual)
+    turned = (360 - int(name.split()[1])) % 360  # the correction's opposite
+    why = f"turned {turned} degrees counter-clockwise: turn it upright (facing right) and send it again"
+    return Checked("rotated", why, figures, first if force else None, force)
 
 
 def _one(signals: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:

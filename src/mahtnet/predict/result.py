@@ -5,7 +5,7 @@ The landmarks are read by a :class:`mahtnet.decoding.LandmarkReader` (PyTorch or
 backends; with ONNX files only, PyTorch is not imported): the arg-max, then, where the pixel
 spacing is known, shape-consistent decoding and the refiner. The confidence is the reader's
 (peak probability / the training target's peak); ``low_confidence`` flags confidences below
-:data:`LOW_CONFIDENCE` (see ``docs/predict.md`` for how it relates to the error).
+:data:`mahtnet.decoding.recipe.LOW_CONFIDENCE` (see ``docs/predict.md`` for how it relates to the error).
 """
 
 from __future__ import annotations
@@ -20,18 +20,9 @@ import numpy as np
 from mahtnet import clinical
 from mahtnet.data.images import XRay
 from mahtnet.decoding import LandmarkReader
-from mahtnet.decoding.recipe import DECODING_NAMES
+from mahtnet.decoding.recipe import DECODING_NAMES, LOW_CONFIDENCE
 from mahtnet.decoding.trust import REFUSED, TrustModel, read_checked
 from mahtnet.models.card import ModelCard
-
-# low_confidence below these, per decoding (the coarse heatmap's confidence, or the refiner's):
-# about the 1st-5th percentile on the ISBI validation images (docs/predict.md)
-LOW_CONFIDENCE = {
-    "arg-max": 0.4,
-    "shape-consistent": 0.4,
-    "refined": 0.2,
-    "adapted": 0.2,
-}  # adapted: refined + offsets
 
 
 @dataclasses.dataclass
@@ -113,7 +104,7 @@ def _checked(reader, trust: TrustModel, x: XRay, s: float | None, src: str | Non
     expected, bound = trust.bounds()
     if out.expected_error_mm is not None:
         expected = out.expected_error_mm[0]
-    flags = trust.flags({k: v[0] for k, v in out.signals.items()}, out.confidence[0])
+    flags = trust.check_first(c.unusual, {k: v[0] for k, v in out.signals.items()}, out.confidence[0])
     return dataclasses.replace(
         p, expected_error_mm=expected, check_first=flags, error_bound_mm=bound, coverage=trust.coverage
     )

@@ -18,7 +18,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from mahtnet.data.images import XRay, read_xray
-from mahtnet.decoding.recipe import ReaderSpec, load_reader, load_trust
+from mahtnet.decoding.recipe import ReaderSpec, load_reader
+from mahtnet.decoding.trust import load_trust
 from mahtnet.io import write_text
 from mahtnet.predict.result import Prediction, isbi_text, predict_xrays, to_json
 
@@ -118,6 +119,8 @@ class PredictRun:
             tqdm.write(f"refused: {p.xray.path}: {p.verdict}: {p.verdict_reason}", file=sys.stderr)
             self.refused.append((p.xray.path, p.verdict))
             return
+        if p.verdict == "unusual":  # read and written, every landmark on the check-first list
+            tqdm.write(f"unusual: {p.xray.path}: {p.verdict_reason}", file=sys.stderr)
         if self.isbi_txt:
             write_text(out / f"{name}.txt", isbi_text(p))
         if self.overlay:

@@ -11,7 +11,7 @@ An upload is written to a private temporary folder (deleted after the request) a
 :func:`mahtnet.data.images.read_xray`, the reader of ``mahtnet predict``; before that, its
 header gives the size, and an image over ``max_pixels`` is refused without being decoded.
 
-With the model card's ``trust`` block (:func:`mahtnet.decoding.recipe.load_trust`), every image
+With the model card's ``trust`` block (:func:`mahtnet.decoding.trust.load_trust`), every image
 gets ``mahtnet predict``'s verdict first: one the verdict refuses (rotated, not a lateral
 cephalogram, too small) is a 422 whose body is the refused document (the verdict and no
 landmarks) with the one-line ``error``, unless it is read anyway (``force``: marked ``forced``).
@@ -40,12 +40,13 @@ from mahtnet.decoding.recipe import (
     CARD_NAME,
     DECODING_NAMES,
     FILE_FIELDS,
+    LOW_CONFIDENCE,
     ReaderSpec,
     load_reader,
-    load_trust,
     read_card,
 )
-from mahtnet.predict.result import LOW_CONFIDENCE, measurement_report, predict_xrays, to_json
+from mahtnet.decoding.trust import load_trust
+from mahtnet.predict.result import measurement_report, predict_xrays, to_json
 
 # The request body's format, from its first bytes (DICOM: "DICM" after a 128-byte preamble).
 SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "DICOM": ".dcm"}

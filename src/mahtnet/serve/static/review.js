@@ -35,8 +35,8 @@ const S = {
 };
 const REFUSED = ["rotated", "not_a_lateral_cephalogram", "too_small"];
 const VERDICT_NAMES = {
-  mirrored: "mirrored", rotated: "rotated", not_a_lateral_cephalogram: "not a lateral cephalogram",
-  too_small: "too small",
+  unusual: "unusual", mirrored: "mirrored", rotated: "rotated",
+  not_a_lateral_cephalogram: "not a lateral cephalogram", too_small: "too small",
 };
 const forcedItems = new Set(); // review items read anyway ("Read anyway"), kept when reopened
 let uploadForced = false; // the last upload was read anyway
@@ -255,6 +255,9 @@ function showVerdict() {
       "image the way it read its training images.";
   } else if (S.forced) {
     text = `Forced — read anyway although refused as ${what}${why}. Any landmark may be wrong: check them all.`;
+  } else if (S.verdict === "unusual") {
+    text = `Unusual — ${S.verdictReason || "read, but unlike every training image"}. ` +
+      "Every landmark is on the check-first list.";
   } else if (S.verdict === "mirrored") {
     text = `Mirrored — ${S.verdictReason || "read mirrored, points mapped back"}. ` +
       "The landmarks are in this image's own coordinates.";
