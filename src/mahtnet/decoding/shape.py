@@ -265,38 +265,45 @@ def top_k_peaks(log_heatmaps: np.ndarray, k: int, min_distance: int) -> tuple[np
     px = np.zeros((len(logs), k), dtype=np.int64)
     py = np.zeros((len(logs), k), dtype=np.int64)
     scores = np.full((len(logs), k), -np.inf)
-    for j, log in enumerate(logs):
-        peaks = _map_peaks(log, k, min_distance)
+    for j, peaks in enumerate(_map_peaks(log_heatmaps, k, min_distance)):
         py[j], px[j] = peaks[0][0], peaks[0][1]  # pad with the best peak
         for r, (y, x) in enumerate(peaks):
-            py[j, r], px[j, r], scores[j, r] = y, x, log[y, x]
+            py[j, r], px[j, r], scores[j, r] = y, x, logs[j, y, x]
     coords = np.stack([px, py], axis=-1).astype(np.float64)
     for r in range(k):
         coords[:, r] += HeatmapCodec._taylor_offset(logs, px[:, r], py[:, r])
     return coords, scores
 
 
-def _map_peaks(log: np.ndarray, k: int, min_distance: int) -> list[tuple[int, int]]:
-    """Up to ``k`` integer peaks ``(y, x)`` of one map ``(h, w)``, best first (ties in
-    raster order, like ``argmax``); the arg-max alone when the map has no strict maximum."""
+def _map_peaks(logs: np.ndarray, k: int, min_distance: int) -> list[list[tuple[int, int]]]:
+    """Per map of ``logs (K, h, w)``: up to ``k`` integer peaks ``(y, x)``, best first (ties in
+    raster order, like ``argmax``); the arg-max alone when the map has no strict maximum. The
+    maxima come from cv2's max and min filters (scipy.ndimage's are 10x slower), in float32
+    when the maps are float32 (a network's output: 8x faster than float64, and exact)."""
     size = 2 * max(int(min_distance), 1) + 1
-    finite = np.where(np.isfinite(log), log, -np.inf)
-    window = np.ones((size, size), np.uint8)  # cv2's max / min filters: scipy.ndimage's, 10x faster
-    is_max = (finite == cv2.dilate(finite, window, borderType=cv2.BORDER_REPLICATE)) & (
-        finite > cv2.erode(finite, window, borderType=cv2.BORDER_REPLICATE)
-    )
-    ys, xs = np.nonzero(is_max)
-    order = np.argsort(-finite[ys, xs], kind="stable")
-    chosen: list[tuple[int, int]] = []
-    for y, x in zip(ys[order], xs[order], strict=True):
-        if all(max(abs(y - cy), abs(x - cx)) >= min_distance for cy, cx in chosen):
+    maps = np.asarray(logs)
+    maps = maps if maps.dtype == np.float32 else maps.astype(np.float64)
+    finite = np.where(np.isfinite(maps), maps, -np.inf).astype(maps.dtype)
+    window = np.ones((size, size), np.uint8)
+    w = finite.shape[2]
+    out = []
+    for log in finite:
+        is_max = (log == cv2.dilate(log, window, borderType=cv2.BORDER_REPLICATE)) & (
+            log > cv2.erode(log, window, borderType=cv2.BORDER_REPLICATE)
+        )
+        ys, xs = np.divmod(np.flatnonzero(is_max), w)
+        order = np.argsort(-log[ys, xs], kind="stable")
+        chosen: list[tuple[int, int]] = []
+        for y, x in zip(ys[order], xs[order], strict=True):
+            if all(max(abs(y - cy), abs(x - cx)) >= min_distance for cy, cx in chosen):
+                chosen.append((int(y), int(x)))
+                if len(chosen) == k:
+                    break
+        if not chosen:
+            y, x = np.unravel_index(int(np.argmax(log)), log.shape)
             chosen.append((int(y), int(x)))
-            if len(chosen) == k:
-                break
-    if not chosen:
-        y, x = np.unravel_index(int(np.argmax(finite)), finite.shape)
-        chosen.append((int(y), int(x)))
-    return chosen
+        out.append(chosen)
+    return out
 
 
 def choose_peaks(
@@ -357,7 +364,7 @@ def shape_consistent_decode(
     """
     logs = np.asarray(log_heatmaps, dtype=np.float64)
     dist = math.ceil(3 * codec.sigma) if min_distance is None else int(min_distance)
-    peaks = [top_k_peaks(m, k, dist) for m in logs]
+    peaks = [top_k_peaks(m, k, dist) for m in np.asarray(log_heatmaps)]  # float32 stays float32
     cands = codec.to_input(np.stack([c for c, _ in peaks]))  # (N, K, k, 2) input px
     cands_mm = np.asarray(to_mm(cands), dtype=np.float64)
     rows = np.arange(logs.shape[1])

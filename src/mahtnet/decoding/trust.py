@@ -299,11 +299,12 @@ def read_checked(
         out = read(pixels, spacing) if force else None
         figures = {} if out is None else trust.image_figures(_one(out.signals))
         return Checked("too_small", small, figures, out, force)
-    sharp = sharpness(pixels)
     first = read(pixels, spacing)
-    figures = trust.image_figures(_one(first.signals)) | {"sharpness": sharp}
+    figures = trust.image_figures(_one(first.signals))
     if trust.fits(figures):
         return Checked("ok", "reads like the training images", figures, first)
+    sharp = sharpness(pixels)  # only where the looser limits may decide (a resize of the image)
+    figures["sharpness"] = sharp
     turned = {}  # orientation -> (its reading, its figures)
     for name, (turn, _) in ORIENTATIONS.items():
         other = read(np.ascontiguousarray(turn(pixels)), spacing)
