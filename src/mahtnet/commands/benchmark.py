@@ -5,6 +5,9 @@ a ``--refiner`` (and the ``--shape-prior``), the headline path (shape-consistent
 refiner, at ``--pixel-spacing``). Writes the section ``end_to_end_predict`` of
 ``metrics/benchmark.json`` (the rest of the file is kept; paths relative to the repository).
 
+``--release`` measures the shipped release instead (file -> JSON with the image verdict, beside
+its arg-max path): the section ``release_predict``.
+
 Also measured: a fresh ``python -m mahtnet predict`` process on the ONNX files (imports, model
 load, one image, outputs), and whether that path imported PyTorch.
 
@@ -48,6 +51,43 @@ def end_to_end_ms(spec: ReaderSpec, image: Path, repeats: int, out: Path) -> flo
         write_text(out, json.dumps(to_json(p, reader.backend.card), indent=2))
 
     return median_ms(once, repeats)
+
+
+def release_section(image: Path, repeats: int, threads: int) -> dict:
+    """The shipped pipeline (:mod:`mahtnet.release`: ONNX coarse network, shape-consistent
+    decoding, refiner, the image verdict, flags and bounds) file -> JSON as ``mahtnet predict``
+    runs it, beside the same release's arg-max path in the same run (the ratio travels between
+    machines and days better than milliseconds do)."""
+    from mahtnet.decoding.trust import load_trust
+
+    spec = ReaderSpec.release(threads=threads, pixel_spacing_mm=0.1)
+    reader, trust = load_reader(spec), load_trust(spec)
+    coarse = load_reader(ReaderSpec(spec.model, device="cpu", threads=threads))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "r.json"
+
+        def shipped() -> None:
+            p = predict_xrays(reader, [read_xray(image)], spec.pixel_spacing_mm, trust)[0]
+            write_text(out, json.dumps(to_json(p, reader.backend.card), indent=2))
+
+        def arg_max() -> None:
+            p = predict_xrays(coarse, [read_xray(image)])[0]
+            write_text(out, json.dumps(to_json(p, coarse.backend.card), indent=2))
+
+        verdict = predict_xrays(reader, [read_xray(image)], spec.pixel_spacing_mm, trust)[0].verdict
+        shipped_ms, arg_max_ms = median_ms(shipped, repeats), median_ms(arg_max, repeats)
+    return {
+        "image": relative_to_repo(image),
+        "verdict": verdict,
+        "threads": threads,
+        "repeats": repeats,
+        "cpu": cpu_name(),
+        "steps": "read + check file, letterbox, ONNX network, shape-consistent decoding, ONNX refiner, "
+        "image verdict, flags and bounds, JSON document written",
+        "shipped_ms": shipped_ms,
+        "arg_max_ms": arg_max_ms,
+        "shipped_vs_arg_max": shipped_ms / arg_max_ms,
+    }
 
 
 def fresh_process(onnx: Path, image: Path, out: Path, headline: list[str] = ()) -> dict:
@@ -121,7 +161,10 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--image", required=True, type=Path)
-    parser.add_argument("--model", required=True, action="append", help="NAME=CHECKPOINT (.pt)")
+    parser.add_argument("--model", action="append", default=[], help="NAME=CHECKPOINT (.pt)")
+    parser.add_argument(
+        "--release", action="store_true", help="the shipped release instead (section release_predict)"
+    )
     parser.add_argument("--refiner", action="append", default=[], help="NAME=REFINER_CHECKPOINT (.pt)")
     parser.add_argument("--shape-prior", type=Path, help="shape_prior stage model (with --refiner)")
     parser.add_argument("--pixel-spacing", type=float, default=0.1, help="mm per px (ISBI: 0.1)")
@@ -129,6 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=repo_root() / "metrics" / "benchmark.json")
     args = parser.parse_args(argv)
+    if args.release:
+        section = release_section(args.image, args.repeats, args.threads)
+        report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        write_json(args.out, report | {"release_predict": section})
+        print(f"release: {section['shipped_ms']:.1f} ms per image (arg-max {section['arg_max_ms']:.1f} ms)")
+        return
+    if not args.model:
+        parser.error("give --model NAME=CHECKPOINT (or --release)")
     torch.set_num_threads(args.threads)
     xray = read_xray(args.image)
     section = {
