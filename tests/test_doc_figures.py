@@ -76,6 +76,7 @@ def value(file: str, path: str) -> float:
 
 
 PROTOCOL = "docs/protocol.json"
+CHOICE = "docs/ensemble_choice.json"
 REFERENCE = "docs/reference.json"
 ABLATION = "docs/ablation.json"
 TRUST = "metrics/trust.json"
@@ -237,6 +238,25 @@ FIGURES: list[tuple[str, str, tuple[J, ...]]] = [
             J(BENCH, "release_predict/arg_max_ms", ".0f"),
             J(BENCH, "end_to_end_predict/models/maht_net/onnxruntime_ms", ".0f"),
             J(BENCH, "end_to_end_predict/models/maht_net/headline_onnxruntime_ms", ".0f"),
+        ),
+    ),
+    (
+        "README.md",
+        "seed SD ({} vs {} ± {} mm) and were chosen there; read once, that ensemble scores Test1 {} "
+        "and Test2 {} mm against the mean of both doctors "
+        "(official {} / {}; single models {} ± {} / {} ± {})",
+        (
+            J(CHOICE, "validation/scores/mean/points/mre_mm"),
+            J(CHOICE, "validation/single_mean/mean/mre_mm/mean"),
+            J(CHOICE, "validation/single_mean/mean/mre_mm/sd"),
+            J(CHOICE, "sets/test1/scores/mean/points/mre_mm"),
+            J(CHOICE, "sets/test2/scores/mean/points/mre_mm"),
+            J(CHOICE, "sets/test1/scores/official/points/mre_mm"),
+            J(CHOICE, "sets/test2/scores/official/points/mre_mm"),
+            J(CHOICE, "sets/test1/single_mean/mean/mre_mm/mean"),
+            J(CHOICE, "sets/test1/single_mean/mean/mre_mm/sd"),
+            J(CHOICE, "sets/test2/single_mean/mean/mre_mm/mean"),
+            J(CHOICE, "sets/test2/single_mean/mean/mre_mm/sd"),
         ),
     ),
     (
