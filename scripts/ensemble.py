@@ -176,17 +176,22 @@ def onnx_parity(n_images: int = 20) -> dict:
     }
 
 
-def read(out: Path) -> None:
-    ids = sorted({i for s in SEEDS for i in val_ids(s)}) + [f"{i:03d}" for _, r in SETS.values() for i in r]
-    rs = readers()
+def read_with(rs: dict[str, LandmarkReader], ids: list[str], out: Path, desc: str = "ensemble") -> dict:
+    """Every reader of ``rs`` on the ISBI images ``ids``: final landmarks (original px) -> ``out``."""
     doc = {"spacing_mm": ISBI_PIXEL_SPACING_MM, "readers": list(rs), "images": {}}
-    for image_id in tqdm(ids, desc="ensemble", unit="image", disable=None):
+    for image_id in tqdm(ids, desc=desc, unit="image", disable=None):
         pixels = read_xray(image_path(image_id)).pixels
         doc["images"][image_id] = {
             name: np.round(r.read_images([pixels], [ISBI_PIXEL_SPACING_MM]).final[0], 3).tolist()
             for name, r in rs.items()
         }
     write_json(out, doc)
+    return doc
+
+
+def read(out: Path) -> None:
+    ids = sorted({i for s in SEEDS for i in val_ids(s)}) + [f"{i:03d}" for _, r in SETS.values() for i in r]
+    read_with(readers(), ids, out)
 
 
 # ------------------------------------------------------------------------------------ table
@@ -199,24 +204,56 @@ def predictions(doc: dict, ids: list[str]) -> dict[str, np.ndarray]:
     return pred
 
 
+def members_spread_mm(members: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """``(N, K)``: the members' ``(S, N, K, 2)`` mean distance from their mean landmark (mm)."""
+    return np.linalg.norm(members - members.mean(axis=0), axis=-1).mean(axis=0) * spacing_mm
+
+
 def spread_mm(doc: dict, ids: list[str]) -> np.ndarray:
-    """``(N, K)``: the members' mean distance from their mean landmark (mm)."""
+    """``(N, K)``: the seeds' spread (:func:`members_spread_mm`) on the images ``ids``."""
     members = np.stack([np.array([doc["images"][i][f"seed{s}"] for i in ids]) for s in SEEDS])
-    return np.linalg.norm(members - members.mean(axis=0), axis=-1).mean(axis=0) * doc["spacing_mm"]
+    return members_spread_mm(members, doc["spacing_mm"])
+
+
+def flag_figures(flags: np.ndarray, err: np.ndarray) -> dict:
+    """The share of landmarks ``flags`` marks and how many errors above 4 and 10 mm it holds."""
+    return {
+        "flag_rate": float(flags.mean()),
+        **{
+            f"over_{t}mm": {"n": int((err > t).sum()), "flagged": int(((err > t) & flags).sum())}
+            for t in (4, 10)
+        },
+    }
 
 
 def catch(spread: np.ndarray, err: np.ndarray, rate: float = 0.05) -> dict:
     """How many errors above 4 and 10 mm the ``rate`` largest spreads hold (a ranking figure:
     the threshold is the test set's own quantile, so it says what the signal could do, not
     what a fitted flag does)."""
-    flagged = spread >= np.quantile(spread, 1.0 - rate)
-    return {
-        "flag_rate": float(flagged.mean()),
-        **{
-            f"over_{t}mm": {"n": int((err > t).sum()), "flagged": int(((err > t) & flagged).sum())}
-            for t in (4, 10)
-        },
-    }
+    return flag_figures(spread >= np.quantile(spread, 1.0 - rate), err)
+
+
+def scores(doc: dict, ids: list[str]) -> tuple[dict, dict, dict]:
+    """Every reader of ``doc`` (and the points ensemble) on the images ``ids`` against both
+    ground truths, the singles' mean +- SD, and each ensemble minus each single paired per
+    image; also the errors ``{gt: {reader: (N, K)}}`` and predictions it was made from."""
+    gts, pred = ground_truths(ROOT, ids), predictions(doc, ids)
+    err = {gt: {k: radial_errors_mm(p, gts[gt], doc["spacing_mm"]) for k, p in pred.items()} for gt in GTS}
+    block = {"images": len(ids), "scores": {}, "paired": {}, "single_mean": {}}
+    for gt in GTS:
+        block["scores"][gt] = {k: figures(e) for k, e in err[gt].items()}
+        singles = [err[gt][f"seed{s}"] for s in SEEDS]
+        block["single_mean"][gt] = {
+            "mre_mm": mean_sd([float(e.mean()) for e in singles]),
+            "sdr_2mm": mean_sd([float((e <= 2.0).mean() * 100) for e in singles]),
+        }
+        for ens in ENSEMBLES:
+            tests = {}
+            for s, e in zip(SEEDS, singles, strict=True):
+                d = paired_differences(e, err[gt][ens])  # ensemble minus single, per image
+                tests[f"seed{s}"] = {"mre_diff": float(d.mean()), **signed_rank_test(d)}
+            block["paired"][f"{ens}.{gt}"] = tests
+    return block, err, pred
 
 
 def table(doc: dict) -> dict:
@@ -230,24 +267,7 @@ def table(doc: dict) -> dict:
         }
     for name, (_, r) in SETS.items():
         ids = [f"{i:03d}" for i in r]
-        gts, pred = ground_truths(ROOT, ids), predictions(doc, ids)
-        err = {
-            gt: {k: radial_errors_mm(p, gts[gt], doc["spacing_mm"]) for k, p in pred.items()} for gt in GTS
-        }
-        block = {"images": len(ids), "scores": {}, "paired": {}, "single_mean": {}}
-        for gt in GTS:
-            block["scores"][gt] = {k: figures(e) for k, e in err[gt].items()}
-            singles = [err[gt][f"seed{s}"] for s in SEEDS]
-            block["single_mean"][gt] = {
-                "mre_mm": mean_sd([float(e.mean()) for e in singles]),
-                "sdr_2mm": mean_sd([float((e <= 2.0).mean() * 100) for e in singles]),
-            }
-            for ens in ENSEMBLES:
-                tests = {}
-                for s, e in zip(SEEDS, singles, strict=True):
-                    d = paired_differences(e, err[gt][ens])  # ensemble minus single, per image
-                    tests[f"seed{s}"] = {"mre_diff": float(d.mean()), **signed_rank_test(d)}
-                block["paired"][f"{ens}.{gt}"] = tests
+        block, err, _ = scores(doc, ids)
         block["spread_flags"] = catch(spread_mm(doc, ids), err["mean"]["heatmaps"])
         out["sets"][name] = block
     return out

@@ -26,26 +26,29 @@ import json
 from pathlib import Path
 
 import numpy as np
-from ensemble import FILES, ROOT, SETS, cached, experiment_lock, heatmap_ensemble, image_path
-from tqdm import tqdm
+from ensemble import (
+    FILES,
+    SEEDS,
+    SETS,
+    cached,
+    experiment_lock,
+    flag_figures,
+    heatmap_ensemble,
+    members_spread_mm,
+    read_with,
+    scores,
+)
 
-from mahtnet.analysis.stats import mean_sd, paired_differences, signed_rank_test
-from mahtnet.data.images import read_xray
-from mahtnet.data.isbi import ISBI_PIXEL_SPACING_MM
 from mahtnet.data.preprocess import split_train_val
 from mahtnet.decoding.recipe import ReaderSpec, load_reader
 from mahtnet.errors import run_cli
 from mahtnet.io import write_json, write_text
-from mahtnet.metrics import radial_errors_mm
-from mahtnet.studies.reference import figures, ground_truths
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "data/ensemble/split42"
 OUT = REPO / "docs/ensemble_choice"
-SEEDS = (42, 43, 44)
 SPLIT_SEED = 42
 EXPERIMENT = "isbi-mean-s{seed}-split42"
-GTS = ("mean", "official")
 FLAG_RATE = 0.05
 
 
@@ -80,47 +83,11 @@ def readers() -> dict:
 
 
 def read(ids: list[str], out: Path) -> dict:
-    rs = readers()
-    doc = {"spacing_mm": ISBI_PIXEL_SPACING_MM, "readers": list(rs), "images": {}}
-    for image_id in tqdm(ids, desc=out.stem, unit="image", disable=None):
-        pixels = read_xray(image_path(image_id)).pixels
-        doc["images"][image_id] = {
-            name: np.round(r.read_images([pixels], [ISBI_PIXEL_SPACING_MM]).final[0], 3).tolist()
-            for name, r in rs.items()
-        }
-    write_json(out, doc)
-    return doc
-
-
-def predictions(doc: dict, ids: list[str]) -> dict[str, np.ndarray]:
-    pred = {name: np.array([doc["images"][i][name] for i in ids]) for name in doc["readers"]}
-    pred["points"] = np.mean([pred[f"seed{s}"] for s in SEEDS], axis=0)
-    return pred
+    return read_with(readers(), ids, out, desc=out.stem)
 
 
 def spread_mm(pred: dict[str, np.ndarray], spacing: float) -> np.ndarray:
-    members = np.stack([pred[f"seed{s}"] for s in SEEDS])
-    return np.linalg.norm(members - members.mean(axis=0), axis=-1).mean(axis=0) * spacing
-
-
-def scores(doc: dict, ids: list[str]) -> dict:
-    gts, pred = ground_truths(ROOT, ids), predictions(doc, ids)
-    err = {gt: {k: radial_errors_mm(p, gts[gt], doc["spacing_mm"]) for k, p in pred.items()} for gt in GTS}
-    out = {"images": len(ids), "scores": {}, "single_mean": {}, "paired": {}}
-    for gt in GTS:
-        out["scores"][gt] = {k: figures(e) for k, e in err[gt].items()}
-        singles = [err[gt][f"seed{s}"] for s in SEEDS]
-        out["single_mean"][gt] = {
-            "mre_mm": mean_sd([float(e.mean()) for e in singles]),
-            "sdr_2mm": mean_sd([float((e <= 2.0).mean() * 100) for e in singles]),
-        }
-        for ens in ("heatmaps", "points"):
-            out["paired"][f"{ens}.{gt}"] = {
-                f"seed{s}": {"mre_diff": float(paired_differences(e, err[gt][ens]).mean())}
-                | signed_rank_test(paired_differences(e, err[gt][ens]))
-                for s, e in zip(SEEDS, singles, strict=True)
-            }
-    return out, err, pred
+    return members_spread_mm(np.stack([pred[f"seed{s}"] for s in SEEDS]), spacing)
 
 
 def choose(block: dict) -> dict:
@@ -151,16 +118,6 @@ def validate() -> dict:
     block["choice"] = choose(block)
     write_json(OUT / "validation.json", block)
     return block
-
-
-def flag_figures(flags: np.ndarray, err: np.ndarray) -> dict:
-    return {
-        "flag_rate": float(flags.mean()),
-        **{
-            f"over_{t}mm": {"n": int((err > t).sum()), "flagged": int(((err > t) & flags).sum())}
-            for t in (4, 10)
-        },
-    }
 
 
 def test() -> dict:
