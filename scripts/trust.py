@@ -227,13 +227,13 @@ def benchmark(root: Path, doc: dict, trust: TrustModel, out_json: Path, out_md: 
             positives["refused"].append(i)
         elif c.unusual:
             positives["unusual"].append(i)
-    mirrored = {"verdicts": {}, "max_abs_diff_mm": 0.0, "mre_diff_mm": []}
+    mirrored = {"verdicts": {}, "unusual": 0, "max_abs_diff_mm": 0.0, "mre_diff_mm": []}
     start = time.perf_counter()
     for i in tqdm(ids, desc="mirrored", unit="image", disable=None):
         px = read_xray(image_path(root, i)).pixels
         c = read_checked(read, trust, np.ascontiguousarray(px[:, ::-1]), SPACING)
         mirrored["verdicts"][c.verdict] = mirrored["verdicts"].get(c.verdict, 0) + 1
-        mirrored["unusual"] = mirrored.get("unusual", 0) + int(c.unusual)
+        mirrored["unusual"] += int(c.unusual)
         if c.readout is not None:
             back = c.readout.final[0].copy()
             back[:, 0] = px.shape[1] - 1 - back[:, 0]  # the mirrored image's points -> the original's

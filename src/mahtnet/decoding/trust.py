@@ -41,6 +41,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
+import cv2
 import numpy as np
 
 from mahtnet.decoding.recipe import ReaderSpec, read_card
@@ -56,8 +57,6 @@ def sharpness(pixels: np.ndarray) -> float:
     """The mean absolute Laplacian over the intensity SD, at the network's input size: about
     0.1 for the ISBI images, 0.01 after a 3 mm Gaussian blur, 0 for a flat one; free of scale
     and contrast (grey levels 0-255; an SD below one grey level counts as one)."""
-    import cv2
-
     x = cv2.resize(np.asarray(pixels, dtype=np.float32), SHARPNESS_SIZE, interpolation=cv2.INTER_AREA)
     return float(np.mean(np.abs(cv2.Laplacian(x, cv2.CV_32F))) / max(float(x.std()), 1.0))
 
@@ -112,8 +111,10 @@ class TrustModel:
             return f"a field of view of {fov:.0f} mm on its short side, less than {self.min_fov_mm:.0f} mm"
         return None
 
-    def image_figures(self, signals: dict[str, np.ndarray]) -> dict[str, float]:
-        """The two image-level figures of one image's signals ``(K,)`` each."""
+    @staticmethod
+    def image_figures(signals: dict[str, np.ndarray]) -> dict[str, float]:
+        """The two image-level figures of one image's signals ``(K,)`` each (no threshold
+        involved: :func:`fit` takes them before a model exists)."""
         res = np.asarray(signals["argmax_residual_sd"], dtype=np.float64)
         return {
             "median_residual_sd": float(np.median(res)) if np.all(np.isfinite(res)) else math.nan,
@@ -220,11 +221,8 @@ def fit(
     ``negative_signals`` (readings of training images made into non-cephalograms: mirrored,
     turned, halved) or of ``blurred_sharpness`` (the training images blurred by
     :data:`BLUR_MM`)."""
-    probe = TrustModel(
-        0, 0.0, math.inf, 0.0, math.inf, 0.0, 0.0, 0.0, math.inf, math.inf, coverage, (1.0,), 1.0, 1.0, ""
-    )
-    figs = [probe.image_figures(s) for s in train_signals]
-    neg = [probe.image_figures(s) for s in negative_signals]
+    figs = [TrustModel.image_figures(s) for s in train_signals]
+    neg = [TrustModel.image_figures(s) for s in negative_signals]
     worst_res = max(f["median_residual_sd"] for f in figs)
     worst_conf = min(f["median_confidence"] for f in figs)
     side = min(min(s) for s in train_shapes)
