@@ -138,8 +138,9 @@ def write_dicom(path, raw: np.ndarray, photometric="MONOCHROME2", **tags) -> Non
     ds.save_as(path, enforce_file_format=True)
 
 
-def tiny_unet_checkpoint(path, input_size=(32, 32), params=None):
-    """A saved, untrained 4-channel U-Net checkpoint with the 19 ISBI landmarks."""
+def tiny_unet_checkpoint(path, input_size=(32, 32), params=None, seed=0):
+    """A saved, untrained 4-channel U-Net checkpoint with the 19 ISBI landmarks (weights drawn
+    with ``seed``)."""
     import torch
 
     from mahtnet.landmarks import LANDMARK_NAMES
@@ -147,7 +148,7 @@ def tiny_unet_checkpoint(path, input_size=(32, 32), params=None):
     from mahtnet.models.checkpoint import save_checkpoint
     from mahtnet.models.unet import UNet
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     meta = {
         "model": {"name": "unet", "unet_channels": 4, "unet_depth": 2},
         "input_size": list(input_size),
@@ -160,7 +161,7 @@ def tiny_unet_checkpoint(path, input_size=(32, 32), params=None):
     return save_checkpoint(path, UNet(1, len(LANDMARK_NAMES), channels=4, depth=2), CheckpointCard.of(meta))
 
 
-def tiny_refiner_checkpoint(path, landmark_names=None):
+def tiny_refiner_checkpoint(path, landmark_names=None, seed=1):
     """A saved, untrained refiner checkpoint (4 channels, depth 2, 16 px patches at 0.3 mm/px),
     of the 19 ISBI landmarks unless ``landmark_names`` says otherwise."""
     import torch
@@ -171,7 +172,7 @@ def tiny_refiner_checkpoint(path, landmark_names=None):
     from mahtnet.models.factory import build_refiner
 
     names = list(LANDMARK_NAMES if landmark_names is None else landmark_names)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     meta = {
         "kind": "refiner",
         "model": {"name": "refiner", "channels": 4, "depth": 2},

@@ -138,3 +138,79 @@ def test_predict_takes_a_model_folder(folder, tmp_path):
     doc = json.loads((out / "a.json").read_text())
     assert doc["decoding"] == "shape-consistent"  # the folder's shape prior
     assert doc["model"]["sha256"] == sha256(folder / "unet.pt")
+
+
+@pytest.fixture(scope="module")
+def ensemble_folder(tmp_path_factory):
+    """A points ensemble's folder: two tiny U-Nets (other seeds), their refiners, one shape prior."""
+    root = tmp_path_factory.mktemp("ensemble")
+    for seed, name in ((0, "unet.pt"), (1, "unet_s1.pt")):
+        tiny_unet_checkpoint(root / name, (64, 48), seed=seed)
+        tiny_refiner_checkpoint(root / name.replace("unet", "refiner"), seed=1 + seed)
+    _prior().save(root / "shape_prior.npz")
+    reader = {"model": "unet.pt", "shape_prior": "shape_prior.npz", "refiner": "refiner.pt"}
+    write_card(root, reader | {"members": [{"model": "unet_s1.pt", "refiner": "refiner_s1.pt"}]})
+    return root
+
+
+def test_an_ensemble_folder_reads_the_members_mean(ensemble_folder, tmp_path):
+    from mahtnet.decoding.ensemble import PointsEnsembleReader
+
+    spec = ReaderSpec.from_folder(ensemble_folder, device="cpu")
+    assert [m.model.name for m in spec.members] == ["unet_s1.pt"]
+    assert set(spec.files()) == {"model", "shape_prior", "refiner", "members[0].model", "members[0].refiner"}
+    assert spec.describe()["ensemble_members"] == 2
+    reader = load_reader(spec)
+    assert isinstance(reader, PointsEnsembleReader) and reader.variants() == ["coarse", "shape", "refined"]
+    image = np.random.default_rng(0).integers(0, 255, (120, 100), np.uint8)
+    out = reader.read_images([image], [0.1])
+    singles = [m.read_images([image], [0.1]) for m in reader.members]
+    for v in out.landmarks:
+        assert np.allclose(out.landmarks[v], np.mean([s.landmarks[v] for s in singles], axis=0))
+    finals = np.stack([s.final[0] for s in singles])
+    spread = np.linalg.norm(finals - finals.mean(axis=0), axis=-1).mean(axis=0) * 0.1
+    assert np.allclose(out.signals["members_spread_mm"][0], spread) and spread.max() > 0
+    assert np.all(np.isnan(reader.read_images([image], [None]).signals["members_spread_mm"]))
+    one = load_reader(dataclasses.replace(spec, members=()))  # --single: the first network alone
+    assert np.allclose(one.read_images([image], [0.1]).final, singles[0].final)
+
+
+@pytest.mark.parametrize(
+    "members, match",
+    [
+        (
+            [{"model": "nope.pt", "refiner": "refiner_s1.pt"}],
+            r"reader\.members\[0\]\.model 'nope\.pt' is not one",
+        ),
+        ([{"model": "unet_s1.pt"}], r"members\[0\]: every member needs a refiner exactly when"),
+        ([{"refiner": "refiner_s1.pt"}], r"reader\.members must be a list of \{model, refiner\}"),
+        ("unet_s1.pt", r"reader\.members must be a list"),
+    ],
+    ids=["unlisted file", "no refiner", "no model", "not a list"],
+)
+def test_a_bad_members_block_is_one_line(ensemble_folder, tmp_path, members, match):
+    bad = copy_folder(ensemble_folder, tmp_path / "bad")
+    reader = {
+        "model": "unet.pt",
+        "shape_prior": "shape_prior.npz",
+        "refiner": "refiner.pt",
+        "members": members,
+    }
+    write_card(bad, reader)
+    with pytest.raises(ValueError, match=match) as err:
+        ReaderSpec.from_folder(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_single_and_an_own_refiner_drop_the_members(ensemble_folder):
+    import argparse
+
+    from mahtnet.cli import reader_spec
+
+    def args(**kw):
+        base = {"model": ensemble_folder, "shape_prior": None, "refiner": None, "calibration": None}
+        return argparse.Namespace(**(base | kw), tta=False, pixel_spacing=None, device="cpu", threads=0)
+
+    assert len(reader_spec(args(single=False)).members) == 1
+    assert reader_spec(args(single=True)).members == ()
+    assert reader_spec(args(single=False, refiner=ensemble_folder / "refiner_s1.pt")).members == ()

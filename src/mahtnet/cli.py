@@ -67,12 +67,19 @@ def add_reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calibration", type=Path, help="calibrate stage file: each landmark's expected error (mm)"
     )
+    p.add_argument(
+        "--single",
+        action="store_true",
+        help="an ensemble (the release: three seeds) read by its first network only: about 3x faster, "
+        "less accurate (docs/ensemble_choice.md)",
+    )
 
 
 def reader_spec(args: argparse.Namespace) -> ReaderSpec:
     """The one place a command line becomes a :class:`~mahtnet.decoding.recipe.ReaderSpec`:
     ``--model`` a folder (its card's recipe), a file, or none (the release); the files the
-    command names win over the folder's."""
+    command names win over the folder's; an ensemble's further members are dropped with
+    ``--single`` or where the command names its own refiner (it fits one network)."""
     import dataclasses
 
     from mahtnet.decoding.recipe import TTA_SHIFTS_PX, ReaderSpec
@@ -92,6 +99,7 @@ def reader_spec(args: argparse.Namespace) -> ReaderSpec:
         pixel_spacing_mm=args.pixel_spacing,
         device=args.device,
         threads=args.threads,
+        members=() if getattr(args, "single", False) or args.refiner else base.members,
     )
 
 

@@ -19,6 +19,10 @@ Where a recipe comes from:
   "refiner": "refiner.onnx"}``, and optionally ``calibration``, ``tta_shifts_px``,
   ``tta_scales``, ``candidates``);
 * :meth:`ReaderSpec.release`: the released model (:mod:`mahtnet.release`), such a folder.
+
+A recipe with ``members`` (a card's ``"members": [{"model": ..., "refiner": ...}, ...]``) is a
+**points ensemble**: each member's coarse network and refiner read with the recipe's shape prior
+and options, the landmarks averaged (:class:`mahtnet.decoding.ensemble.PointsEnsembleReader`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import mahtnet.release as shipped
 from mahtnet.decoding.backends import load_backend, load_refiner
 from mahtnet.decoding.calibration import ErrorCalibration
 from mahtnet.decoding.conventions import Convention
+from mahtnet.decoding.ensemble import PointsEnsembleReader
 from mahtnet.decoding.reader import LandmarkReader
 from mahtnet.decoding.shape import ShapePrior
 from mahtnet.decoding.tta import tta_transforms
@@ -43,7 +48,8 @@ from mahtnet.models.card import sha256, synthetic_warning
 
 CARD_NAME = "card.json"
 FILE_FIELDS = ("model", "shape_prior", "refiner", "calibration", "adaptation")
-CARD_KEYS = (*FILE_FIELDS, "tta_shifts_px", "tta_scales", "candidates")  # a card's "reader" block
+CARD_KEYS = (*FILE_FIELDS, "tta_shifts_px", "tta_scales", "candidates", "members")  # a card's "reader" block
+MEMBER_FIELDS = ("model", "refiner")  # what each further member of an ensemble brings
 TTA_SHIFTS_PX = (2.0,)  # --tta: the transforms screened on the ISBI validation images (docs/evaluation.md)
 DECODING_NAMES = {
     "coarse": "arg-max",
@@ -63,6 +69,20 @@ LOW_CONFIDENCE = {
 
 
 @dataclasses.dataclass(frozen=True)
+class Member:
+    """A further member of a points ensemble: its coarse network and (with the recipe's refiner)
+    its refiner; the shape prior and decoding options are the recipe's."""
+
+    model: Path
+    refiner: Path | None = None
+
+    def __post_init__(self):
+        for name in MEMBER_FIELDS:
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+
+
+@dataclasses.dataclass(frozen=True)
 class ReaderSpec:
     """How landmarks are read.
 
@@ -74,7 +94,8 @@ class ReaderSpec:
     ``tta_shifts_px`` / ``tta_scales``: test-time augmentation (both empty: off);
     ``pixel_spacing_mm``: mm per pixel of the images read, winning over a file's own (None: the
     file's, where it has one); ``device`` and ``threads`` (0: the runtime's default): where the
-    networks run; ``card``: the ``card.json`` of the model folder the files come from.
+    networks run; ``card``: the ``card.json`` of the model folder the files come from;
+    ``members``: further :class:`Member` s of a points ensemble (empty: one network).
     """
 
     model: Path
@@ -89,6 +110,7 @@ class ReaderSpec:
     device: str = "auto"
     threads: int = 0
     card: Path | None = None
+    members: tuple[Member, ...] = ()
 
     def __post_init__(self):
         for name in (*FILE_FIELDS, "card"):
@@ -104,6 +126,14 @@ class ReaderSpec:
             raise ValueError(f"candidates: must be a whole number of at least 1, got {self.candidates!r}")
         if self.threads < 0:
             raise ValueError(f"--threads: must be at least 0, got {self.threads}")
+        object.__setattr__(self, "members", tuple(self.members))
+        for i, m in enumerate(self.members):
+            if not isinstance(m, Member):
+                raise ValueError(f"members[{i}]: not a Member (a model and a refiner), got {m!r}")
+            if (m.refiner is None) != (self.refiner is None):
+                raise ValueError(
+                    f"members[{i}]: every member needs a refiner exactly when the recipe has one"
+                )
 
     @classmethod
     def from_folder(cls, folder: str | Path, **options) -> ReaderSpec:
@@ -126,10 +156,22 @@ class ReaderSpec:
                 f"{path}: unknown reader key {', '.join(unknown)} (known: {', '.join(CARD_KEYS)})"
             )
         values = dict(reader)
+
+        def listed(key: str, name) -> Path:
+            if not isinstance(name, str) or name not in files:
+                raise ValueError(f"{path}: reader.{key} {name!r} is not one of its files")
+            return folder / name
+
         for key in set(FILE_FIELDS) & set(reader):
-            if not isinstance(reader[key], str) or reader[key] not in files:
-                raise ValueError(f"{path}: reader.{key} {reader[key]!r} is not one of its files")
-            values[key] = folder / reader[key]
+            values[key] = listed(key, reader[key])
+        members = reader.get("members", [])
+        if not isinstance(members, list) or not all(
+            isinstance(m, dict) and "model" in m and set(m) <= set(MEMBER_FIELDS) for m in members
+        ):
+            raise ValueError(f"{path}: reader.members must be a list of {{model, refiner}} objects")
+        values["members"] = tuple(
+            Member(**{k: listed(f"members[{i}].{k}", v) for k, v in m.items()}) for i, m in enumerate(members)
+        )
         missing = [name for name in files if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder / missing[0]}: listed in {path} but missing")
@@ -157,8 +199,12 @@ class ReaderSpec:
         return tta_transforms(self.tta_shifts_px, self.tta_scales)
 
     def files(self) -> dict[str, Path]:
-        """The recipe's files by field (those it has)."""
-        return {name: getattr(self, name) for name in FILE_FIELDS if getattr(self, name) is not None}
+        """The recipe's files by field (those it has; an ensemble's further members as
+        ``members[i].model`` / ``.refiner``)."""
+        out = {name: getattr(self, name) for name in FILE_FIELDS if getattr(self, name) is not None}
+        for i, m in enumerate(self.members):
+            out |= {f"members[{i}].{k}": getattr(m, k) for k in MEMBER_FIELDS if getattr(m, k) is not None}
+        return out
 
     def describe(self) -> dict[str, Any]:
         """The recipe as its results may show it, without a path of this machine: its name (the
@@ -175,6 +221,7 @@ class ReaderSpec:
             "tta_scales": list(self.tta_scales),
             "candidates": self.candidates,
             "pixel_spacing_mm": self.pixel_spacing_mm,
+            "ensemble_members": 1 + len(self.members),
         }
 
 
@@ -191,10 +238,12 @@ def read_card(path: Path) -> dict[str, Any]:
     return card
 
 
-def load_reader(spec: ReaderSpec, batch_size: int = 8, warn: bool = False) -> LandmarkReader:
+def load_reader(
+    spec: ReaderSpec, batch_size: int = 8, warn: bool = False
+) -> LandmarkReader | PointsEnsembleReader:
     """The reader of ``spec`` (``batch_size`` images per forward pass), after every check;
     ``warn``: say on stderr when the model was trained on synthetic images (for new X-rays:
-    ``mahtnet predict`` and ``mahtnet serve``)."""
+    ``mahtnet predict`` and ``mahtnet serve``); with ``spec.members``, a points ensemble."""
     for name, path in spec.files().items():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: {name.replace('_', ' ')} not found")
@@ -220,16 +269,30 @@ def load_reader(spec: ReaderSpec, batch_size: int = 8, warn: bool = False) -> La
         calibration = ErrorCalibration.load(spec.calibration)
         calibration.check_model(backend.card.to_dict(), spec.calibration)
     adaptation = None if spec.adaptation is None else load_convention(spec.adaptation)
-    reader = LandmarkReader(
-        backend,
-        prior,
-        refiner,
-        spec.transforms(),
-        spec.candidates,
-        calibration,
-        batch_size,
-        adaptation=adaptation,
-    )
+    if spec.members:
+        readers = [
+            LandmarkReader(backend, prior, refiner, spec.transforms(), spec.candidates, None, batch_size)
+        ]
+        for i, m in enumerate(spec.members):
+            b = load_backend(m.model, spec.device, spec.threads)
+            r = None if m.refiner is None else load_refiner(m.refiner, spec.device, spec.threads)
+            if tuple(b.card.landmark_names) != names or (
+                r is not None and tuple(r.card.landmark_names) != names
+            ):
+                raise ValueError(f"members[{i}]: {m.model.name} reads other landmarks than {spec.model.name}")
+            readers.append(LandmarkReader(b, prior, r, spec.transforms(), spec.candidates, None, batch_size))
+        reader = PointsEnsembleReader(readers, calibration, adaptation)
+    else:
+        reader = LandmarkReader(
+            backend,
+            prior,
+            refiner,
+            spec.transforms(),
+            spec.candidates,
+            calibration,
+            batch_size,
+            adaptation=adaptation,
+        )
     fitted = None if calibration is None else calibration.model.get("decoding")
     emitted = DECODING_NAMES[[v for v in reader.variants() if v != "adapted"][-1]]
     if fitted is not None and fitted != emitted:  # e.g. fitted on refined landmarks, used without the refiner
