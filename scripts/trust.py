@@ -37,6 +37,7 @@ SPLITS = {"train": ("TrainingData", range(1, 151)), "test1": ("Test1Data", range
 SPLITS["test2"] = ("Test2Data", range(301, 401))
 SPACING = 0.1
 KEYS = ("coarse_confidence", "argmax_residual_sd", "residual_sd", "shape_shift_mm", "refine_shift_mm")
+KEYS += ("members_spread_mm",)  # an ensemble's (the release's); absent for one network
 
 
 def image_path(root: Path, image_id: str) -> Path:
@@ -61,7 +62,7 @@ def signals(root: Path, out: Path) -> None:
             "shape": list(x.pixels.shape),
             "final": np.round(r.final[0], 3).tolist(),
             "confidence": np.round(r.confidence[0], 4).tolist(),
-            **{k: np.round(r.signals[k][0], 4).tolist() for k in KEYS},
+            **{k: np.round(r.signals[k][0], 4).tolist() for k in KEYS if k in r.signals},
         }
     write_json(out, doc)
 
@@ -72,7 +73,7 @@ def _errors(doc: dict, root: Path, ids: list[str], gt: str = "mean") -> np.ndarr
 
 
 def _sig(doc: dict, ids: list[str]) -> list[dict]:
-    return [{k: np.asarray(doc["images"][i][k]) for k in KEYS} for i in ids]
+    return [{k: np.asarray(doc["images"][i][k]) for k in KEYS if k in doc["images"][i]} for i in ids]
 
 
 MADE = {  # training images made into what the model must not read as upright cephalograms
@@ -309,8 +310,15 @@ def markdown(r: dict) -> str:
         "",
         f"Flagged: refiner confidence below {t['flag_min_confidence']:.3f}, or moved more than "
         f"{t['flag_max_refine_shift_mm']:.2f} mm by the refiner, or more than "
-        f"{t['flag_max_residual_sd']:.2f} SD from where the shape prior puts it; every landmark of an "
-        "unusual image. "
+        f"{t['flag_max_residual_sd']:.2f} SD from where the shape prior puts it"
+        + (
+            ""
+            if t.get("flag_max_spread_mm") is None
+            else f", or the ensemble's members more than {t['flag_max_spread_mm']:.2f} mm apart "
+            "(mean distance "
+            "from their mean)"
+        )
+        + "; every landmark of an unusual image. "
         f"Bound: {t['coverage']:.0%} split-conformal, "
         f"{t['bound_quantile']:.2f} x each landmark's scale.",
         "",

@@ -65,6 +65,32 @@ def test_fit_takes_the_training_range_with_a_margin_and_the_conformal_quantile()
     assert back.bound_quantile == t.bound_quantile and len(back.scale_mm) == K
 
 
+def test_an_ensemble_adds_its_members_spread_as_a_fourth_flag():
+    rng = np.random.default_rng(1)
+    train = [_signals() for _ in range(20)]
+    val = [_signals(shift=s) | {"members_spread_mm": rng.uniform(0, 1, K)} for s in rng.uniform(0, 2, 30)]
+    conf, errors = rng.uniform(0.1, 1, (30, K)), rng.gamma(2.0, 0.5, size=(30, K))
+    kw = dict(train_sharpness=[0.1], blurred_sharpness=[0.01], negative_signals=[_signals(res=10, conf=0.1)])
+    t = tr.fit(train, [(2400, 1935)] * 20, 0.1, val, conf, errors, errors, **kw)
+    spread = np.stack([v["members_spread_mm"] for v in val])
+    assert t.flag_max_spread_mm == pytest.approx(np.quantile(spread, 1 - 0.05 / 4))  # four signals
+    assert t.flag_max_refine_shift_mm == pytest.approx(
+        np.quantile(np.stack([v["refine_shift_mm"] for v in val]), 1 - 0.05 / 4)
+    )
+    single = tr.fit(train, [(2400, 1935)] * 20, 0.1, [_signals(shift=1.0)] * 30, conf, errors, errors, **kw)
+    assert single.flag_max_spread_mm is None  # one network: three signals, as before
+    sig = _signals() | {"members_spread_mm": np.zeros(K)}
+    sig["members_spread_mm"][4] = t.flag_max_spread_mm + 0.1
+    ok = np.full(K, 0.9)
+    assert np.flatnonzero(t.flags(sig, ok)).tolist() == [4]
+    assert not single.flags(sig, ok).any()  # a threshold the model does not have flags nothing
+    assert tr.TrustModel.from_dict(t.to_dict()).flag_max_spread_mm == t.flag_max_spread_mm
+    old = {k: v for k, v in t.to_dict().items() if k != "flag_max_spread_mm"}  # a card from before
+    assert tr.TrustModel.from_dict(old).flag_max_spread_mm is None
+    with pytest.raises(ValueError, match="finite number"):
+        tr.TrustModel.from_dict(t.to_dict() | {"flag_max_spread_mm": float("inf")})
+
+
 def test_conformal_quantile_is_the_ceil_rank():
     assert tr.conformal_quantile(np.arange(1, 10), 0.9) == 9  # ceil(10 * 0.9) = 9th smallest
     assert tr.conformal_quantile(np.arange(1, 100), 0.9) == 90

@@ -30,7 +30,8 @@ Everything here is fitted on the training and validation images only and travels
 model's card (``trust``).
 
 Per landmark, **flags** mark readings to check first (low refiner confidence, a large move by
-the refiner, a position the shape prior does not expect), and a split-conformal **bound**
+the refiner, a position the shape prior does not expect and, for an ensemble, members that
+disagree), and a split-conformal **bound**
 (``coverage``, e.g. 90 %) on the error: ``scale_mm`` per landmark times one quantile of the
 validation images' error / scale ratios.
 """
@@ -80,21 +81,25 @@ class TrustModel:
     bound_quantile: float
     expected_quantile: float
     fitted_on: str
+    flag_max_spread_mm: float | None = None  # an ensemble's members' disagreement (None: one network)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"scale_mm": [round(v, 4) for v in self.scale_mm]}
 
     @classmethod
     def from_dict(cls, doc: dict) -> TrustModel:
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(names - set(doc))
+        fields = dataclasses.fields(cls)
+        required = {f.name for f in fields if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(doc))
         if missing:
             raise ValueError(f"trust block lacks {', '.join(missing)}")
-        values = {k: doc[k] for k in names}
+        values = {f.name: doc[f.name] for f in fields if f.name in doc}
         values["scale_mm"] = tuple(float(v) for v in values["scale_mm"])
-        numbers = [v for k, v in values.items() if k not in ("fitted_on", "scale_mm")] + list(
-            values["scale_mm"]
-        )
+        numbers = [
+            v
+            for k, v in values.items()
+            if k not in ("fitted_on", "scale_mm") and not (v is None and k not in required)
+        ] + list(values["scale_mm"])
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in numbers):
             raise ValueError("trust block: every threshold must be a finite number")
         return cls(**values)
@@ -152,11 +157,15 @@ class TrustModel:
         conf = np.asarray(confidence, dtype=np.float64)
         shift = np.nan_to_num(np.asarray(signals["refine_shift_mm"], dtype=np.float64), nan=0.0)
         res = np.nan_to_num(np.asarray(signals["residual_sd"], dtype=np.float64), nan=0.0)
-        return (
+        flags = (
             (conf < self.flag_min_confidence)
             | (shift > self.flag_max_refine_shift_mm)
             | (res > self.flag_max_residual_sd)
         )
+        if self.flag_max_spread_mm is not None and "members_spread_mm" in signals:
+            spread = np.nan_to_num(np.asarray(signals["members_spread_mm"], dtype=np.float64), nan=0.0)
+            flags |= spread > self.flag_max_spread_mm
+        return flags
 
     def check_first(
         self, unusual: bool, signals: dict[str, np.ndarray], confidence: np.ndarray
@@ -213,8 +222,9 @@ def fit(
 ) -> TrustModel:
     """Thresholds from the training images (image level: their range widened by
     :data:`MARGIN`; their per-landmark median error as the bound's scale) and the validation
-    images (the flags' thresholds: each signal's ``1 - flag_rate / 3`` quantile, so that the
-    three together flag about ``flag_rate``; the conformal quantile of error / scale).
+    images (the flags' thresholds: each signal's ``1 - flag_rate / n`` quantile, so that the
+    ``n`` signals together flag about ``flag_rate``: three, four for an ensemble, whose
+    ``members_spread_mm`` is one; the conformal quantile of error / scale).
     ``min_side_px``: the fewest pixels on a side (default: half the training images'; the
     network's input side is the natural floor). The looser limits of :meth:`TrustModel.readable`
     lie halfway between the training images (their extreme figure) and the nearest of
@@ -228,8 +238,10 @@ def fit(
     side = min(min(s) for s in train_shapes)
     scale = np.median(np.asarray(train_errors_mm), axis=0)
     ratios = np.asarray(val_errors_mm) / scale
-    q = 1.0 - flag_rate / 3.0
-    val = {k: np.stack([s[k] for s in val_signals]) for k in ("refine_shift_mm", "residual_sd")}
+    ensemble = all("members_spread_mm" in s for s in val_signals)
+    q = 1.0 - flag_rate / (4.0 if ensemble else 3.0)
+    keys = ("refine_shift_mm", "residual_sd") + ("members_spread_mm",) * ensemble
+    val = {k: np.stack([s[k] for s in val_signals]) for k in keys}
     return TrustModel(
         min_side_px=int(side * MARGIN["size"]) if min_side_px is None else int(min_side_px),
         min_fov_mm=round(side * spacing_mm * MARGIN["size"], 1),
@@ -246,6 +258,7 @@ def fit(
         bound_quantile=conformal_quantile(ratios, coverage),
         expected_quantile=float(np.median(ratios)),
         fitted_on=fitted_on,
+        flag_max_spread_mm=float(np.quantile(val["members_spread_mm"], q)) if ensemble else None,
     )
 
 

@@ -42,6 +42,7 @@ class Prediction:
     check_first: np.ndarray | None = None  # (K,) bool: the trust block's flags
     error_bound_mm: np.ndarray | None = None  # (K,) the trust block's bound (its coverage)
     coverage: float | None = None
+    members_spread_mm: np.ndarray | None = None  # (K,) an ensemble's members' disagreement
 
     @property
     def refused(self) -> bool:
@@ -104,9 +105,15 @@ def _checked(reader, trust: TrustModel, x: XRay, s: float | None, src: str | Non
     expected, bound = trust.bounds()
     if out.expected_error_mm is not None:
         expected = out.expected_error_mm[0]
-    flags = trust.check_first(c.unusual, {k: v[0] for k, v in out.signals.items()}, out.confidence[0])
+    signals = {k: v[0] for k, v in out.signals.items()}
+    flags = trust.check_first(c.unusual, signals, out.confidence[0])
     return dataclasses.replace(
-        p, expected_error_mm=expected, check_first=flags, error_bound_mm=bound, coverage=trust.coverage
+        p,
+        expected_error_mm=expected,
+        check_first=flags,
+        error_bound_mm=bound,
+        coverage=trust.coverage,
+        members_spread_mm=signals.get("members_spread_mm"),
     )
 
 
@@ -135,7 +142,8 @@ def to_json(p: Prediction, card: ModelCard, threshold: float | None = None) -> d
     """The per-image result document (``<name>.json``): the image's ``verdict`` first; per
     landmark the position, the confidence (peak / target peak, capped at 1), ``low_confidence``
     (below ``threshold``, default the decoding's :data:`LOW_CONFIDENCE`), and where known the
-    expected error, the error bound and ``check_first``. A refused image (not forced) has no
+    expected error, the error bound, ``check_first`` and an ensemble's ``members_spread_mm``
+    (the members' mean distance from their mean point). A refused image (not forced) has no
     landmarks and no measurements."""
     h, w = p.xray.pixels.shape
     head = {
@@ -152,7 +160,7 @@ def to_json(p: Prediction, card: ModelCard, threshold: float | None = None) -> d
         return {**head, "decoding": None, "landmarks": [], "measurements": None, "model": card.to_dict()}
     threshold = LOW_CONFIDENCE[p.decoding] if threshold is None else threshold
     rows = []
-    expected, bound, flags = p.expected_error_mm, p.error_bound_mm, p.check_first
+    expected, bound, flags, spread = p.expected_error_mm, p.error_bound_mm, p.check_first, p.members_spread_mm
     for k, (name, (x, y), c) in enumerate(zip(card.landmark_names, p.landmarks, p.confidence, strict=True)):
         mm = None if p.spacing_mm is None else (float(x * p.spacing_mm), float(y * p.spacing_mm))
         rows.append(
@@ -167,6 +175,7 @@ def to_json(p: Prediction, card: ModelCard, threshold: float | None = None) -> d
                 **({} if expected is None else {"expected_error_mm": float(expected[k])}),
                 **({} if bound is None else {"error_bound_mm": float(bound[k])}),
                 **({} if flags is None else {"check_first": bool(flags[k])}),
+                **({} if spread is None else {"members_spread_mm": float(spread[k])}),
             }
         )
     order = [] if flags is None else sorted(np.flatnonzero(flags), key=lambda k: float(p.confidence[k]))
