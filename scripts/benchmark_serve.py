@@ -258,6 +258,7 @@ def main(argv=None) -> int:
         "server": {
             "model": relative(card["file"]),
             "architecture": card["architecture"],
+            "networks": model["recipe"].get("ensemble_members", 1),  # the release: a points ensemble
             "format": card["format"],
             "input_size": card["input_size"],
             "decoding": {

@@ -1,8 +1,8 @@
-"""Robustness of what ships (issue 43, item 4): the released pipeline (ONNX coarse network,
-shape-consistent decoding, refiner; :mod:`mahtnet.release`) on the ISBI Test1 and Test2 images
-under the robustness stage's perturbations (``robustness`` in ``params.yaml``, the same
-functions: :func:`mahtnet.analysis.robustness.perturb`), each image paired with its clean
-reading. Also counted: how many perturbed images the release's image verdict refuses
+"""Robustness of what ships (issue 43, item 4): the released pipeline (each network's ONNX coarse
+network, shape-consistent decoding, refiner, the points averaged; :mod:`mahtnet.release`) on the
+ISBI Test1 and Test2 images under the robustness stage's perturbations (``robustness`` in
+``params.yaml``, the same functions: :func:`mahtnet.analysis.robustness.perturb`), each image
+paired with its clean reading. Also counted: how many perturbed images the release's image verdict refuses
 (``mahtnet predict`` would answer them with no landmarks); every image is read anyway (forced)
 so that its error is measured.
 
@@ -58,7 +58,13 @@ def run(limit: int | None) -> dict:
     levels, seed = severities()
     out = {
         "model": spec.describe()["name"],
-        "pipeline": "ONNX coarse network + shape-consistent decoding + refiner, onnxruntime, 2 threads",
+        "pipeline": (
+            f"{1 + len(spec.members)} networks, each ONNX coarse network + shape-consistent decoding "
+            "+ refiner, the points averaged; onnxruntime, 2 threads"
+            if spec.members
+            else "ONNX coarse network + shape-consistent decoding + refiner, onnxruntime, 2 threads"
+        ),
+        "files_sha256": {k: v["sha256"] for k, v in spec.describe()["files"].items()},
         "severities": levels,
         "sets": {},
     }

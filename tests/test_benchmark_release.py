@@ -21,6 +21,7 @@ def test_release_section_is_written_and_the_rest_kept(tmp_path, capsys):
     assert doc["end_to_end_predict"] == {"kept": 1}
     rel = doc["release_predict"]
     assert rel["verdict"] == "ok" and rel["shipped_ms"] > rel["arg_max_ms"] > 0
+    assert rel["networks"] == 3 and rel["shipped_ms"] > rel["single_ms"] > rel["arg_max_ms"]  # three seeds
     assert rel["shipped_vs_arg_max"] == pytest.approx(rel["shipped_ms"] / rel["arg_max_ms"])
     assert not rel["image"].startswith("/")  # no path of this machine
     with pytest.raises(SystemExit) as exit_:

@@ -60,3 +60,22 @@ def test_predict_an_isbi_test2_image_without_model(isbi_root, tmp_path, capsys):
     assert doc["decoding"] == "refined" and len(doc["landmarks"]) == 19
     assert doc["model"]["sha256"] == json.loads(release.CARD.read_text())["files"]["maht_net.onnx"]["sha256"]
     assert "synthetic" not in capsys.readouterr().err
+
+
+@shipped
+def test_the_release_is_the_ensemble_chosen_on_validation():
+    """The card's Test1 / Test2 figures (read through mahtnet predict's code, ONNX) are the points
+    ensemble's that docs/ensemble_choice.json chose on the validation images and read once."""
+    card = json.loads(release.CARD.read_text())
+    choice = json.loads((release.RELEASE_DIR.parents[2] / "docs/ensemble_choice.json").read_text())
+    assert choice["validation"]["choice"]["chosen"] == "points"
+    assert [m["seed"] for m in card["members"]] == list(release.MEMBER_SEEDS)
+    assert {m["split_seed"] for m in card["members"]} == {card["training"]["split_seed"]}
+    for s in ("test1", "test2"):
+        for gt in ("mean", "official"):
+            ours = card["scores"][s][gt]["mre_mm"]
+            assert ours == pytest.approx(choice["sets"][s]["scores"][gt]["points"]["mre_mm"], abs=1e-3), (
+                s,
+                gt,
+            )
+    assert len(ReaderSpec.release().members) == len(release.MEMBERS) == 2

@@ -210,7 +210,10 @@ def pilot_section(pilot: dict | None) -> list[str]:
         f"`python scripts/adapt_finetune_pilot.py` (every figure: `docs/adaptation/finetune_pilot.json`): "
         f"the released refiner fine-tuned on the k images' patches with augmentation, setting `{chosen}` "
         f"chosen on {pilot['chosen']['on']} only ({pilot['chosen']['by']}); the study's own draws, "
-        f"only the first few per target and k. Scope: {pilot['scope']}.",
+        f"only the first few per target and k. Scope: {pilot['scope']}. It ran on the release of its day, "
+        f"one network (`maht_net.onnx` sha256 {pilot['base_model']['sha256'][:12]}..., seed 42: today the "
+        "first of the release's three): its zero-shot, mean and shrunk columns are that network's, not the "
+        "ensemble's above.",
         "",
         "| target | k | draws | zero-shot | mean | shrunk | fine-tuned | fine-tuned + shrunk "
         "| fine-tuned - shrunk | seconds per adaptation |",
