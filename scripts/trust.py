@@ -315,8 +315,7 @@ def markdown(r: dict) -> str:
             ""
             if t.get("flag_max_spread_mm") is None
             else f", or the ensemble's members more than {t['flag_max_spread_mm']:.2f} mm apart "
-            "(mean distance "
-            "from their mean)"
+            "(mean distance from their mean)"
         )
         + "; every landmark of an unusual image. "
         f"Bound: {t['coverage']:.0%} split-conformal, "

@@ -42,16 +42,21 @@ from mahtnet.paths import relative_to_repo, repo_root
 from mahtnet.predict.result import predict_xrays, to_json
 
 
+def file_to_json(reader, image: Path, out: Path, spacing_mm: float | None = None, trust=None):
+    """One ``mahtnet predict`` of ``image`` through ``reader`` (with ``trust``: the verdict, flags
+    and bounds), its JSON written to ``out``, as a call to time."""
+
+    def once() -> None:
+        p = predict_xrays(reader, [read_xray(image)], spacing_mm, trust)[0]
+        write_text(out, json.dumps(to_json(p, reader.backend.card), indent=2))
+
+    return once
+
+
 def end_to_end_ms(spec: ReaderSpec, image: Path, repeats: int, out: Path) -> float:
     """Median ms of file -> JSON for one image through ``spec``'s reader (the files loaded once,
     two warm-up runs)."""
-    reader = load_reader(spec)
-
-    def once() -> None:
-        p = predict_xrays(reader, [read_xray(image)], spec.pixel_spacing_mm)[0]
-        write_text(out, json.dumps(to_json(p, reader.backend.card), indent=2))
-
-    return median_ms(once, repeats)
+    return median_ms(file_to_json(load_reader(spec), image, out, spec.pixel_spacing_mm), repeats)
 
 
 def release_section(image: Path, repeats: int, threads: int) -> dict:
@@ -71,21 +76,10 @@ def release_section(image: Path, repeats: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
 
-        def shipped() -> None:
-            p = predict_xrays(reader, [read_xray(image)], spec.pixel_spacing_mm, trust)[0]
-            write_text(out, json.dumps(to_json(p, reader.backend.card), indent=2))
-
-        def single() -> None:
-            p = predict_xrays(first, [read_xray(image)], spec.pixel_spacing_mm, trust)[0]
-            write_text(out, json.dumps(to_json(p, first.backend.card), indent=2))
-
-        def arg_max() -> None:
-            p = predict_xrays(coarse, [read_xray(image)])[0]
-            write_text(out, json.dumps(to_json(p, coarse.backend.card), indent=2))
-
         verdict = predict_xrays(reader, [read_xray(image)], spec.pixel_spacing_mm, trust)[0].verdict
-        shipped_ms, single_ms = median_ms(shipped, repeats), median_ms(single, repeats)
-        arg_max_ms = median_ms(arg_max, repeats)
+        shipped_ms = median_ms(file_to_json(reader, image, out, spec.pixel_spacing_mm, trust), repeats)
+        single_ms = median_ms(file_to_json(first, image, out, spec.pixel_spacing_mm, trust), repeats)
+        arg_max_ms = median_ms(file_to_json(coarse, image, out), repeats)
     return {
         "image": relative_to_repo(image),
         "verdict": verdict,
