@@ -28,10 +28,11 @@ ISBI_ROOT = REPO.parent / "shared" / "datasets" / "isbi2015"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """test_pipeline.py first (its session fixture builds the tiny DVC pipeline: one chain of
-    about 25 processes), then the other ``slow`` files, the rest, and test_pipeline_commands.py
-    last: with ``--dist loadfile --no-loadscope-reorder`` one worker builds the pipeline while the
-    other works through the slow files, and the commands against it come when it is built."""
-    order = {"test_pipeline.py": 0, "test_pipeline_commands.py": 4}
+    about 30 processes), then the other ``slow`` files, the rest, and the two files of commands
+    against the pipeline last, the longer first: with ``--dist loadfile --no-loadscope-reorder``
+    one worker builds the pipeline while the other works through the slow files, and the two
+    files of commands run side by side once it is built."""
+    order = {"test_pipeline.py": 0, "test_pipeline_queue.py": 3, "test_pipeline_commands.py": 4}
     rank = lambda item: order.get(item.path.name, 2 if item.get_closest_marker("slow") is None else 1)
     items.sort(key=rank)  # a stable sort: each file's tests keep their order
 

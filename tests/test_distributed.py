@@ -129,35 +129,27 @@ def same_weights(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_torchrun_two_cpu_processes_write_one_checkpoint(data, tmp_path):
-    ws = workspace(tmp_path, "one_node", _set(tiny_raw(), baseline__epochs=2), data)
-    (stdout,) = finish([launch(ws, ["--standalone", "--nproc-per-node", "2"])])
-    assert [p.name for p in (ws / "models").iterdir()] == ["baseline.pt"]
-    assert sorted(p.name for p in (ws / "runs").iterdir()) == ["best.pt", "last.pt"]
-    metrics = json.loads((ws / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["epochs_run"] == 2
-    assert stdout.count("baseline epoch   1") == 1  # rank 0 logs alone
-    load_checkpoint(ws / "models" / "baseline.pt")
-
-
 def test_two_nodes_equal_one_node_and_resume_exactly(data, tmp_path):
+    """Two processes on one node write one checkpoint from rank 0; two nodes (one process each),
+    killed after epoch 2 and relaunched, resume from the saved state and end with the one-node
+    history and weights bit for bit: equal to one node and an exact resume in one comparison."""
     raw = _set(tiny_raw(), baseline__epochs=EPOCHS)
     one = workspace(tmp_path, "one_node", raw, data)
-    finish([launch(one, ["--standalone", "--nproc-per-node", "2"])])
+    (stdout,) = finish([launch(one, ["--standalone", "--nproc-per-node", "2"])])
+    assert [p.name for p in (one / "models").iterdir()] == ["baseline.pt"]
+    assert sorted(p.name for p in (one / "runs").iterdir()) == ["best.pt", "last.pt"]
+    metrics = json.loads((one / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["epochs_run"] == EPOCHS
+    assert stdout.count("baseline epoch   1") == 1  # rank 0 logs alone
 
     two = workspace(tmp_path, "two_nodes", raw, data)
-    outs = finish(run_two_nodes(two, "two"))
-    assert sum(o.count("baseline epoch   1") for o in outs) == 1  # global rank 0 alone logs
+    kill_after_epoch(run_two_nodes(two, "killed-1"), two, epoch=2)
+    saved = load_train_state(two / "runs" / "last.pt")["epoch"]
+    assert 2 <= saved < EPOCHS and not (two / "models").exists()
+    outs = finish(run_two_nodes(two, "killed-2"))
+    assert sum(f"resuming after epoch {saved}" in o for o in outs) == 1  # global rank 0 alone logs
+    assert sum(o.count(f"baseline epoch   {EPOCHS}") for o in outs) == 1
     assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in (two / "runs").iterdir()) == ["best.pt", "last.pt"]
     pd.testing.assert_frame_equal(history(two), history(one))
     assert same_weights(two / "models" / "baseline.pt", one / "models" / "baseline.pt")
-
-    killed = workspace(tmp_path, "killed", raw, data)
-    kill_after_epoch(run_two_nodes(killed, "killed-1"), killed, epoch=2)
-    saved = load_train_state(killed / "runs" / "last.pt")["epoch"]
-    assert 2 <= saved < EPOCHS and not (killed / "models").exists()
-    outs = finish(run_two_nodes(killed, "killed-2"))
-    assert sum(f"resuming after epoch {saved}" in o for o in outs) == 1
-    pd.testing.assert_frame_equal(history(killed), history(one))
-    assert same_weights(killed / "models" / "baseline.pt", one / "models" / "baseline.pt")
