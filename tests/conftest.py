@@ -26,15 +26,32 @@ def load_script(name: str):
 ISBI_ROOT = REPO.parent / "shared" / "datasets" / "isbi2015"
 
 
+PIPELINE_FILES = ("test_pipeline.py", "test_pipeline_commands.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """test_pipeline.py first (its session fixture builds the tiny DVC pipeline: one chain of
-    about 30 processes), then the other ``slow`` files, the rest, and the two files of commands
-    against the pipeline last, the longer first: with ``--dist loadfile --no-loadscope-reorder``
-    one worker builds the pipeline while the other works through the slow files, and the two
-    files of commands run side by side once it is built."""
-    order = {"test_pipeline.py": 0, "test_pipeline_queue.py": 3, "test_pipeline_commands.py": 4}
-    rank = lambda item: order.get(item.path.name, 2 if item.get_closest_marker("slow") is None else 1)
-    items.sort(key=rank)  # a stable sort: each file's tests keep their order
+    """The tiny pipeline's files first (test_pipeline.py's session fixture builds it, one chain of
+    about 30 processes; then the commands against it), then the other ``slow`` files, then the
+    rest; a stable sort, so each file's tests keep their order."""
+    order = {name: rank for rank, name in enumerate(PIPELINE_FILES)}
+    rank = lambda item: order.get(item.path.name, 4 if item.get_closest_marker("slow") is None else 3)
+    items.sort(key=rank)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the tiny pipeline's two files as one unit of work: one worker
+    builds the pipeline and runs the commands against it while the other works through every other
+    file. (As two units, the commands came last, about 150 s on one worker with the other idle.)"""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class PipelineAsOneUnit(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "tiny pipeline" if Path(path).name in PIPELINE_FILES else path
+
+    return PipelineAsOneUnit(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """A tiny end-to-end run of the real DVC pipeline on a few synthetic images: its outputs (the
-``pipeline`` fixture of tests/conftest.py builds it; tests/test_pipeline_commands.py and
-tests/test_pipeline_queue.py run commands against it)."""
+``pipeline`` fixture of tests/conftest.py builds it; tests/test_pipeline_commands.py runs
+commands against it)."""
 
 import json
 import sqlite3

@@ -1,7 +1,6 @@
 """The tiny DVC pipeline of the tests: the real ``dvc.yaml`` on a few small synthetic images,
 built once per test session (tests/conftest.py ``pipeline``) and read by tests/test_pipeline.py
-(its outputs), tests/test_pipeline_commands.py and tests/test_pipeline_queue.py (commands run
-against it)."""
+(its outputs) and tests/test_pipeline_commands.py (commands run against it)."""
 
 import shutil
 import subprocess
