@@ -33,6 +33,9 @@ def pip_sources() -> dict[str, str]:
 
 def main() -> int:
     uv = Path(sys.executable).parent / "uv"
+    if not uv.is_file():
+        print(f"uv_install: no uv beside {sys.executable}", file=sys.stderr)
+        return 1
     cmd = [str(uv), "pip", "install", "-q", "--index-strategy", "unsafe-best-match"]
     cmd += ["--python", sys.executable, "-r", "requirements.txt"]
     return subprocess.run(cmd, env={**os.environ, **pip_sources()}).returncode
