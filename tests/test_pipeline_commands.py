@@ -1,5 +1,5 @@
 """Commands run against the tiny DVC pipeline (the ``pipeline`` fixture of tests/conftest.py):
-a queued experiment (the slowest, first), prediction, evaluation, an ensemble, a bad params file
+an experiment in a fresh copy (the slowest, first), prediction, evaluation, an ensemble, a bad params file
 and a DVC remote. Each writes outside the pipeline's folder or into a copy of it."""
 
 import json
@@ -15,25 +15,20 @@ from tiny_pipeline import run, run_ok
 pytestmark = pytest.mark.slow
 
 
-def test_queued_experiment_reruns_only_what_a_model_setting_touches(pipeline, tmp_path):
-    """A MAHT-Net setting changed in a queued experiment (``dvc exp run --queue``, run by the
-    queue's worker in a fresh copy of the repository): its own log shows the U-Net's chain
-    (training, refiner, evaluation) restored, not run, and MAHT-Net's first stage re-run. Two
-    targets keep it short (one training); docs/evaluation.md lists what else a model.* change
-    re-runs."""
+def test_experiment_in_a_fresh_copy_reruns_only_what_a_model_setting_touches(pipeline, tmp_path):
+    """A MAHT-Net setting changed in an experiment run in a fresh copy of the repository
+    (``dvc exp run --temp``: the temporary-directory executor a queue's worker runs each queued
+    experiment in, here in the foreground, without the Celery worker of ``dvc queue start``): its
+    log shows the U-Net's chain (training, refiner, evaluation) restored, not run, and MAHT-Net's
+    first stage re-run. Two targets keep it short (one training); docs/evaluation.md lists what
+    else a model.* change re-runs."""
     dvc = str(Path(sys.executable).parent / "dvc")
     work = tmp_path / "work"
     shutil.copytree(pipeline, work, symlinks=True)
-    steps = (
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"],
-        [dvc, "exp", "run", "--queue", "-n", "tf2", "-S", "model.transformer_layers=2"]
-        + ["evaluate@baseline", "train_stage1"],
-        [dvc, "exp", "run", "--run-all", "-j", "1"],  # the queue's worker, in the foreground
-    )
-    for cmd in steps:
-        run_ok(cmd, work)
-    log = run([dvc, "queue", "logs", "tf2"], work).stdout
+    run_ok(["git", "add", "-A"], work)
+    run_ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], work)
+    cmd = [dvc, "exp", "run", "--temp", "-n", "tf2", "-S", "model.transformer_layers=2"]
+    log = run_ok([*cmd, "evaluate@baseline", "train_stage1"], work).stdout
     ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
     # restored: from the committed lockfile ("didn't change") or from the run-cache ("is cached")
     restored = {

@@ -60,6 +60,7 @@ def build(tmp: Path) -> Path:
     for name in ("src", "stages"):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", work)
+    shutil.copy(REPO / ".gitignore", work)  # git add -A there commits what a clone of ours would
     (work / "scripts").mkdir()  # the stage weights: its script and its dependency requirements.txt
     shutil.copy(REPO / "scripts" / "convert_efficientnet_lite.py", work / "scripts")
     shutil.copy(REPO / "requirements.txt", work)
