@@ -20,4 +20,4 @@ READER = {  # the card's "reader" block: ReaderSpec field -> shipped file (onnxr
     "refiner": "refiner.onnx",
     "members": [dict(m) for m in MEMBERS],
 }
-FILES = ("maht_net.onnx", "shape_prior.npz", "refiner.onnx", *(f for m in MEMBERS for f in m.values()))
+FILES = (*(f for f in READER.values() if isinstance(f, str)), *(f for m in MEMBERS for f in m.values()))
